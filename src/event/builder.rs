@@ -1,0 +1,718 @@
+//! From decoded pgoutput messages to event drafts: one draft per row change of a guarded
+//! table, numbered within its transaction, with one event of lookahead so that the last
+//! event of a transaction can carry `pgtxcnt` and `pgendlsn` without buffering the
+//! transaction (G5).
+//!
+//! Drafts at or before the resume position (read from the stream's tail, G7) are counted but
+//! not emitted: a transaction replayed after a restart yields the same ids and numbers, and
+//! only what the stream lacks goes on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::envelope::subject_token;
+use super::value::{write_str, ValueError, ValueKind};
+use crate::decode::pgoutput::{Begin, Datum, Message, OldKind, Relation, ReplicaIdentity, Tuple};
+use crate::decode::frame::PG_EPOCH_UNIX_MICROS;
+use crate::lsn::Lsn;
+
+/// A place in the stream's total order: `(commit LSN, position in the transaction)`.
+/// Watermarks use index 0: a watermark at `W` covers what committed strictly before `W`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub lsn: Lsn,
+    pub idx: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Watermark,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Watermark => "watermark",
+        }
+    }
+
+    fn past_tense(self) -> &'static str {
+        match self {
+            Op::Insert => "created",
+            Op::Update => "updated",
+            Op::Delete => "deleted",
+            Op::Truncate => "truncated",
+            Op::Watermark => "watermark",
+        }
+    }
+}
+
+/// An event before it has a place in the chain (sequence, prevhash, signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    pub op: Op,
+    pub nats_subject: String,
+    pub id: Uuid,
+    pub ce_type: String,
+    pub ce_subject: String,
+    /// Microseconds since the Unix epoch.
+    pub time_micros: i64,
+    pub pglsn: Lsn,
+    pub pgxid: u32,
+    pub pgtxidx: u32,
+    /// Set on the last event of a transaction (or group): its end LSN. `pgtxcnt` is then
+    /// `pgtxidx`.
+    pub end: Option<Lsn>,
+    /// The `data` attribute, serialized.
+    pub data: Vec<u8>,
+    /// `schema.table`, for logs and metrics.
+    pub table: Arc<str>,
+}
+
+impl Draft {
+    pub fn position(&self) -> Position {
+        Position {
+            lsn: self.pglsn,
+            idx: if self.op == Op::Watermark { 0 } else { self.pgtxidx },
+        }
+    }
+}
+
+/// The names every event of one slot is built from.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub system_identifier: String,
+    pub slot: String,
+    pub subject_prefix: String,
+}
+
+impl Naming {
+    fn event_id(&self, lsn: Lsn, suffix: std::fmt::Arguments<'_>) -> Uuid {
+        let name = format!("{}/{}/{}/{}", self.system_identifier, self.slot, lsn, suffix);
+        Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+    }
+
+    /// A watermark: every guarded change committed before `lsn` is in the stream before it.
+    pub fn watermark(&self, lsn: Lsn, now_unix_micros: i64) -> Draft {
+        Draft {
+            op: Op::Watermark,
+            nats_subject: format!("{}._walguard.watermark", self.subject_prefix),
+            id: self.event_id(lsn, format_args!("watermark")),
+            ce_type: "walguard.watermark".into(),
+            ce_subject: self.slot.clone(),
+            time_micros: now_unix_micros,
+            pglsn: lsn,
+            pgxid: 0,
+            pgtxidx: 1,
+            end: Some(lsn),
+            data: br#"{"op":"watermark"}"#.to_vec(),
+            table: "_walguard".into(),
+        }
+    }
+}
+
+/// A guarded table as configured and checked against the catalog.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub schema: String,
+    pub name: String,
+    pub type_prefix: String,
+    /// The entity key: the configured `key`, else the primary key.
+    pub key: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("table {table} column {column}: {source}; the change cannot be encoded, so walguard stops here (nothing is skipped)")]
+    Value {
+        table: Arc<str>,
+        column: String,
+        source: ValueError,
+    },
+    #[error("table {table}: key column {column} is not in the replicated row; check the table's columns and `key` in [[tables]]")]
+    KeyColumnMissing { table: Arc<str>, column: String },
+    #[error("table {table}: the {op} does not carry key column {column} (replica identity {identity:?}); set REPLICA IDENTITY FULL on the table or configure `key` to its replica identity columns")]
+    KeyUnavailable {
+        table: Arc<str>,
+        op: &'static str,
+        column: String,
+        identity: ReplicaIdentity,
+    },
+    #[error("table {table}: column {column} arrived in binary format, which walguard does not request")]
+    Binary { table: Arc<str>, column: String },
+    #[error("replication protocol violation: {0}")]
+    Protocol(String),
+}
+
+struct Column {
+    name: String,
+    kind: ValueKind,
+    /// Part of the replica identity as the Relation message flags it.
+    identity: bool,
+}
+
+struct Shape {
+    qualified: Arc<str>,
+    spec: Option<Arc<TableSpec>>,
+    identity: ReplicaIdentity,
+    columns: Vec<Column>,
+    key: Vec<usize>,
+    subject_stem: String,
+    data_head: Vec<u8>,
+}
+
+struct Tx {
+    commit_lsn: Lsn,
+    xid: u32,
+    time_micros: i64,
+    next_idx: u32,
+    actor: Option<Vec<u8>>,
+    held: Option<Draft>,
+}
+
+pub struct EventBuilder {
+    naming: Arc<Naming>,
+    tables: HashMap<(String, String), Arc<TableSpec>>,
+    relations: HashMap<u32, Shape>,
+    tx: Option<Tx>,
+    resume: Position,
+    skipped: u64,
+}
+
+impl EventBuilder {
+    pub fn new(naming: Arc<Naming>, tables: Vec<TableSpec>, resume: Position) -> Self {
+        EventBuilder {
+            naming,
+            tables: tables
+                .into_iter()
+                .map(|t| ((t.schema.clone(), t.name.clone()), Arc::new(t)))
+                .collect(),
+            relations: HashMap::new(),
+            tx: None,
+            resume,
+            skipped: 0,
+        }
+    }
+
+    /// Events replayed by the server that the stream already holds.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Type OIDs of a Relation that have no built-in mapping and must be resolved from the
+    /// catalog before the Relation is handled.
+    pub fn unresolved_types<'a>(relation: &'a Relation, known: &'a HashMap<u32, ValueKind>) -> impl Iterator<Item = u32> + 'a {
+        relation
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| ValueKind::builtin(*oid).is_none() && !known.contains_key(oid))
+    }
+
+    /// Handles one message; drafts ready to publish are appended to `out` in order.
+    pub fn handle(&mut self, msg: Message, types: &HashMap<u32, ValueKind>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+        match msg {
+            Message::Begin(Begin { final_lsn, commit_time, xid }) => {
+                if self.tx.is_some() {
+                    return Err(BuildError::Protocol("Begin inside a transaction".into()));
+                }
+                self.tx = Some(Tx {
+                    commit_lsn: final_lsn,
+                    xid,
+                    time_micros: commit_time + PG_EPOCH_UNIX_MICROS,
+                    next_idx: 1,
+                    actor: None,
+                    held: None,
+                });
+            }
+            Message::Commit(commit) => {
+                let mut tx = self
+                    .tx
+                    .take()
+                    .ok_or_else(|| BuildError::Protocol("Commit outside a transaction".into()))?;
+                if tx.commit_lsn != commit.commit_lsn {
+                    return Err(BuildError::Protocol(format!(
+                        "Commit at {} does not match Begin at {}",
+                        commit.commit_lsn, tx.commit_lsn
+                    )));
+                }
+                if let Some(mut last) = tx.held.take() {
+                    last.end = Some(commit.end_lsn);
+                    self.emit(last, out);
+                }
+            }
+            Message::Relation(rel) => {
+                let shape = self.shape(rel, types)?;
+                self.relations.insert(shape.0, shape.1);
+            }
+            Message::Type { .. } | Message::Origin { .. } => {}
+            Message::Insert { relation, new } => self.row(relation, Op::Insert, None, Some(new), out)?,
+            Message::Update { relation, old, new } => self.row(relation, Op::Update, old, Some(new), out)?,
+            Message::Delete { relation, kind, old } => self.row(relation, Op::Delete, Some((kind, old)), None, out)?,
+            Message::Truncate {
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                for oid in relations {
+                    let Some(shape) = self.guarded(oid)? else { continue };
+                    let mut data = b"{\"op\":\"truncate\"".to_vec();
+                    data.extend_from_slice(&shape.data_head);
+                    data.extend_from_slice(b"\"key\":null,\"before\":null,\"after\":null,\"unchanged\":[],\"actor\":");
+                    let ce_subject = shape.qualified.to_string();
+                    self.write_actor(&mut data);
+                    data.extend_from_slice(format!(",\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}").as_bytes());
+                    self.push(oid, Op::Truncate, ce_subject, data, out)?;
+                }
+            }
+            Message::Message {
+                transactional,
+                prefix,
+                content,
+                ..
+            } => {
+                if transactional && prefix == "walguard.actor" {
+                    if let Some(tx) = self.tx.as_mut() {
+                        let mut actor = Vec::with_capacity(content.len());
+                        match serde_json::from_slice::<&serde_json::value::RawValue>(&content) {
+                            Ok(raw) if raw.get().starts_with('{') => actor.extend_from_slice(raw.get().as_bytes()),
+                            _ => {
+                                // Not a JSON object: kept losslessly as a string rather than
+                                // dropped, so the audit trail still shows what was claimed.
+                                tracing::warn!(xid = tx.xid, "walguard.actor message is not a JSON object; recorded as a string");
+                                write_str(&String::from_utf8_lossy(&content), &mut actor);
+                            }
+                        }
+                        tx.actor = Some(actor);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shape(&self, rel: Relation, types: &HashMap<u32, ValueKind>) -> Result<(u32, Shape), BuildError> {
+        let schema = if rel.namespace.is_empty() { "pg_catalog".to_owned() } else { rel.namespace };
+        let qualified: Arc<str> = format!("{schema}.{}", rel.name).into();
+        let spec = self.tables.get(&(schema.clone(), rel.name.clone())).cloned();
+        let columns: Vec<Column> = rel
+            .columns
+            .into_iter()
+            .map(|c| Column {
+                kind: ValueKind::builtin(c.type_oid)
+                    .or_else(|| types.get(&c.type_oid).cloned())
+                    .unwrap_or(ValueKind::Text),
+                name: c.name,
+                identity: c.key,
+            })
+            .collect();
+        let mut key = Vec::new();
+        if let Some(spec) = &spec {
+            for k in &spec.key {
+                let idx = columns.iter().position(|c| &c.name == k).ok_or_else(|| BuildError::KeyColumnMissing {
+                    table: qualified.clone(),
+                    column: k.clone(),
+                })?;
+                key.push(idx);
+            }
+        }
+        let mut head = Vec::new();
+        head.extend_from_slice(b",\"schema\":");
+        write_str(&schema, &mut head);
+        head.extend_from_slice(b",\"table\":");
+        write_str(&rel.name, &mut head);
+        head.push(b',');
+        Ok((
+            rel.oid,
+            Shape {
+                subject_stem: format!(
+                    "{}.{}.{}.",
+                    self.naming.subject_prefix,
+                    subject_token(&schema),
+                    subject_token(&rel.name)
+                ),
+                qualified,
+                spec,
+                identity: rel.replica_identity,
+                columns,
+                key,
+                data_head: head,
+            },
+        ))
+    }
+
+    fn guarded(&self, oid: u32) -> Result<Option<&Shape>, BuildError> {
+        let shape = self
+            .relations
+            .get(&oid)
+            .ok_or_else(|| BuildError::Protocol(format!("change for relation {oid} before its Relation message")))?;
+        Ok(shape.spec.is_some().then_some(shape))
+    }
+
+    fn write_actor(&self, out: &mut Vec<u8>) {
+        match self.tx.as_ref().and_then(|t| t.actor.as_deref()) {
+            Some(actor) => out.extend_from_slice(actor),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn row(
+        &mut self,
+        oid: u32,
+        op: Op,
+        old: Option<(OldKind, Tuple)>,
+        new: Option<Tuple>,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), BuildError> {
+        let Some(shape) = self.guarded(oid)? else { return Ok(()) };
+        let width = shape.columns.len();
+        for t in old.iter().map(|(_, t)| t).chain(new.iter()) {
+            if t.len() != width {
+                return Err(BuildError::Protocol(format!(
+                    "table {}: tuple has {} columns, Relation has {width}",
+                    shape.qualified,
+                    t.len()
+                )));
+            }
+        }
+        let text = |t: &Tuple, i: usize| match &t[i] {
+            Datum::Text(b) => Some(b.clone()),
+            _ => None,
+        };
+        // The entity key: from the new row, else the old one.
+        let mut key_json = b"{".to_vec();
+        let mut key_text = String::new();
+        for (n, &i) in shape.key.iter().enumerate() {
+            let value = new
+                .as_ref()
+                .and_then(|t| text(t, i))
+                .or_else(|| old.as_ref().and_then(|(_, t)| text(t, i)));
+            let Some(value) = value else {
+                if new.as_ref().is_some_and(|t| t[i] == Datum::Null) {
+                    // A NULL key value in a new row: legal for a configured key.
+                    key_json.extend_from_slice(if n == 0 { b"" } else { b"," });
+                    write_str(&shape.columns[i].name, &mut key_json);
+                    key_json.extend_from_slice(b":null");
+                    if n > 0 {
+                        key_text.push(',');
+                    }
+                    continue;
+                }
+                return Err(BuildError::KeyUnavailable {
+                    table: shape.qualified.clone(),
+                    op: op.as_str(),
+                    column: shape.columns[i].name.clone(),
+                    identity: shape.identity,
+                });
+            };
+            if n > 0 {
+                key_json.push(b',');
+                key_text.push(',');
+            }
+            write_str(&shape.columns[i].name, &mut key_json);
+            key_json.push(b':');
+            write_value(shape, i, &value, &mut key_json)?;
+            key_text.push_str(&String::from_utf8_lossy(&value));
+        }
+        key_json.push(b'}');
+
+        let mut data = Vec::with_capacity(256);
+        data.extend_from_slice(b"{\"op\":\"");
+        data.extend_from_slice(op.as_str().as_bytes());
+        data.push(b'"');
+        data.extend_from_slice(&shape.data_head);
+        data.extend_from_slice(b"\"key\":");
+        data.extend_from_slice(&key_json);
+        data.extend_from_slice(b",\"before\":");
+        match (&old, &new) {
+            (Some((OldKind::Full, t)), _) => write_row(shape, t, |_| true, None, &mut data, &mut Vec::new())?,
+            (Some((OldKind::Key, t)), _) => write_row(shape, t, |c| c.identity, None, &mut data, &mut Vec::new())?,
+            // UPDATE under DEFAULT/INDEX with the key unchanged: the old key is the new key.
+            (None, Some(t)) if op == Op::Update => {
+                write_row(shape, t, |c| c.identity, None, &mut data, &mut Vec::new())?
+            }
+            _ => data.extend_from_slice(b"null"),
+        }
+        data.extend_from_slice(b",\"after\":");
+        let mut unchanged = Vec::new();
+        match &new {
+            Some(t) => {
+                let fill = match &old {
+                    Some((_, o)) => Some(o),
+                    None => None,
+                };
+                write_row(shape, t, |_| true, fill, &mut data, &mut unchanged)?;
+            }
+            None => data.extend_from_slice(b"null"),
+        }
+        data.extend_from_slice(b",\"unchanged\":[");
+        for (n, &i) in unchanged.iter().enumerate() {
+            if n > 0 {
+                data.push(b',');
+            }
+            write_str(&shape.columns[i].name, &mut data);
+        }
+        data.extend_from_slice(b"],\"actor\":");
+        self.write_actor(&mut data);
+        data.push(b'}');
+        let ce_subject = format!("{}/{}", shape.qualified, key_text);
+        self.push(oid, op, ce_subject, data, out)
+    }
+
+    fn push(&mut self, oid: u32, op: Op, ce_subject: String, data: Vec<u8>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+        let shape = &self.relations[&oid];
+        let spec = shape.spec.as_ref().expect("only guarded tables reach push");
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| BuildError::Protocol("row change outside a transaction".into()))?;
+        let idx = tx.next_idx;
+        tx.next_idx += 1;
+        let draft = Draft {
+            op,
+            nats_subject: format!("{}{}", shape.subject_stem, op.as_str()),
+            id: self.naming.event_id(tx.commit_lsn, format_args!("{idx}")),
+            ce_type: format!("{}.{}", spec.type_prefix, op.past_tense()),
+            ce_subject,
+            time_micros: tx.time_micros,
+            pglsn: tx.commit_lsn,
+            pgxid: tx.xid,
+            pgtxidx: idx,
+            end: None,
+            data,
+            table: shape.qualified.clone(),
+        };
+        if let Some(prev) = tx.held.replace(draft) {
+            self.emit(prev, out);
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, draft: Draft, out: &mut Vec<Draft>) {
+        if draft.position() <= self.resume {
+            self.skipped += 1;
+        } else {
+            out.push(draft);
+        }
+    }
+}
+
+fn write_value(shape: &Shape, i: usize, value: &[u8], out: &mut Vec<u8>) -> Result<(), BuildError> {
+    shape.columns[i].kind.write_json(value, out).map_err(|source| BuildError::Value {
+        table: shape.qualified.clone(),
+        column: shape.columns[i].name.clone(),
+        source,
+    })
+}
+
+/// Writes the columns of `tuple` selected by `include` as a JSON object. An unchanged TOAST
+/// value is taken from `fill` (the old row) when it has it, else left out and its index added
+/// to `unchanged`.
+fn write_row(
+    shape: &Shape,
+    tuple: &Tuple,
+    include: impl Fn(&Column) -> bool,
+    fill: Option<&Tuple>,
+    out: &mut Vec<u8>,
+    unchanged: &mut Vec<usize>,
+) -> Result<(), BuildError> {
+    out.push(b'{');
+    let mut first = true;
+    for (i, column) in shape.columns.iter().enumerate() {
+        if !include(column) {
+            continue;
+        }
+        let datum = match &tuple[i] {
+            Datum::UnchangedToast => match fill.map(|t| &t[i]) {
+                Some(d @ Datum::Text(_)) => d,
+                _ => {
+                    unchanged.push(i);
+                    continue;
+                }
+            },
+            d => d,
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(&column.name, out);
+        out.push(b':');
+        match datum {
+            Datum::Null => out.extend_from_slice(b"null"),
+            Datum::Text(b) => write_value(shape, i, b, out)?,
+            Datum::Binary(_) => {
+                return Err(BuildError::Binary {
+                    table: shape.qualified.clone(),
+                    column: column.name.clone(),
+                })
+            }
+            Datum::UnchangedToast => unreachable!("resolved above"),
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::pgoutput::tests as fx;
+    use bytes::Bytes;
+
+    fn builder(resume: Position) -> EventBuilder {
+        let naming = Arc::new(Naming {
+            system_identifier: "7000".into(),
+            slot: "walguard".into(),
+            subject_prefix: "wg".into(),
+        });
+        let tables = vec![TableSpec {
+            schema: "public".into(),
+            name: "t".into(),
+            type_prefix: "public.t".into(),
+            key: vec!["id".into()],
+        }];
+        EventBuilder::new(naming, tables, resume)
+    }
+
+    fn feed(b: &mut EventBuilder, raw: Vec<u8>, out: &mut Vec<Draft>) {
+        b.handle(Message::parse(Bytes::from(raw)).unwrap(), &HashMap::new(), out).unwrap();
+    }
+
+    fn data(d: &Draft) -> serde_json::Value {
+        serde_json::from_slice(&d.data).unwrap()
+    }
+
+    fn transaction(b: &mut EventBuilder, out: &mut Vec<Draft>) {
+        feed(b, fx::begin(0x100, 0, 9), out);
+        feed(b, fx::relation(16385, "public", "t", b'f', &[(true, "id", 23), (true, "v", 25)]), out);
+        feed(b, fx::relation(16390, "public", "other", b'd', &[(true, "id", 23)]), out);
+        feed(b, fx::insert(16385, &[Some("1"), Some("a")]), out);
+        feed(b, fx::insert(16390, &[Some("1")]), out);
+        let mut u = vec![b'U'];
+        u.extend_from_slice(&16385u32.to_be_bytes());
+        u.push(b'O');
+        u.extend(fx::tuple_bytes(&[Some("1"), Some("a")]));
+        u.push(b'N');
+        u.extend(fx::tuple_bytes(&[Some("1"), Some("\u{1}toast")]));
+        feed(b, u, out);
+        let mut d = vec![b'D'];
+        d.extend_from_slice(&16385u32.to_be_bytes());
+        d.push(b'O');
+        d.extend(fx::tuple_bytes(&[Some("1"), Some("a")]));
+        feed(b, d, out);
+    }
+
+    #[test]
+    fn lookahead_numbers_and_marks_the_last_event() {
+        let mut b = builder(Position::default());
+        let mut out = Vec::new();
+        transaction(&mut b, &mut out);
+        // The delete is held back until the commit says it is the last.
+        assert_eq!(out.len(), 2);
+        feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out.iter().map(|d| d.pgtxidx).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(out.iter().map(|d| d.end).collect::<Vec<_>>(), [None, None, Some(Lsn(0x130))]);
+        assert_eq!(out[0].nats_subject, "wg.public.t.insert");
+        assert_eq!(out[0].ce_type, "public.t.created");
+        assert_eq!(out[0].ce_subject, "public.t/1");
+        assert_eq!(
+            data(&out[0]),
+            serde_json::json!({"op":"insert","schema":"public","table":"t","key":{"id":1},
+                "before":null,"after":{"id":1,"v":"a"},"unchanged":[],"actor":null})
+        );
+        // Unchanged TOAST under FULL is filled from the old row.
+        assert_eq!(
+            data(&out[1]),
+            serde_json::json!({"op":"update","schema":"public","table":"t","key":{"id":1},
+                "before":{"id":1,"v":"a"},"after":{"id":1,"v":"a"},"unchanged":[],"actor":null})
+        );
+        assert_eq!(data(&out[2])["after"], serde_json::Value::Null);
+        assert_eq!(
+            out[0].id,
+            Uuid::new_v5(&Uuid::NAMESPACE_URL, b"7000/walguard/0/100/1")
+        );
+    }
+
+    #[test]
+    fn resume_skips_what_the_stream_has() {
+        let mut b = builder(Position { lsn: Lsn(0x100), idx: 2 });
+        let mut out = Vec::new();
+        transaction(&mut b, &mut out);
+        feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(out.iter().map(|d| d.pgtxidx).collect::<Vec<_>>(), [3]);
+        assert_eq!(b.skipped(), 2);
+
+        let mut b = builder(Position { lsn: Lsn(0x101), idx: 0 });
+        let mut out = Vec::new();
+        transaction(&mut b, &mut out);
+        feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unchanged_toast_without_old_row_is_listed() {
+        let mut b = builder(Position::default());
+        let mut out = Vec::new();
+        feed(&mut b, fx::begin(0x200, 0, 9), &mut out);
+        feed(&mut b, fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 25)]), &mut out);
+        let mut m = vec![b'M', 1];
+        m.extend_from_slice(&0u64.to_be_bytes());
+        m.extend_from_slice(b"walguard.actor\0");
+        m.extend_from_slice(&(br#"{"user":"alice"}"#.len() as i32).to_be_bytes());
+        m.extend_from_slice(br#"{"user":"alice"}"#);
+        feed(&mut b, m, &mut out);
+        let mut u = vec![b'U'];
+        u.extend_from_slice(&16385u32.to_be_bytes());
+        u.push(b'N');
+        u.extend(fx::tuple_bytes(&[Some("1"), Some("\u{1}toast")]));
+        feed(&mut b, u, &mut out);
+        feed(&mut b, fx::commit(0x200, 0x230, 0), &mut out);
+        assert_eq!(
+            data(&out[0]),
+            serde_json::json!({"op":"update","schema":"public","table":"t","key":{"id":1},
+                "before":{"id":1},"after":{"id":1},"unchanged":["v"],"actor":{"user":"alice"}})
+        );
+    }
+
+    #[test]
+    fn bad_value_names_table_and_column() {
+        let mut b = builder(Position::default());
+        let mut out = Vec::new();
+        feed(&mut b, fx::begin(0x200, 0, 9), &mut out);
+        feed(&mut b, fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 16)]), &mut out);
+        let err = b
+            .handle(Message::parse(Bytes::from(fx::insert(16385, &[Some("1"), Some("x")]))).unwrap(), &HashMap::new(), &mut out)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("public.t") && msg.contains("column v"), "{msg}");
+    }
+
+    #[test]
+    fn watermark_draft() {
+        let naming = Naming {
+            system_identifier: "7000".into(),
+            slot: "s".into(),
+            subject_prefix: "wg".into(),
+        };
+        let w = naming.watermark(Lsn(0x500), 0);
+        assert_eq!(w.nats_subject, "wg._walguard.watermark");
+        assert_eq!(w.position(), Position { lsn: Lsn(0x500), idx: 0 });
+        assert_eq!(w.end, Some(Lsn(0x500)));
+    }
+}

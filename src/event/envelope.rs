@@ -1,0 +1,202 @@
+//! The NATS message of an event (SPEC section 2): the subject, the CloudEvents 1.0 payload in
+//! structured mode, and the parsed attributes readers need to follow the chain.
+//!
+//! The payload is written attribute by attribute into a reused buffer, in a fixed order, so
+//! the same draft at the same place in the chain always yields the same bytes; verifiers hash
+//! and check those exact bytes and never re-serialize.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::builder::Draft;
+use super::value::{rfc3339_micros, write_str};
+use crate::lsn::Lsn;
+
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+pub const HEADER_KEY_ID: &str = "Walguard-Key-Id";
+pub const HEADER_SIGNATURE: &str = "Walguard-Signature";
+
+/// Encodes a schema or table name as one subject token: bytes outside `[A-Za-z0-9_-]` become
+/// `%XX` (uppercase hex), so `.`, `*`, `>` and spaces can never split or widen a subject.
+pub fn subject_token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name.as_bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub type Hash = [u8; 32];
+
+pub fn sha256(payload: &[u8]) -> Hash {
+    Sha256::digest(payload).into()
+}
+
+/// Writes CloudEvents payloads for one source.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    source: String,
+}
+
+impl Envelope {
+    /// `source` names the cluster (system identifier), the database and the slot.
+    pub fn new(system_identifier: &str, database: &str, slot: &str) -> Self {
+        Envelope {
+            source: format!(
+                "/walguard/{}/{}/{}",
+                subject_token(system_identifier),
+                subject_token(database),
+                subject_token(slot)
+            ),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Serializes `draft` at stream `sequence`, chained to the payload whose hash is `prev`.
+    pub fn write(&self, draft: &Draft, sequence: u64, prev: &Hash, out: &mut Vec<u8>) {
+        use base64::Engine;
+        out.clear();
+        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
+        out.extend_from_slice(draft.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(b"\",\"source\":");
+        write_str(&self.source, out);
+        out.extend_from_slice(b",\"type\":");
+        write_str(&draft.ce_type, out);
+        out.extend_from_slice(b",\"subject\":");
+        write_str(&draft.ce_subject, out);
+        out.extend_from_slice(b",\"time\":\"");
+        out.extend_from_slice(rfc3339_micros(draft.time_micros).as_bytes());
+        out.extend_from_slice(b"\",\"datacontenttype\":\"application/json\",\"sequence\":\"");
+        out.extend_from_slice(format!("{sequence:020}").as_bytes());
+        out.extend_from_slice(b"\",\"prevhash\":\"");
+        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(prev).as_bytes());
+        out.extend_from_slice(format!("\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}", draft.pglsn, draft.pgxid, draft.pgtxidx).as_bytes());
+        if let Some(end) = draft.end {
+            out.extend_from_slice(format!(",\"pgtxcnt\":{},\"pgendlsn\":\"{end}\"", draft.pgtxidx).as_bytes());
+        }
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(&draft.data);
+        out.push(b'}');
+    }
+}
+
+/// The attributes of a stored event that resume and verify rely on.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Attributes {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub subject: String,
+    pub time: String,
+    pub sequence: String,
+    pub prevhash: String,
+    #[serde(deserialize_with = "de_lsn")]
+    pub pglsn: Lsn,
+    pub pgxid: u64,
+    pub pgtxidx: u32,
+    pub pgtxcnt: Option<u32>,
+    #[serde(default, deserialize_with = "de_opt_lsn")]
+    pub pgendlsn: Option<Lsn>,
+    pub data: DataHead,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DataHead {
+    pub op: String,
+    #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+fn de_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+    let s = <&str>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_opt_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
+    Option::<&str>::deserialize(d)?
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+impl Attributes {
+    pub fn parse(payload: &[u8]) -> Result<Attributes, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    pub fn is_watermark(&self) -> bool {
+        self.data.op == "watermark"
+    }
+
+    /// Where this event stands in the total order `(pglsn, pgtxidx)`. A watermark at `W`
+    /// covers what committed strictly before `W`, so it sorts before any event at `W`.
+    pub fn position(&self) -> super::Position {
+        super::Position {
+            lsn: self.pglsn,
+            idx: if self.is_watermark() { 0 } else { self.pgtxidx },
+        }
+    }
+
+    pub fn sequence_number(&self) -> Option<u64> {
+        (self.sequence.len() == 20).then(|| self.sequence.parse().ok()).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::builder::{Draft, Op};
+
+    #[test]
+    fn subject_tokens() {
+        assert_eq!(subject_token("customers"), "customers");
+        assert_eq!(subject_token("Order-Lines_2"), "Order-Lines_2");
+        assert_eq!(subject_token("a.b"), "a%2Eb");
+        assert_eq!(subject_token("we ird*>"), "we%20ird%2A%3E");
+        assert_eq!(subject_token("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn payload_golden() {
+        let env = Envelope::new("7441234567890123456", "app", "walguard");
+        let draft = Draft {
+            op: Op::Update,
+            nats_subject: "walguard.public.customers.update".into(),
+            id: uuid::Uuid::nil(),
+            ce_type: "public.customers.updated".into(),
+            ce_subject: "public.customers/42".into(),
+            time_micros: 1_795_859_291_767_852,
+            pglsn: Lsn(0x16_B374_D848),
+            pgxid: 731,
+            pgtxidx: 2,
+            end: Some(Lsn(0x16_B374_D900)),
+            data: br#"{"op":"update"}"#.to_vec(),
+            table: "public.customers".into(),
+        };
+        let mut out = Vec::new();
+        env.write(&draft, 7, &[0; 32], &mut out);
+        let want = concat!(
+            r#"{"specversion":"1.0","id":"00000000-0000-0000-0000-000000000000","#,
+            r#""source":"/walguard/7441234567890123456/app/walguard","type":"public.customers.updated","#,
+            r#""subject":"public.customers/42","time":"2026-11-28T09:48:11.767852Z","#,
+            r#""datacontenttype":"application/json","sequence":"00000000000000000007","#,
+            r#""prevhash":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","pglsn":"16/B374D848","#,
+            r#""pgxid":731,"pgtxidx":2,"pgtxcnt":2,"pgendlsn":"16/B374D900","data":{"op":"update"}}"#
+        );
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        let attrs = Attributes::parse(&out).unwrap();
+        assert_eq!(attrs.pgendlsn, Some(Lsn(0x16_B374_D900)));
+        assert_eq!(attrs.sequence_number(), Some(7));
+        assert_eq!(attrs.position(), crate::event::Position { lsn: Lsn(0x16_B374_D848), idx: 2 });
+    }
+}
