@@ -1,6 +1,14 @@
 //! walguard: every committed change to guarded PostgreSQL tables becomes a signed,
 //! hash-chained CloudEvent in a NATS JetStream stream. See ARCHITECTURE.md for the map.
 
+pub mod app;
+pub mod checkpoint;
+pub mod config;
 pub mod decode;
+pub mod error;
 pub mod event;
 pub mod lsn;
+pub mod sink;
+pub mod source;
+
+pub use error::Error;

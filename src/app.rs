@@ -1,0 +1,218 @@
+//! The composition root: the only place that connects the stages and spawns tasks.
+//!
+//! A session connects everything, reads the stream's tail (G7), checks it against the slot,
+//! starts replication and runs reader, publisher and feedback until shutdown or an error.
+//! Transient errors end the session and a new one starts after a capped backoff, from the
+//! stream's tail again, so nothing is skipped and nothing is confirmed past what is stored
+//! (G3). Permanent errors stop the process with a message that says what to fix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::builder::Naming;
+use crate::event::{Envelope, EventBuilder, Keyring, Signer};
+use crate::lsn::Lsn;
+use crate::sink::publisher::{Publisher, MAX_IN_FLIGHT};
+use crate::sink::{self, stream};
+use crate::source::catalog::Catalog;
+use crate::source::conn::ReplicationConnection;
+use crate::source::{self, WalReader};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
+    tracing::info!(key_id = signer.key_id(), slot = %cfg.postgres.slot, stream = %cfg.nats.stream, "walguard starting");
+    let mut backoff = Duration::from_millis(500);
+    let mut streamed_once = false;
+    loop {
+        let started = Instant::now();
+        let mut reached_streaming = false;
+        let result = session(&cfg, &signer, shutdown.clone(), &mut reached_streaming).await;
+        streamed_once |= reached_streaming;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && (streamed_once || *shutdown.borrow()) => {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(error = %e, kind = e.kind(), retry_in = ?backoff, "session failed; retrying from the stream's tail");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn session(cfg: &Config, signer: &Arc<Signer>, shutdown: watch::Receiver<bool>, reached: &mut bool) -> Result<(), Error> {
+    let pg = cfg.pg_config();
+    let catalog = Arc::new(Catalog::connect(&pg).await?);
+    let tables = catalog.guarded_tables(cfg).await?;
+    catalog.ensure_publication(&cfg.postgres.publication, &tables).await?;
+
+    let mut repl = ReplicationConnection::connect(&pg).await?;
+    let system = repl.identify_system().await?;
+
+    let client = sink::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = stream::ensure(&js, &cfg.nats).await?;
+
+    let slot_name = &cfg.postgres.slot;
+    let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot_name);
+    let mut keyring = Keyring::default();
+    keyring.add(signer.verifying_key());
+    let tail = stream::read_tail(&mut stream, &keyring, envelope.source()).await?;
+
+    let slot = catalog.slot(slot_name).await?;
+    let mut genesis = None;
+    let start = match (&slot, tail.is_empty()) {
+        (None, true) => {
+            let point = repl.create_slot(slot_name).await?;
+            tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
+            genesis = Some(point);
+            point
+        }
+        (None, false) => {
+            return Err(Error::Refused(format!(
+                "replication slot {slot_name} does not exist, but stream {} holds events up to LSN {}: changes committed after {} may be missing from the stream. Investigate, then start over explicitly with `walguard resync`",
+                cfg.nats.stream,
+                tail.confirmed.unwrap_or(Lsn::ZERO),
+                tail.confirmed.unwrap_or(Lsn::ZERO)
+            )))
+        }
+        (Some(info), empty) => {
+            if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(system.dbname.as_str()) {
+                return Err(Error::Refused(format!(
+                    "replication slot {slot_name} is not a pgoutput slot of database {} (plugin {:?}, database {:?}): choose another postgres.slot",
+                    system.dbname, info.plugin, info.database
+                )));
+            }
+            if info.wal_status.as_deref() == Some("lost") {
+                return Err(Error::Refused(format!(
+                    "replication slot {slot_name} has lost required WAL (wal_status lost): changes after {} are gone from the server; start over explicitly with `walguard resync`",
+                    tail.confirmed.unwrap_or(Lsn::ZERO)
+                )));
+            }
+            let slot_at = info.confirmed_flush.unwrap_or(Lsn::ZERO);
+            if empty {
+                tracing::warn!(slot = %slot_name, confirmed_flush = %slot_at, "the slot exists but the stream is empty: events start at the slot's confirmed position");
+                genesis = Some(slot_at);
+                slot_at
+            } else {
+                let stream_at = tail.confirmed.unwrap_or(Lsn::ZERO);
+                if slot_at > stream_at {
+                    return Err(Error::Refused(format!(
+                        "replication slot {slot_name} has confirmed up to {slot_at}, but stream {} only proves events up to {stream_at}: changes committed between {stream_at} and {slot_at} may be missing. Investigate (was the stream replaced or another consumer using the slot?), then start over explicitly with `walguard resync`",
+                        cfg.nats.stream
+                    )));
+                }
+                stream_at
+            }
+        }
+    };
+
+    let checkpoint = Arc::new(Checkpoint::new(tail.confirmed.unwrap_or(start), cfg.nats.durability_delay));
+    let naming = Arc::new(Naming {
+        system_identifier: system.system_identifier.clone(),
+        slot: slot_name.clone(),
+        subject_prefix: cfg.nats.subject_prefix.clone(),
+    });
+    let (reader, writer) = repl.start_replication(slot_name, start, &cfg.postgres.publication).await?;
+    *reached = true;
+    tracing::info!(
+        %start,
+        next_sequence = tail.next_sequence,
+        last_sequence = tail.last_sequence,
+        resume_after = %tail.position.lsn,
+        "streaming"
+    );
+
+    let reply_now = Arc::new(Notify::new());
+    let wal_reader = WalReader {
+        reader,
+        builder: EventBuilder::new(naming.clone(), tables, tail.position),
+        catalog: catalog.clone(),
+        types: HashMap::new(),
+        checkpoint: checkpoint.clone(),
+        reply_now: reply_now.clone(),
+    };
+    let publisher = Publisher {
+        js,
+        stream,
+        envelope,
+        naming,
+        signer: signer.clone(),
+        checkpoint: checkpoint.clone(),
+        tail,
+        watermark_interval: cfg.nats.watermark_interval,
+        genesis,
+    };
+
+    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
+    let mut publisher = tokio::spawn(publisher.run(rx, shutdown.clone()));
+    let (stop_feedback, feedback_stop_rx) = watch::channel(false);
+    let mut feedback = tokio::spawn(source::feedback(writer, checkpoint.clone(), reply_now, feedback_stop_rx));
+
+    let reader = tokio::select! {
+        r = wal_reader.run(tx, shutdown.clone()) => r?,
+        p = &mut publisher => {
+            feedback.abort();
+            return match p {
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(())) => Ok(()),
+                Err(join) => Err(Error::Refused(format!("publisher task failed: {join}"))),
+            };
+        }
+        f = &mut feedback => {
+            publisher.abort();
+            return match f {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Ok(()),
+                Err(join) => Err(Error::Refused(format!("feedback task failed: {join}"))),
+            };
+        }
+    };
+
+    // Clean shutdown: the reader stopped; wait for acks in flight, confirm, end the stream.
+    match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "publisher failed while draining"),
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("acks still in flight at the shutdown deadline; they will be replayed on restart");
+            publisher.abort();
+        }
+    }
+    let _ = stop_feedback.send(true);
+    let mut writer = match feedback.await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => return Err(e),
+        Err(join) => return Err(Error::Refused(format!("feedback task failed: {join}"))),
+    };
+    tracing::info!(confirmed = %checkpoint.confirmable(Instant::now()), "final status update sent; closing the replication stream");
+    let close = async {
+        writer.copy_done().await?;
+        let mut reader = reader;
+        reader.drain().await?;
+        writer.terminate().await
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), close).await.unwrap_or(Ok(())) {
+        tracing::debug!(error = %e, "replication stream did not close cleanly");
+    }
+    Ok(())
+}

@@ -1,0 +1,476 @@
+//! Configuration (SPEC section 4): a TOML file, then `WALGUARD__SECTION__KEY` environment
+//! overrides, loaded with the `config` crate into types that refuse unknown keys, validated
+//! once. Errors name the key, the file and what is expected. The PostgreSQL URL may hold a
+//! password, so it is kept in a type whose Debug never prints it.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration {file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    pub signing: SigningConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The file this was loaded from; relative paths in it are resolved against its folder.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Secret,
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(self.url.expose()))
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+/// A string that Debug and Display never print.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A connection URL with its password replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    // key=value form: hide password=...
+    url.split_whitespace()
+        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    pub type_prefix: Option<String>,
+    pub key: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    #[serde(default = "default_replicas", deserialize_with = "de_from_str")]
+    pub replicas: usize,
+    #[serde(default = "default_duplicate_window", deserialize_with = "de_duration")]
+    pub duplicate_window: Duration,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub durability_delay: Duration,
+    #[serde(default = "default_watermark_interval", deserialize_with = "de_duration")]
+    pub watermark_interval: Duration,
+    #[serde(default, deserialize_with = "de_bool")]
+    pub allow_unsafe_stream: bool,
+    pub creds_file: Option<PathBuf>,
+    pub nkey_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: default_nats_url(),
+            stream: default_stream(),
+            subject_prefix: default_subject_prefix(),
+            replicas: default_replicas(),
+            duplicate_window: default_duplicate_window(),
+            durability_delay: Duration::ZERO,
+            watermark_interval: default_watermark_interval(),
+            allow_unsafe_stream: false,
+            creds_file: None,
+            nkey_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: default_listen() }
+    }
+}
+
+fn default_slot() -> String {
+    "walguard".into()
+}
+fn default_publication() -> String {
+    "walguard".into()
+}
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_stream() -> String {
+    "WALGUARD".into()
+}
+fn default_subject_prefix() -> String {
+    "walguard".into()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_watermark_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+
+/// Durations as humantime strings (`"2m"`, `"500ms"`).
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("expected a duration such as \"10s\" or \"2m\", got {s:?} ({e})")))
+}
+
+/// Numbers and booleans from env overrides arrive as strings; accept both forms.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOr<T> {
+    Value(T),
+    Str(String),
+}
+
+fn de_from_str<'de, D: Deserializer<'de>, T: Deserialize<'de> + FromStr>(d: D) -> Result<T, D::Error> {
+    match StrOr::<T>::deserialize(d)? {
+        StrOr::Value(v) => Ok(v),
+        StrOr::Str(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {s:?}"))),
+    }
+}
+
+fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match StrOr::<bool>::deserialize(d)? {
+        StrOr::Value(v) => Ok(v),
+        StrOr::Str(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected true or false, got {s:?}"))),
+    }
+}
+
+/// A guarded table's name, split as PostgreSQL would read it: unquoted parts fold to lower
+/// case, double-quoted parts are kept as written; no schema means `public`.
+pub fn parse_table_name(name: &str) -> Option<(String, String)> {
+    fn ident(s: &str) -> Option<(String, &str)> {
+        if let Some(rest) = s.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = rest.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if rest[i + 1..].starts_with('"') {
+                        out.push('"');
+                        chars.next();
+                    } else {
+                        return (!out.is_empty()).then_some((out, &rest[i + 1..]));
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            None
+        } else {
+            let end = s.find('.').unwrap_or(s.len());
+            let part = &s[..end];
+            let ok = !part.is_empty()
+                && part.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+                && !part.starts_with(|c: char| c.is_ascii_digit());
+            ok.then(|| (part.to_lowercase(), &s[end..]))
+        }
+    }
+    let (first, rest) = ident(name.trim())?;
+    if rest.is_empty() {
+        return Some(("public".into(), first));
+    }
+    let (second, rest) = ident(rest.strip_prefix('.')?)?;
+    rest.is_empty().then_some((first, second))
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        if !file.exists() {
+            return Err(invalid(file, "file not found; pass the path of a walguard TOML file with -c"));
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
+            .add_source(
+                config::Environment::with_prefix("WALGUARD")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .map_err(|e| invalid(file, e.to_string()))?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| invalid(file, describe(e)))?;
+        cfg.file = file.to_owned();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let file = self.file.clone();
+        let e = |m: String| invalid(&file, m);
+        tokio_postgres::Config::from_str(self.postgres.url.expose()).map_err(|err| {
+            e(format!(
+                "postgres.url {:?} is not a valid libpq URL or key=value string ({err})",
+                redact_url(self.postgres.url.expose())
+            ))
+        })?;
+        let slot_ok = !self.postgres.slot.is_empty()
+            && self.postgres.slot.len() <= 63
+            && self.postgres.slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !slot_ok {
+            return Err(e(format!(
+                "postgres.slot {:?}: expected 1 to 63 lowercase letters, digits or underscores (PostgreSQL's rule for slot names)",
+                self.postgres.slot
+            )));
+        }
+        if self.postgres.publication.is_empty() {
+            return Err(e("postgres.publication: expected a publication name".into()));
+        }
+        if self.tables.is_empty() {
+            return Err(e("[[tables]]: no table is guarded; add at least one [[tables]] entry with name = \"schema.table\"".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let parsed = parse_table_name(&t.name).ok_or_else(|| {
+                e(format!(
+                    "tables[{i}].name {:?}: expected \"schema.table\" (double-quote parts that need it)",
+                    t.name
+                ))
+            })?;
+            if !seen.insert(parsed) {
+                return Err(e(format!("tables[{i}].name {:?} is listed twice", t.name)));
+            }
+            if t.key.as_ref().is_some_and(|k| k.is_empty() || k.iter().any(String::is_empty)) {
+                return Err(e(format!("tables[{i}].key: expected a non-empty list of column names")));
+            }
+        }
+        let n = &self.nats;
+        if n.stream.is_empty() || n.stream.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
+            return Err(e(format!(
+                "nats.stream {:?}: expected a name without spaces, '.', '*', '>', '/' or '\\'",
+                n.stream
+            )));
+        }
+        let prefix_ok = !n.subject_prefix.is_empty()
+            && n.subject_prefix
+                .split('.')
+                .all(|t| !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '*' || c == '>'));
+        if !prefix_ok {
+            return Err(e(format!(
+                "nats.subject_prefix {:?}: expected dot-separated subject tokens without wildcards",
+                n.subject_prefix
+            )));
+        }
+        if !(1..=5).contains(&n.replicas) {
+            return Err(e(format!("nats.replicas {}: expected 1 to 5", n.replicas)));
+        }
+        if n.watermark_interval.is_zero() {
+            return Err(e("nats.watermark_interval: expected a positive duration".into()));
+        }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(e(format!("server.listen {:?}: expected host:port such as 127.0.0.1:9187", self.server.listen)));
+        }
+        let base = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.signing.key_file);
+        for p in [
+            &mut self.nats.creds_file,
+            &mut self.nats.nkey_file,
+            &mut self.nats.tls_ca_file,
+            &mut self.nats.tls_cert_file,
+            &mut self.nats.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+        Ok(())
+    }
+
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        tokio_postgres::Config::from_str(self.postgres.url.expose()).expect("validated at load")
+    }
+
+    /// The guarded tables as `(schema, table, config)`.
+    pub fn guarded(&self) -> impl Iterator<Item = (String, String, &TableConfig)> {
+        self.tables.iter().map(|t| {
+            let (schema, name) = parse_table_name(&t.name).expect("validated at load");
+            (schema, name, t)
+        })
+    }
+}
+
+/// serde's messages name the field but not its section; the config crate adds the key path
+/// for type errors. Both are kept, with a hint for unknown fields.
+fn describe(e: config::ConfigError) -> String {
+    let s = e.to_string();
+    if s.contains("unknown field") {
+        format!("{s}; remove the key or fix its spelling (see config/walguard.example.toml)")
+    } else if s.contains("missing field") {
+        format!("{s}; add it (see config/walguard.example.toml)")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+        let p = dir.path().join("walguard.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = r#"
+[postgres]
+url = "postgres://walguard:s3cret@127.0.0.1:5432/app"
+[[tables]]
+name = "public.customers"
+[signing]
+key_file = "walguard.key"
+"#;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load(&write(&dir, MINIMAL)).unwrap();
+        assert_eq!(cfg.postgres.slot, "walguard");
+        assert_eq!(cfg.nats.stream, "WALGUARD");
+        assert_eq!(cfg.nats.duplicate_window, Duration::from_secs(120));
+        assert_eq!(cfg.nats.watermark_interval, Duration::from_secs(10));
+        assert_eq!(cfg.server.listen, "127.0.0.1:9187");
+        assert_eq!(cfg.signing.key_file, dir.path().join("walguard.key"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, &format!("{MINIMAL}\n[nats]\nstreem = \"X\"\n"));
+        let msg = Config::load(&p).unwrap_err().to_string();
+        assert!(msg.contains("streem") && msg.contains("walguard.toml"), "{msg}");
+        let p = write(&dir, &format!("{MINIMAL}\n[extra]\na = 1\n"));
+        let msg = Config::load(&p).unwrap_err().to_string();
+        assert!(msg.contains("extra"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, key) in [
+            ("[nats]\nduplicate_window = \"soon\"\n", "soon"),
+            ("[nats]\nstream = \"a.b\"\n", "nats.stream"),
+            ("[nats]\nsubject_prefix = \"a.*\"\n", "nats.subject_prefix"),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ] {
+            let p = write(&dir, &format!("{MINIMAL}\n{extra}"));
+            let msg = Config::load(&p).unwrap_err().to_string();
+            assert!(msg.contains(key), "{extra}: {msg}");
+        }
+        let p = write(&dir, &MINIMAL.replace("public.customers", "a.b.c"));
+        assert!(Config::load(&p).unwrap_err().to_string().contains("tables[0].name"));
+    }
+
+    #[test]
+    fn table_names_follow_postgres_rules() {
+        assert_eq!(parse_table_name("public.Customers"), Some(("public".into(), "customers".into())));
+        assert_eq!(parse_table_name("orders"), Some(("public".into(), "orders".into())));
+        assert_eq!(
+            parse_table_name("\"My.Schema\".\"Odd \"\"T\"\"\""),
+            Some(("My.Schema".into(), "Odd \"T\"".into()))
+        );
+        assert_eq!(parse_table_name("a.b.c"), None);
+        assert_eq!(parse_table_name(""), None);
+        assert_eq!(parse_table_name("\"unterminated"), None);
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(redact_url("host=h password=pw user=u"), "host=h password=*** user=u");
+    }
+}

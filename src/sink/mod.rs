@@ -1,0 +1,59 @@
+//! JetStream: the connection, the stream (created or checked per SPEC section 3), the stream's
+//! tail as the checkpoint (G7), and the pipelined publisher.
+
+pub mod publisher;
+pub mod stream;
+
+use std::time::Duration;
+
+use crate::config::NatsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream request failed: {0}")]
+    Request(String),
+    #[error("publish of stream sequence {sequence} failed: {reason}")]
+    Publish { sequence: u64, reason: String },
+    /// Something only the operator can fix; the message says how.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SinkError {
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SinkError::Refused(_))
+    }
+}
+
+/// Connects with the configured credentials and TLS files.
+pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, SinkError> {
+    let err = |reason: String| SinkError::Connect {
+        url: crate::config::redact_url(&cfg.url),
+        reason,
+    };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("walguard")
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let Some(creds) = &cfg.creds_file {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| err(format!("nats.creds_file {}: {e}", creds.display())))?;
+    }
+    if let Some(nkey) = &cfg.nkey_file {
+        let seed = std::fs::read_to_string(nkey).map_err(|e| err(format!("nats.nkey_file {}: {e}", nkey.display())))?;
+        opts = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+            .name("walguard")
+            .connection_timeout(Duration::from_secs(5));
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    opts.connect(cfg.url.as_str()).await.map_err(|e| err(e.to_string()))
+}

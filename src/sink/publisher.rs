@@ -1,0 +1,274 @@
+//! The publisher: gives each draft its place in the chain (sequence, prevhash), signs per
+//! SPEC's group rule, publishes with `Nats-Msg-Id` and `Nats-Expected-Last-Sequence`, keeps a
+//! bounded number of acks in flight, and reports acks in stream order to the checkpoint.
+//! When nothing is pending and the server has moved on, it publishes a watermark.
+//!
+//! After a restart, drafts whose sequence is at or below the stream's last sequence are not
+//! published: they are serialized and compared with the stored message, byte for byte. A
+//! mismatch means the stream holds something walguard did not write from this WAL (another
+//! publisher, a changed slot); walguard stops and names the sequence.
+
+use std::future::IntoFuture;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use super::stream::{message, Tail};
+use super::SinkError;
+use crate::checkpoint::Checkpoint;
+use crate::event::builder::{Naming, Op};
+use crate::event::envelope::{sha256, Hash, CONTENT_TYPE, HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::{Draft, Envelope, Position, Signer};
+use crate::lsn::Lsn;
+
+/// Acks awaited at once; beyond it the publisher stops taking drafts, the channel fills,
+/// and the WAL reader stops reading (backpressure, G5).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// At most this many unsigned events precede a signed one (SPEC section 2).
+pub const MAX_UNSIGNED_RUN: u32 = 255;
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the WAL reader hands the publisher, in WAL order.
+#[derive(Debug)]
+pub enum Item {
+    Event(Draft),
+    /// The server has sent everything before this LSN and no transaction is open.
+    Position(Lsn),
+}
+
+type AckFuture = Pin<Box<dyn std::future::Future<Output = Acked> + Send>>;
+
+struct Acked {
+    sequence: u64,
+    end: Option<Lsn>,
+    signed: bool,
+    result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+}
+
+pub struct Publisher {
+    pub js: jetstream::Context,
+    pub stream: stream::Stream,
+    pub envelope: Envelope,
+    pub naming: Arc<Naming>,
+    pub signer: Arc<Signer>,
+    pub checkpoint: Arc<Checkpoint>,
+    pub tail: Tail,
+    pub watermark_interval: Duration,
+    /// Publish a watermark at this LSN first (a new slot's consistent point).
+    pub genesis: Option<Lsn>,
+}
+
+struct Chain {
+    next_sequence: u64,
+    prev_hash: Hash,
+    position: Position,
+    last_end: Lsn,
+    unsigned_run: u32,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl Publisher {
+    pub async fn run(self, mut rx: mpsc::Receiver<Item>, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+        let Publisher {
+            js,
+            stream,
+            envelope,
+            naming,
+            signer,
+            checkpoint,
+            tail,
+            watermark_interval,
+            genesis,
+        } = self;
+        let max_payload = js_max_payload(&js);
+        let mut chain = Chain {
+            next_sequence: tail.next_sequence,
+            prev_hash: tail.prev_hash,
+            position: tail.position,
+            last_end: tail.confirmed.unwrap_or(Lsn::ZERO),
+            unsigned_run: 0,
+        };
+        let mut ctx = Ctx {
+            js: &js,
+            stream: &stream,
+            envelope: &envelope,
+            signer: &signer,
+            checkpoint: &checkpoint,
+            compare_through: tail.last_sequence,
+            max_payload,
+            buf: Vec::with_capacity(4096),
+            in_flight: FuturesOrdered::new(),
+        };
+        if let Some(lsn) = genesis {
+            let wm = naming.watermark(lsn, now_micros());
+            ctx.publish(&mut chain, wm, true).await?;
+        }
+        let mut server_position = Lsn::ZERO;
+        let mut last_watermark = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(acked) = ctx.in_flight.next(), if !ctx.in_flight.is_empty() => {
+                    ctx.on_ack(acked)?;
+                }
+                item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => match item {
+                    Some(Item::Event(draft)) => {
+                        let idle = rx.is_empty();
+                        ctx.publish(&mut chain, draft, idle).await?;
+                    }
+                    Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
+                    None => closing = true,
+                },
+                _ = shutdown.changed(), if !closing => closing = true,
+                _ = tick.tick() => {
+                    let quiet = ctx.in_flight.is_empty() && rx.is_empty();
+                    let moved = server_position > chain.last_end && server_position > chain.position.lsn;
+                    if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
+                        let wm = naming.watermark(server_position, now_micros());
+                        ctx.publish(&mut chain, wm, true).await?;
+                        last_watermark = Instant::now();
+                    }
+                }
+            }
+            if closing && ctx.in_flight.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn js_max_payload(js: &jetstream::Context) -> usize {
+    js.client().server_info().max_payload
+}
+
+struct Ctx<'a> {
+    js: &'a jetstream::Context,
+    stream: &'a stream::Stream,
+    envelope: &'a Envelope,
+    signer: &'a Signer,
+    checkpoint: &'a Checkpoint,
+    /// Sequences up to here are already stored and must equal what is derived now.
+    compare_through: u64,
+    max_payload: usize,
+    buf: Vec<u8>,
+    in_flight: FuturesOrdered<AckFuture>,
+}
+
+impl Ctx<'_> {
+    /// `idle`: no further draft is ready behind this one, so it is signed.
+    async fn publish(&mut self, chain: &mut Chain, draft: Draft, idle: bool) -> Result<(), SinkError> {
+        let sequence = chain.next_sequence;
+        self.envelope.write(&draft, sequence, &chain.prev_hash, &mut self.buf);
+        let hash = sha256(&self.buf);
+        if sequence <= self.compare_through {
+            let stored = message(self.stream, sequence).await?;
+            if stored.payload[..] != self.buf[..] {
+                return Err(SinkError::Refused(format!(
+                    "stream sequence {sequence} is not the event walguard derives from the WAL at {} (table {}, event id {}): it was not written by this walguard from this slot; run `walguard verify` to see the damage",
+                    draft.pglsn, draft.table, draft.id
+                )));
+            }
+            tracing::debug!(sequence, "stored event re-derived and found equal");
+            chain.unsigned_run += 1;
+            self.checkpoint.acked(draft.end, false, Instant::now());
+        } else {
+            let sign = idle || draft.op == Op::Watermark || chain.unsigned_run >= MAX_UNSIGNED_RUN;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", draft.id.to_string().as_str());
+            headers.insert("Nats-Expected-Last-Sequence", (sequence - 1).to_string().as_str());
+            headers.insert("Content-Type", CONTENT_TYPE);
+            if sign {
+                headers.insert(HEADER_KEY_ID, self.signer.key_id());
+                headers.insert(HEADER_SIGNATURE, self.signer.sign(&self.buf).as_str());
+                chain.unsigned_run = 0;
+            } else {
+                chain.unsigned_run += 1;
+            }
+            let size = self.buf.len() + 512;
+            if size > self.max_payload {
+                return Err(SinkError::Refused(format!(
+                    "event for table {} at {} (event id {}) is {} bytes, over the NATS server's max_payload of {} bytes: raise max_payload in the nats-server configuration; walguard stops here and skips nothing",
+                    draft.table, draft.pglsn, draft.id, self.buf.len(), self.max_payload
+                )));
+            }
+            let publish = PublishMessage::build()
+                .payload(Bytes::copy_from_slice(&self.buf))
+                .headers(headers);
+            let ack = self
+                .js
+                .send_publish(draft.nats_subject.clone(), publish)
+                .await
+                .map_err(|e| SinkError::Publish {
+                    sequence,
+                    reason: e.to_string(),
+                })?;
+            let end = draft.end;
+            self.in_flight.push_back(Box::pin(async move {
+                let result = match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(jetstream::context::PublishError::new(PublishErrorKind::TimedOut)),
+                };
+                Acked {
+                    sequence,
+                    end,
+                    signed: sign,
+                    result,
+                }
+            }));
+        }
+        chain.next_sequence += 1;
+        chain.prev_hash = hash;
+        chain.position = chain.position.max(draft.position());
+        if let Some(end) = draft.end {
+            chain.last_end = chain.last_end.max(end);
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, acked: Acked) -> Result<(), SinkError> {
+        let Acked {
+            sequence,
+            end,
+            signed,
+            result,
+        } = acked;
+        match result {
+            Ok(ack) if ack.sequence == sequence => {
+                self.checkpoint.acked(end, signed, Instant::now());
+                Ok(())
+            }
+            Ok(ack) => Err(SinkError::Publish {
+                sequence,
+                reason: format!(
+                    "the stream stored it as sequence {} (duplicate: {}); re-reading the stream's tail",
+                    ack.sequence, ack.duplicate
+                ),
+            }),
+            Err(e) => Err(SinkError::Publish {
+                sequence,
+                reason: match e.kind() {
+                    PublishErrorKind::WrongLastSequence => format!(
+                        "the stream's last sequence is not {}: another publisher wrote into the stream ({e})",
+                        sequence - 1
+                    ),
+                    _ => e.to_string(),
+                },
+            }),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The stream: created when missing, checked when present (SPEC section 3), and read back at
+//! start-up. Its tail is walguard's only checkpoint (G7): the newest message signed by our
+//! key gives the chain head, the next sequence and the position already published; the
+//! messages after it (an unsigned tail left by a crash, or anything someone else wrote) are
+//! re-derived from the WAL and compared byte for byte before walguard writes behind them.
+
+use async_nats::jetstream::{self, stream};
+
+use super::SinkError;
+use crate::config::NatsConfig;
+use crate::event::envelope::{sha256, Attributes, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::{Keyring, Position};
+use crate::lsn::Lsn;
+
+/// How far back from the newest message a signed one must be found: at most 255 unsigned
+/// events precede a signed one, so a longer unsigned run was not written by walguard.
+const SIGNED_WINDOW: u64 = 256;
+
+pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![format!("{}.>", cfg.subject_prefix)],
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        discard: stream::DiscardPolicy::New,
+        max_messages: -1,
+        max_bytes: -1,
+        max_messages_per_subject: -1,
+        deny_delete: true,
+        deny_purge: true,
+        allow_rollup: false,
+        allow_direct: true,
+        duplicate_window: cfg.duplicate_window,
+        description: Some("walguard: signed, hash-chained change events".into()),
+        ..Default::default()
+    }
+}
+
+/// Problems of an existing stream's settings, each with its fix; empty when it is fine.
+/// `unsafe_ok` (nats.allow_unsafe_stream) lets memory storage and discard-old limits pass.
+pub fn stream_problems(cfg: &NatsConfig, have: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = &cfg.stream;
+    let want_subject = format!("{}.>", cfg.subject_prefix);
+    if !have.subjects.iter().any(|s| s == &want_subject || s == ">") {
+        out.push(format!(
+            "stream {name} does not capture subjects {want_subject} (it has {:?}): add the subject to the stream or change nats.subject_prefix",
+            have.subjects
+        ));
+    }
+    if !cfg.allow_unsafe_stream {
+        if have.storage == stream::StorageType::Memory {
+            out.push(format!(
+                "stream {name} uses memory storage, which loses events on restart: recreate it with file storage, or set nats.allow_unsafe_stream = true"
+            ));
+        }
+        let limited = have.max_messages > 0 || have.max_bytes > 0 || !have.max_age.is_zero() || have.max_messages_per_subject > 0;
+        if have.discard == stream::DiscardPolicy::Old && limited {
+            out.push(format!(
+                "stream {name} discards old messages at its limits, which breaks the chain: set discard policy new (nats stream edit {name} --discard new), or set nats.allow_unsafe_stream = true"
+            ));
+        }
+    }
+    if !have.deny_delete || !have.deny_purge {
+        out.push(format!(
+            "stream {name} allows deleting or purging messages: recreate it with deny_delete and deny_purge (walguard creates it so when it is missing)"
+        ));
+    }
+    if have.allow_rollup {
+        out.push(format!("stream {name} allows rollups, which remove messages: disable allow_rollup_hdrs"));
+    }
+    out
+}
+
+/// Creates the stream when missing; otherwise checks it. Returns the handle.
+pub async fn ensure(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stream::Stream, SinkError> {
+    match js.get_stream(&cfg.stream).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| SinkError::Request(e.to_string()))?;
+            let problems = stream_problems(cfg, &info.config);
+            if !problems.is_empty() {
+                return Err(SinkError::Refused(problems.join("; ")));
+            }
+            if info.config.num_replicas != cfg.replicas {
+                tracing::warn!(stream = %cfg.stream, have = info.config.num_replicas, want = cfg.replicas, "stream replicas differ from nats.replicas");
+            }
+            Ok(s)
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            tracing::info!(stream = %cfg.stream, "creating stream");
+            js.create_stream(stream_config(cfg))
+                .await
+                .map_err(|e| SinkError::Request(format!("creating stream {}: {e}", cfg.stream)))
+        }
+        Err(e) => Err(SinkError::Request(format!("looking up stream {}: {e}", cfg.stream))),
+    }
+}
+
+/// What the stream's tail says about where to go on.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    /// The sequence the next new event gets.
+    pub next_sequence: u64,
+    /// SHA-256 of the verified head's payload (zeros for an empty stream).
+    pub prev_hash: Hash,
+    /// The verified head's position: replayed changes at or before it are skipped.
+    pub position: Position,
+    /// The newest `pgendlsn` at or before the verified head: how far walguard may have
+    /// confirmed. `None` for an empty stream.
+    pub confirmed: Option<Lsn>,
+    /// The stream's last sequence; messages after the verified head up to it must be
+    /// re-derived and found equal.
+    pub last_sequence: u64,
+}
+
+impl Tail {
+    pub fn is_empty(&self) -> bool {
+        self.last_sequence == 0
+    }
+}
+
+/// Fetches one stored message.
+pub async fn message(stream: &stream::Stream, seq: u64) -> Result<jetstream::message::StreamMessage, SinkError> {
+    stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| SinkError::Request(format!("reading stream sequence {seq}: {e}")))
+}
+
+/// Whether a stored message carries a valid signature by a key in `keyring`.
+pub fn signed_by(msg: &jetstream::message::StreamMessage, keyring: &Keyring) -> bool {
+    let (Some(kid), Some(sig)) = (msg.headers.get(HEADER_KEY_ID), msg.headers.get(HEADER_SIGNATURE)) else {
+        return false;
+    };
+    keyring.verify(kid.as_str(), sig.as_str(), &msg.payload).is_ok()
+}
+
+pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &str) -> Result<Tail, SinkError> {
+    let name = stream.cached_info().config.name.clone();
+    let state = stream.info().await.map_err(|e| SinkError::Request(e.to_string()))?.state.clone();
+    if state.messages == 0 {
+        if state.last_sequence != 0 {
+            return Err(SinkError::Refused(format!(
+                "stream {name} is empty but its last sequence is {}: its messages were removed; the chain cannot be continued (start a new stream)",
+                state.last_sequence
+            )));
+        }
+        return Ok(Tail {
+            next_sequence: 1,
+            prev_hash: [0; 32],
+            position: Position::default(),
+            confirmed: None,
+            last_sequence: 0,
+        });
+    }
+    let last = state.last_sequence;
+    let lowest = state.first_sequence.max(last.saturating_sub(SIGNED_WINDOW));
+    let mut seq = last;
+    let head = loop {
+        let msg = message(stream, seq).await?;
+        if signed_by(&msg, keyring) {
+            break msg;
+        }
+        if seq <= lowest {
+            return Err(SinkError::Refused(format!(
+                "stream {name}: none of messages {lowest} to {last} is signed by walguard's key: the tail was not written by this walguard (or the key changed); run `walguard verify` and investigate"
+            )));
+        }
+        seq -= 1;
+    };
+    let attrs = Attributes::parse(&head.payload).map_err(|e| {
+        SinkError::Refused(format!("stream {name} sequence {seq} is signed but not a walguard event: {e}"))
+    })?;
+    if attrs.source != source {
+        return Err(SinkError::Refused(format!(
+            "stream {name} holds events of source {}, not of this database and slot ({source}): use a stream of its own for each slot",
+            attrs.source
+        )));
+    }
+    let confirmed = match attrs.pgendlsn {
+        Some(end) => Some(end),
+        None => {
+            // The previous group's last event stands just before this group's first.
+            let prev = seq.saturating_sub(u64::from(attrs.pgtxidx));
+            if prev < state.first_sequence || prev == 0 {
+                None
+            } else {
+                let msg = message(stream, prev).await?;
+                Attributes::parse(&msg.payload).ok().and_then(|a| a.pgendlsn)
+            }
+        }
+    };
+    Ok(Tail {
+        next_sequence: seq + 1,
+        prev_hash: sha256(&head.payload),
+        position: attrs.position(),
+        confirmed,
+        last_sequence: last,
+    })
+}
