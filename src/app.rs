@@ -60,7 +60,12 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
     }
 }
 
-async fn session(cfg: &Config, signer: &Arc<Signer>, shutdown: watch::Receiver<bool>, reached: &mut bool) -> Result<(), Error> {
+async fn session(
+    cfg: &Config,
+    signer: &Arc<Signer>,
+    shutdown: watch::Receiver<bool>,
+    reached: &mut bool,
+) -> Result<(), Error> {
     let pg = cfg.pg_config();
     let catalog = Arc::new(Catalog::connect(&pg).await?);
     let tables = catalog.guarded_tables(cfg).await?;
@@ -127,13 +132,18 @@ async fn session(cfg: &Config, signer: &Arc<Signer>, shutdown: watch::Receiver<b
         }
     };
 
-    let checkpoint = Arc::new(Checkpoint::new(tail.confirmed.unwrap_or(start), cfg.nats.durability_delay));
+    let checkpoint = Arc::new(Checkpoint::new(
+        tail.confirmed.unwrap_or(start),
+        cfg.nats.durability_delay,
+    ));
     let naming = Arc::new(Naming {
         system_identifier: system.system_identifier.clone(),
         slot: slot_name.clone(),
         subject_prefix: cfg.nats.subject_prefix.clone(),
     });
-    let (reader, writer) = repl.start_replication(slot_name, start, &cfg.postgres.publication).await?;
+    let (reader, writer) = repl
+        .start_replication(slot_name, start, &cfg.postgres.publication)
+        .await?;
     *reached = true;
     tracing::info!(
         %start,
@@ -167,7 +177,12 @@ async fn session(cfg: &Config, signer: &Arc<Signer>, shutdown: watch::Receiver<b
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
     let mut publisher = tokio::spawn(publisher.run(rx, shutdown.clone()));
     let (stop_feedback, feedback_stop_rx) = watch::channel(false);
-    let mut feedback = tokio::spawn(source::feedback(writer, checkpoint.clone(), reply_now, feedback_stop_rx));
+    let mut feedback = tokio::spawn(source::feedback(
+        writer,
+        checkpoint.clone(),
+        reply_now,
+        feedback_stop_rx,
+    ));
 
     let reader = tokio::select! {
         r = wal_reader.run(tx, shutdown.clone()) => r?,
@@ -211,7 +226,10 @@ async fn session(cfg: &Config, signer: &Arc<Signer>, shutdown: watch::Receiver<b
         reader.drain().await?;
         writer.terminate().await
     };
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), close).await.unwrap_or(Ok(())) {
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), close)
+        .await
+        .unwrap_or(Ok(()))
+    {
         tracing::debug!(error = %e, "replication stream did not close cleanly");
     }
     Ok(())

@@ -86,7 +86,13 @@ pub fn redact_url(url: &str) -> String {
     }
     // key=value form: hide password=...
     url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -160,7 +166,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen() }
+        ServerConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -195,8 +203,11 @@ fn default_listen() -> String {
 /// Durations as humantime strings (`"2m"`, `"500ms"`).
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("expected a duration such as \"10s\" or \"2m\", got {s:?} ({e})")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "expected a duration such as \"10s\" or \"2m\", got {s:?} ({e})"
+        ))
+    })
 }
 
 /// Numbers and booleans from env overrides arrive as strings; accept both forms.
@@ -265,7 +276,10 @@ pub fn parse_table_name(name: &str) -> Option<(String, String)> {
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         if !file.exists() {
-            return Err(invalid(file, "file not found; pass the path of a walguard TOML file with -c"));
+            return Err(invalid(
+                file,
+                "file not found; pass the path of a walguard TOML file with -c",
+            ));
         }
         let raw = config::Config::builder()
             .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
@@ -293,7 +307,11 @@ impl Config {
         })?;
         let slot_ok = !self.postgres.slot.is_empty()
             && self.postgres.slot.len() <= 63
-            && self.postgres.slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && self
+                .postgres
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !slot_ok {
             return Err(e(format!(
                 "postgres.slot {:?}: expected 1 to 63 lowercase letters, digits or underscores (PostgreSQL's rule for slot names)",
@@ -304,7 +322,10 @@ impl Config {
             return Err(e("postgres.publication: expected a publication name".into()));
         }
         if self.tables.is_empty() {
-            return Err(e("[[tables]]: no table is guarded; add at least one [[tables]] entry with name = \"schema.table\"".into()));
+            return Err(e(
+                "[[tables]]: no table is guarded; add at least one [[tables]] entry with name = \"schema.table\""
+                    .into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tables.iter().enumerate() {
@@ -317,7 +338,10 @@ impl Config {
             if !seen.insert(parsed) {
                 return Err(e(format!("tables[{i}].name {:?} is listed twice", t.name)));
             }
-            if t.key.as_ref().is_some_and(|k| k.is_empty() || k.iter().any(String::is_empty)) {
+            if t.key
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.iter().any(String::is_empty))
+            {
                 return Err(e(format!("tables[{i}].key: expected a non-empty list of column names")));
             }
         }
@@ -345,7 +369,10 @@ impl Config {
             return Err(e("nats.watermark_interval: expected a positive duration".into()));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(e(format!("server.listen {:?}: expected host:port such as 127.0.0.1:9187", self.server.listen)));
+            return Err(e(format!(
+                "server.listen {:?}: expected host:port such as 127.0.0.1:9187",
+                self.server.listen
+            )));
         }
         let base = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &mut PathBuf| {
@@ -457,7 +484,10 @@ key_file = "walguard.key"
 
     #[test]
     fn table_names_follow_postgres_rules() {
-        assert_eq!(parse_table_name("public.Customers"), Some(("public".into(), "customers".into())));
+        assert_eq!(
+            parse_table_name("public.Customers"),
+            Some(("public".into(), "customers".into()))
+        );
         assert_eq!(parse_table_name("orders"), Some(("public".into(), "orders".into())));
         assert_eq!(
             parse_table_name("\"My.Schema\".\"Odd \"\"T\"\"\""),

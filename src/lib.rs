@@ -3,12 +3,16 @@
 
 pub mod app;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod lsn;
 pub mod sink;
 pub mod source;
+pub mod testkit;
+pub mod verify;
 
 pub use error::Error;

@@ -82,11 +82,7 @@ mod tests {
         w.extend_from_slice(&0x0002_B51D_639A_0F40u64.to_be_bytes());
         w.extend_from_slice(b"I...");
         match ServerFrame::parse(Bytes::from(w)).unwrap() {
-            ServerFrame::XLogData {
-                start,
-                wal_end,
-                data,
-            } => {
+            ServerFrame::XLogData { start, wal_end, data } => {
                 assert_eq!(start, Lsn(0x16B_3748));
                 assert_eq!(wal_end, Lsn(0x16B_3748));
                 assert_eq!(&data[..], b"I...");

@@ -17,17 +17,31 @@ const MAX_COLUMNS: i16 = 1664;
 pub enum Message {
     Begin(Begin),
     Commit(Commit),
-    Origin { lsn: Lsn, name: String },
+    Origin {
+        lsn: Lsn,
+        name: String,
+    },
     Relation(Relation),
-    Type { oid: u32, namespace: String, name: String },
-    Insert { relation: u32, new: Tuple },
+    Type {
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: Tuple,
+    },
     Update {
         relation: u32,
         /// `K` (old key columns) or `O` (the whole old row, replica identity FULL).
         old: Option<(OldKind, Tuple)>,
         new: Tuple,
     },
-    Delete { relation: u32, kind: OldKind, old: Tuple },
+    Delete {
+        relation: u32,
+        kind: OldKind,
+        old: Tuple,
+    },
     Truncate {
         relations: Vec<u32>,
         cascade: bool,
@@ -136,7 +150,12 @@ impl Message {
                         relation,
                         new: tuple(&mut c)?,
                     },
-                    tag => return Err(DecodeError::UnknownTag { what: "insert tuple", tag }),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "insert tuple",
+                            tag,
+                        })
+                    }
                 }
             }
             b'U' => {
@@ -148,7 +167,10 @@ impl Message {
                     tag = c.u8("update new tuple tag")?;
                 }
                 if tag != b'N' {
-                    return Err(DecodeError::UnknownTag { what: "update tuple", tag });
+                    return Err(DecodeError::UnknownTag {
+                        what: "update tuple",
+                        tag,
+                    });
                 }
                 Message::Update {
                     relation,
@@ -160,7 +182,10 @@ impl Message {
                 let relation = c.u32("delete relation")?;
                 let tag = c.u8("delete tuple tag")?;
                 if tag != b'K' && tag != b'O' {
-                    return Err(DecodeError::UnknownTag { what: "delete tuple", tag });
+                    return Err(DecodeError::UnknownTag {
+                        what: "delete tuple",
+                        tag,
+                    });
                 }
                 Message::Delete {
                     relation,
@@ -204,7 +229,12 @@ impl Message {
                     content: c.bytes(len as usize, "message content")?,
                 }
             }
-            tag => return Err(DecodeError::UnknownTag { what: "pgoutput message", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "pgoutput message",
+                    tag,
+                })
+            }
         };
         c.finish()?;
         Ok(msg)
@@ -228,7 +258,12 @@ fn relation(c: &mut Cursor) -> Result<Relation, DecodeError> {
         b'n' => ReplicaIdentity::Nothing,
         b'f' => ReplicaIdentity::Full,
         b'i' => ReplicaIdentity::Index,
-        tag => return Err(DecodeError::UnknownTag { what: "replica identity", tag }),
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "replica identity",
+                tag,
+            })
+        }
     };
     let count = column_count(c, "relation column count")?;
     let mut columns = Vec::with_capacity(count);
@@ -280,7 +315,12 @@ fn tuple(c: &mut Cursor) -> Result<Tuple, DecodeError> {
                     Datum::Binary(value)
                 }
             }
-            tag => return Err(DecodeError::UnknownTag { what: "tuple column", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "tuple column",
+                    tag,
+                })
+            }
         });
     }
     Ok(datums)
@@ -354,14 +394,17 @@ pub(crate) mod tests {
     fn decodes_worked_example_insert() {
         // Appendix C of the reference: INSERT INTO t(id, v) VALUES (1, 'a') on relation 16385.
         let raw = [
-            0x49, 0x00, 0x00, 0x40, 0x01, 0x4E, 0x00, 0x02, 0x74, 0x00, 0x00, 0x00, 0x01, 0x31, 0x74, 0x00, 0x00,
-            0x00, 0x01, 0x61,
+            0x49, 0x00, 0x00, 0x40, 0x01, 0x4E, 0x00, 0x02, 0x74, 0x00, 0x00, 0x00, 0x01, 0x31, 0x74, 0x00, 0x00, 0x00,
+            0x01, 0x61,
         ];
         assert_eq!(
             Message::parse(Bytes::copy_from_slice(&raw)).unwrap(),
             Message::Insert {
                 relation: 16385,
-                new: vec![Datum::Text(Bytes::from_static(b"1")), Datum::Text(Bytes::from_static(b"a"))],
+                new: vec![
+                    Datum::Text(Bytes::from_static(b"1")),
+                    Datum::Text(Bytes::from_static(b"a"))
+                ],
             }
         );
     }
@@ -386,8 +429,7 @@ pub(crate) mod tests {
                 commit_time: 42
             })
         );
-        let m = Message::parse(relation(7, "public", "t", b'f', &[(true, "id", 23), (true, "v", 25)]).into())
-            .unwrap();
+        let m = Message::parse(relation(7, "public", "t", b'f', &[(true, "id", 23), (true, "v", 25)]).into()).unwrap();
         let Message::Relation(r) = m else { panic!() };
         assert_eq!(r.replica_identity, ReplicaIdentity::Full);
         assert_eq!(r.columns.len(), 2);
@@ -403,7 +445,9 @@ pub(crate) mod tests {
         u.extend(tuple_bytes(&[Some("1"), Some("old")]));
         u.push(b'N');
         u.extend(tuple_bytes(&[Some("1"), Some("\u{1}toast")]));
-        let Message::Update { old, new, .. } = Message::parse(u.into()).unwrap() else { panic!() };
+        let Message::Update { old, new, .. } = Message::parse(u.into()).unwrap() else {
+            panic!()
+        };
         assert_eq!(old.unwrap().0, OldKind::Full);
         assert_eq!(new[1], Datum::UnchangedToast);
 
@@ -411,7 +455,9 @@ pub(crate) mod tests {
         d.extend_from_slice(&9u32.to_be_bytes());
         d.push(b'K');
         d.extend(tuple_bytes(&[Some("1"), None]));
-        let Message::Delete { kind, old, .. } = Message::parse(d.into()).unwrap() else { panic!() };
+        let Message::Delete { kind, old, .. } = Message::parse(d.into()).unwrap() else {
+            panic!()
+        };
         assert_eq!(kind, OldKind::Key);
         assert_eq!(old[1], Datum::Null);
 
@@ -455,7 +501,10 @@ pub(crate) mod tests {
         ];
         for msg in &good {
             for cut in 0..msg.len() {
-                assert!(Message::parse(Bytes::copy_from_slice(&msg[..cut])).is_err(), "{msg:?} cut at {cut}");
+                assert!(
+                    Message::parse(Bytes::copy_from_slice(&msg[..cut])).is_err(),
+                    "{msg:?} cut at {cut}"
+                );
             }
             let mut long = msg.clone();
             long.push(0);
@@ -474,9 +523,6 @@ pub(crate) mod tests {
         // Invalid UTF-8 in a name.
         let mut r = relation(7, "public", "t", b'd', &[]);
         r[5] = 0xFF;
-        assert_eq!(
-            Message::parse(r.into()),
-            Err(DecodeError::Utf8("relation namespace"))
-        );
+        assert_eq!(Message::parse(r.into()), Err(DecodeError::Utf8("relation namespace")));
     }
 }

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::envelope::subject_token;
 use super::value::{write_str, ValueError, ValueKind};
-use crate::decode::pgoutput::{Begin, Datum, Message, OldKind, Relation, ReplicaIdentity, Tuple};
 use crate::decode::frame::PG_EPOCH_UNIX_MICROS;
+use crate::decode::pgoutput::{Begin, Datum, Message, OldKind, Relation, ReplicaIdentity, Tuple};
 use crate::lsn::Lsn;
 
 /// A place in the stream's total order: `(commit LSN, position in the transaction)`.
@@ -215,7 +215,10 @@ impl EventBuilder {
 
     /// Type OIDs of a Relation that have no built-in mapping and must be resolved from the
     /// catalog before the Relation is handled.
-    pub fn unresolved_types<'a>(relation: &'a Relation, known: &'a HashMap<u32, ValueKind>) -> impl Iterator<Item = u32> + 'a {
+    pub fn unresolved_types<'a>(
+        relation: &'a Relation,
+        known: &'a HashMap<u32, ValueKind>,
+    ) -> impl Iterator<Item = u32> + 'a {
         relation
             .columns
             .iter()
@@ -224,9 +227,18 @@ impl EventBuilder {
     }
 
     /// Handles one message; drafts ready to publish are appended to `out` in order.
-    pub fn handle(&mut self, msg: Message, types: &HashMap<u32, ValueKind>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+    pub fn handle(
+        &mut self,
+        msg: Message,
+        types: &HashMap<u32, ValueKind>,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), BuildError> {
         match msg {
-            Message::Begin(Begin { final_lsn, commit_time, xid }) => {
+            Message::Begin(Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            }) => {
                 if self.tx.is_some() {
                     return Err(BuildError::Protocol("Begin inside a transaction".into()));
                 }
@@ -275,7 +287,9 @@ impl EventBuilder {
                     data.extend_from_slice(b"\"key\":null,\"before\":null,\"after\":null,\"unchanged\":[],\"actor\":");
                     let ce_subject = shape.qualified.to_string();
                     self.write_actor(&mut data);
-                    data.extend_from_slice(format!(",\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}").as_bytes());
+                    data.extend_from_slice(
+                        format!(",\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}").as_bytes(),
+                    );
                     self.push(oid, Op::Truncate, ce_subject, data, out)?;
                 }
             }
@@ -293,7 +307,10 @@ impl EventBuilder {
                             _ => {
                                 // Not a JSON object: kept losslessly as a string rather than
                                 // dropped, so the audit trail still shows what was claimed.
-                                tracing::warn!(xid = tx.xid, "walguard.actor message is not a JSON object; recorded as a string");
+                                tracing::warn!(
+                                    xid = tx.xid,
+                                    "walguard.actor message is not a JSON object; recorded as a string"
+                                );
                                 write_str(&String::from_utf8_lossy(&content), &mut actor);
                             }
                         }
@@ -306,7 +323,11 @@ impl EventBuilder {
     }
 
     fn shape(&self, rel: Relation, types: &HashMap<u32, ValueKind>) -> Result<(u32, Shape), BuildError> {
-        let schema = if rel.namespace.is_empty() { "pg_catalog".to_owned() } else { rel.namespace };
+        let schema = if rel.namespace.is_empty() {
+            "pg_catalog".to_owned()
+        } else {
+            rel.namespace
+        };
         let qualified: Arc<str> = format!("{schema}.{}", rel.name).into();
         let spec = self.tables.get(&(schema.clone(), rel.name.clone())).cloned();
         let columns: Vec<Column> = rel
@@ -323,10 +344,13 @@ impl EventBuilder {
         let mut key = Vec::new();
         if let Some(spec) = &spec {
             for k in &spec.key {
-                let idx = columns.iter().position(|c| &c.name == k).ok_or_else(|| BuildError::KeyColumnMissing {
-                    table: qualified.clone(),
-                    column: k.clone(),
-                })?;
+                let idx = columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .ok_or_else(|| BuildError::KeyColumnMissing {
+                        table: qualified.clone(),
+                        column: k.clone(),
+                    })?;
                 key.push(idx);
             }
         }
@@ -451,10 +475,7 @@ impl EventBuilder {
         let mut unchanged = Vec::new();
         match &new {
             Some(t) => {
-                let fill = match &old {
-                    Some((_, o)) => Some(o),
-                    None => None,
-                };
+                let fill = old.as_ref().map(|(_, o)| o);
                 write_row(shape, t, |_| true, fill, &mut data, &mut unchanged)?;
             }
             None => data.extend_from_slice(b"null"),
@@ -473,7 +494,14 @@ impl EventBuilder {
         self.push(oid, op, ce_subject, data, out)
     }
 
-    fn push(&mut self, oid: u32, op: Op, ce_subject: String, data: Vec<u8>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+    fn push(
+        &mut self,
+        oid: u32,
+        op: Op,
+        ce_subject: String,
+        data: Vec<u8>,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), BuildError> {
         let shape = &self.relations[&oid];
         let spec = shape.spec.as_ref().expect("only guarded tables reach push");
         let tx = self
@@ -512,11 +540,14 @@ impl EventBuilder {
 }
 
 fn write_value(shape: &Shape, i: usize, value: &[u8], out: &mut Vec<u8>) -> Result<(), BuildError> {
-    shape.columns[i].kind.write_json(value, out).map_err(|source| BuildError::Value {
-        table: shape.qualified.clone(),
-        column: shape.columns[i].name.clone(),
-        source,
-    })
+    shape.columns[i]
+        .kind
+        .write_json(value, out)
+        .map_err(|source| BuildError::Value {
+            table: shape.qualified.clone(),
+            column: shape.columns[i].name.clone(),
+            source,
+        })
 }
 
 /// Writes the columns of `tuple` selected by `include` as a JSON object. An unchanged TOAST
@@ -590,7 +621,8 @@ mod tests {
     }
 
     fn feed(b: &mut EventBuilder, raw: Vec<u8>, out: &mut Vec<Draft>) {
-        b.handle(Message::parse(Bytes::from(raw)).unwrap(), &HashMap::new(), out).unwrap();
+        b.handle(Message::parse(Bytes::from(raw)).unwrap(), &HashMap::new(), out)
+            .unwrap();
     }
 
     fn data(d: &Draft) -> serde_json::Value {
@@ -599,8 +631,16 @@ mod tests {
 
     fn transaction(b: &mut EventBuilder, out: &mut Vec<Draft>) {
         feed(b, fx::begin(0x100, 0, 9), out);
-        feed(b, fx::relation(16385, "public", "t", b'f', &[(true, "id", 23), (true, "v", 25)]), out);
-        feed(b, fx::relation(16390, "public", "other", b'd', &[(true, "id", 23)]), out);
+        feed(
+            b,
+            fx::relation(16385, "public", "t", b'f', &[(true, "id", 23), (true, "v", 25)]),
+            out,
+        );
+        feed(
+            b,
+            fx::relation(16390, "public", "other", b'd', &[(true, "id", 23)]),
+            out,
+        );
         feed(b, fx::insert(16385, &[Some("1"), Some("a")]), out);
         feed(b, fx::insert(16390, &[Some("1")]), out);
         let mut u = vec![b'U'];
@@ -627,7 +667,10 @@ mod tests {
         feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(out.iter().map(|d| d.pgtxidx).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(out.iter().map(|d| d.end).collect::<Vec<_>>(), [None, None, Some(Lsn(0x130))]);
+        assert_eq!(
+            out.iter().map(|d| d.end).collect::<Vec<_>>(),
+            [None, None, Some(Lsn(0x130))]
+        );
         assert_eq!(out[0].nats_subject, "wg.public.t.insert");
         assert_eq!(out[0].ce_type, "public.t.created");
         assert_eq!(out[0].ce_subject, "public.t/1");
@@ -643,22 +686,25 @@ mod tests {
                 "before":{"id":1,"v":"a"},"after":{"id":1,"v":"a"},"unchanged":[],"actor":null})
         );
         assert_eq!(data(&out[2])["after"], serde_json::Value::Null);
-        assert_eq!(
-            out[0].id,
-            Uuid::new_v5(&Uuid::NAMESPACE_URL, b"7000/walguard/0/100/1")
-        );
+        assert_eq!(out[0].id, Uuid::new_v5(&Uuid::NAMESPACE_URL, b"7000/walguard/0/100/1"));
     }
 
     #[test]
     fn resume_skips_what_the_stream_has() {
-        let mut b = builder(Position { lsn: Lsn(0x100), idx: 2 });
+        let mut b = builder(Position {
+            lsn: Lsn(0x100),
+            idx: 2,
+        });
         let mut out = Vec::new();
         transaction(&mut b, &mut out);
         feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
         assert_eq!(out.iter().map(|d| d.pgtxidx).collect::<Vec<_>>(), [3]);
         assert_eq!(b.skipped(), 2);
 
-        let mut b = builder(Position { lsn: Lsn(0x101), idx: 0 });
+        let mut b = builder(Position {
+            lsn: Lsn(0x101),
+            idx: 0,
+        });
         let mut out = Vec::new();
         transaction(&mut b, &mut out);
         feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
@@ -670,7 +716,11 @@ mod tests {
         let mut b = builder(Position::default());
         let mut out = Vec::new();
         feed(&mut b, fx::begin(0x200, 0, 9), &mut out);
-        feed(&mut b, fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 25)]), &mut out);
+        feed(
+            &mut b,
+            fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 25)]),
+            &mut out,
+        );
         let mut m = vec![b'M', 1];
         m.extend_from_slice(&0u64.to_be_bytes());
         m.extend_from_slice(b"walguard.actor\0");
@@ -695,9 +745,17 @@ mod tests {
         let mut b = builder(Position::default());
         let mut out = Vec::new();
         feed(&mut b, fx::begin(0x200, 0, 9), &mut out);
-        feed(&mut b, fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 16)]), &mut out);
+        feed(
+            &mut b,
+            fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 16)]),
+            &mut out,
+        );
         let err = b
-            .handle(Message::parse(Bytes::from(fx::insert(16385, &[Some("1"), Some("x")]))).unwrap(), &HashMap::new(), &mut out)
+            .handle(
+                Message::parse(Bytes::from(fx::insert(16385, &[Some("1"), Some("x")]))).unwrap(),
+                &HashMap::new(),
+                &mut out,
+            )
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("public.t") && msg.contains("column v"), "{msg}");
@@ -712,7 +770,13 @@ mod tests {
         };
         let w = naming.watermark(Lsn(0x500), 0);
         assert_eq!(w.nats_subject, "wg._walguard.watermark");
-        assert_eq!(w.position(), Position { lsn: Lsn(0x500), idx: 0 });
+        assert_eq!(
+            w.position(),
+            Position {
+                lsn: Lsn(0x500),
+                idx: 0
+            }
+        );
         assert_eq!(w.end, Some(Lsn(0x500)));
     }
 }

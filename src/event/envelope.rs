@@ -64,7 +64,13 @@ impl Envelope {
         use base64::Engine;
         out.clear();
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
-        out.extend_from_slice(draft.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(
+            draft
+                .id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .as_bytes(),
+        );
         out.extend_from_slice(b"\",\"source\":");
         write_str(&self.source, out);
         out.extend_from_slice(b",\"type\":");
@@ -77,7 +83,13 @@ impl Envelope {
         out.extend_from_slice(format!("{sequence:020}").as_bytes());
         out.extend_from_slice(b"\",\"prevhash\":\"");
         out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(prev).as_bytes());
-        out.extend_from_slice(format!("\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}", draft.pglsn, draft.pgxid, draft.pgtxidx).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}",
+                draft.pglsn, draft.pgxid, draft.pgtxidx
+            )
+            .as_bytes(),
+        );
         if let Some(end) = draft.end {
             out.extend_from_slice(format!(",\"pgtxcnt\":{},\"pgendlsn\":\"{end}\"", draft.pgtxidx).as_bytes());
         }
@@ -148,7 +160,9 @@ impl Attributes {
     }
 
     pub fn sequence_number(&self) -> Option<u64> {
-        (self.sequence.len() == 20).then(|| self.sequence.parse().ok()).flatten()
+        (self.sequence.len() == 20)
+            .then(|| self.sequence.parse().ok())
+            .flatten()
     }
 }
 
@@ -197,6 +211,12 @@ mod tests {
         let attrs = Attributes::parse(&out).unwrap();
         assert_eq!(attrs.pgendlsn, Some(Lsn(0x16_B374_D900)));
         assert_eq!(attrs.sequence_number(), Some(7));
-        assert_eq!(attrs.position(), crate::event::Position { lsn: Lsn(0x16_B374_D848), idx: 2 });
+        assert_eq!(
+            attrs.position(),
+            crate::event::Position {
+                lsn: Lsn(0x16_B374_D848),
+                idx: 2
+            }
+        );
     }
 }

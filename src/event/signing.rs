@@ -23,12 +23,14 @@ pub const PAYLOAD_TYPE: &str = "application/cloudevents+json";
 pub enum KeyError {
     #[error("key file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error(
-        "key file {path} is readable by group or others (mode {mode:04o}): run `chmod 600 {path}`"
-    )]
+    #[error("key file {path} is readable by group or others (mode {mode:04o}): run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("key file {path} is not an Ed25519 {expected} PEM key ({reason})")]
-    Format { path: PathBuf, expected: &'static str, reason: String },
+    Format {
+        path: PathBuf,
+        expected: &'static str,
+        reason: String,
+    },
     #[error("key file {path} already exists: choose another path or remove it first")]
     Exists { path: PathBuf },
     #[error("no randomness available to generate a key: {0}")]
@@ -57,7 +59,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,11 +73,17 @@ impl Signer {
 
     /// Loads a PKCS#8 PEM private key, refusing files that group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let meta = fs::metadata(path).map_err(io)?;
         let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions { path: path.to_owned(), mode });
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
         let pem = fs::read_to_string(path).map_err(io)?;
         let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
@@ -101,11 +111,17 @@ impl Signer {
             .open(path)
             .map_err(|source| match source.kind() {
                 std::io::ErrorKind::AlreadyExists => KeyError::Exists { path: path.to_owned() },
-                _ => KeyError::Io { path: path.to_owned(), source },
+                _ => KeyError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
             })?;
         file.write_all(pem.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+            .map_err(|source| KeyError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Signer::new(key))
     }
 
@@ -153,7 +169,10 @@ impl Keyring {
     }
 
     pub fn add_pem_file(&mut self, path: &Path) -> Result<(), KeyError> {
-        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
             path: path.to_owned(),
             expected: "SPKI public",
@@ -186,16 +205,13 @@ mod tests {
 
     // A fixed test key.
     const SECRET: [u8; 32] = [
-        0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44,
-        0x49, 0xc5, 0x69, 0x7b, 0x7b, 0x3a, 0x7b, 0x64, 0x6f, 0x5c, 0x6f, 0x49, 0x47, 0x57, 0x9b,
+        0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49,
+        0xc5, 0x69, 0x7b, 0x7b, 0x3a, 0x7b, 0x64, 0x6f, 0x5c, 0x6f, 0x49, 0x47, 0x57, 0x9b,
     ];
 
     #[test]
     fn pae_golden() {
-        assert_eq!(
-            pae(b"{}"),
-            b"DSSEv1 28 application/cloudevents+json 2 {}".to_vec()
-        );
+        assert_eq!(pae(b"{}"), b"DSSEv1 28 application/cloudevents+json 2 {}".to_vec());
     }
 
     #[test]
@@ -207,12 +223,18 @@ mod tests {
         let mut ring = Keyring::default();
         ring.add(signer.verifying_key());
         assert_eq!(ring.verify(signer.key_id(), &sig, b"{}"), Ok(()));
-        assert_eq!(ring.verify(signer.key_id(), &sig, b"{ }"), Err(SignatureError::Mismatch));
+        assert_eq!(
+            ring.verify(signer.key_id(), &sig, b"{ }"),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             ring.verify("0000000000000000", &sig, b"{}"),
             Err(SignatureError::UnknownKey("0000000000000000".into()))
         );
-        assert_eq!(ring.verify(signer.key_id(), "abc", b"{}"), Err(SignatureError::Malformed));
+        assert_eq!(
+            ring.verify(signer.key_id(), "abc", b"{}"),
+            Err(SignatureError::Malformed)
+        );
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum ValueKind {
     /// Everything printed as a string, exactly as PostgreSQL prints it (numeric, text, uuid,
     /// date, time, interval, ranges, composites, enums, unknown types ...).
     Text,
-    Array { element: Box<ValueKind>, delimiter: u8 },
+    Array {
+        element: Box<ValueKind>,
+        delimiter: u8,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,7 +114,9 @@ impl ValueKind {
                 out.extend_from_slice(raw.get().as_bytes());
             }
             ValueKind::Bytea => {
-                let hex = s.strip_prefix("\\x").ok_or(bad("bytea", "expected hex output (\\x...)"))?;
+                let hex = s
+                    .strip_prefix("\\x")
+                    .ok_or(bad("bytea", "expected hex output (\\x...)"))?;
                 let bytes = decode_hex(hex).ok_or(bad("bytea", "invalid hex digits"))?;
                 out.push(b'"');
                 let mut b64 = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -136,9 +141,7 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
 
 fn is_json_integer(s: &str) -> bool {
     let digits = s.strip_prefix('-').unwrap_or(s);
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'))
 }
 
 /// The JSON number grammar (RFC 8259 section 6).
@@ -401,12 +404,18 @@ mod tests {
 
     fn json(oid: u32, text: &str) -> String {
         let mut out = Vec::new();
-        ValueKind::builtin(oid).unwrap().write_json(text.as_bytes(), &mut out).unwrap();
+        ValueKind::builtin(oid)
+            .unwrap()
+            .write_json(text.as_bytes(), &mut out)
+            .unwrap();
         String::from_utf8(out).unwrap()
     }
 
     fn fails(oid: u32, text: &str) -> bool {
-        ValueKind::builtin(oid).unwrap().write_json(text.as_bytes(), &mut Vec::new()).is_err()
+        ValueKind::builtin(oid)
+            .unwrap()
+            .write_json(text.as_bytes(), &mut Vec::new())
+            .is_err()
     }
 
     #[test]
@@ -433,11 +442,19 @@ mod tests {
             (1042, "ab  ", "\"ab  \""),
             (19, "name", "\"name\""),
             (18, "c", "\"c\""),
-            (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""),
+            (
+                2950,
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\"",
+            ),
             (869, "192.168.0.1/24", "\"192.168.0.1/24\""),
             (650, "10.0.0.0/8", "\"10.0.0.0/8\""),
             (829, "08:00:2b:01:02:03", "\"08:00:2b:01:02:03\""),
-            (1186, "1 year 2 mons 3 days 04:05:06", "\"1 year 2 mons 3 days 04:05:06\""),
+            (
+                1186,
+                "1 year 2 mons 3 days 04:05:06",
+                "\"1 year 2 mons 3 days 04:05:06\"",
+            ),
             (1560, "101", "\"101\""),
             (142, "<a>b</a>", "\"<a>b</a>\""),
             (3614, "'a' 'b'", "\"'a' 'b'\""),
@@ -470,13 +487,21 @@ mod tests {
             (1007, "{}", "[]"),
             (1007, "{{1,2},{3,4}}", "[[1,2],[3,4]]"),
             (1007, "[0:1]={5,6}", "[5,6]"),
-            (1009, "{a,\"b c\",\"NULL\",NULL,\"q\\\"x\\\\\"}", "[\"a\",\"b c\",\"NULL\",null,\"q\\\"x\\\\\"]"),
+            (
+                1009,
+                "{a,\"b c\",\"NULL\",NULL,\"q\\\"x\\\\\"}",
+                "[\"a\",\"b c\",\"NULL\",null,\"q\\\"x\\\\\"]",
+            ),
             (1000, "{t,f}", "[true,false]"),
             (1022, "{1.5,NaN,-Infinity}", "[1.5,\"NaN\",\"-Infinity\"]"),
             (1231, "{1.10,NaN}", "[\"1.10\",\"NaN\"]"),
             (3807, "{\"{\\\"a\\\": 1}\",\"[1, 2]\"}", "[{\"a\": 1},[1, 2]]"),
             (1001, "{\"\\\\xdead\"}", "[\"3q0=\"]"),
-            (1185, "{\"2026-11-29 09:48:11.767852+00\"}", "[\"2026-11-29T09:48:11.767852Z\"]"),
+            (
+                1185,
+                "{\"2026-11-29 09:48:11.767852+00\"}",
+                "[\"2026-11-29T09:48:11.767852Z\"]",
+            ),
             (1020, "{(1,1),(0,0);(2,2),(1,1)}", "[\"(1,1),(0,0)\",\"(2,2),(1,1)\"]"),
         ];
         for (oid, text, want) in cases {

@@ -120,21 +120,39 @@ impl Publisher {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
+        let mut held: Option<Draft> = None;
         loop {
             tokio::select! {
                 biased;
                 Some(acked) = ctx.in_flight.next(), if !ctx.in_flight.is_empty() => {
                     ctx.on_ack(acked)?;
                 }
-                item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => match item {
-                    Some(Item::Event(draft)) => {
-                        let idle = rx.is_empty();
-                        ctx.publish(&mut chain, draft, idle).await?;
+                item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => {
+                    match item {
+                        Some(Item::Event(draft)) => {
+                            // Another event is ready behind the held one, so it need not be
+                            // signed (unless the unsigned run is full).
+                            if let Some(prev) = held.replace(draft) {
+                                ctx.publish(&mut chain, prev, false).await?;
+                            }
+                        }
+                        Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
+                        None => closing = true,
                     }
-                    Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
-                    None => closing = true,
-                },
-                _ = shutdown.changed(), if !closing => closing = true,
+                    // No further event is ready: the held one is signed now, so no unsigned
+                    // tail remains while the publisher is idle.
+                    if rx.is_empty() || closing {
+                        if let Some(last) = held.take() {
+                            ctx.publish(&mut chain, last, true).await?;
+                        }
+                    }
+                }
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    if let Some(last) = held.take() {
+                        ctx.publish(&mut chain, last, true).await?;
+                    }
+                }
                 _ = tick.tick() => {
                     let quiet = ctx.in_flight.is_empty() && rx.is_empty();
                     let moved = server_position > chain.last_end && server_position > chain.position.lsn;

@@ -54,7 +54,8 @@ pub fn stream_problems(cfg: &NatsConfig, have: &stream::Config) -> Vec<String> {
                 "stream {name} uses memory storage, which loses events on restart: recreate it with file storage, or set nats.allow_unsafe_stream = true"
             ));
         }
-        let limited = have.max_messages > 0 || have.max_bytes > 0 || !have.max_age.is_zero() || have.max_messages_per_subject > 0;
+        let limited =
+            have.max_messages > 0 || have.max_bytes > 0 || !have.max_age.is_zero() || have.max_messages_per_subject > 0;
         if have.discard == stream::DiscardPolicy::Old && limited {
             out.push(format!(
                 "stream {name} discards old messages at its limits, which breaks the chain: set discard policy new (nats stream edit {name} --discard new), or set nats.allow_unsafe_stream = true"
@@ -67,7 +68,9 @@ pub fn stream_problems(cfg: &NatsConfig, have: &stream::Config) -> Vec<String> {
         ));
     }
     if have.allow_rollup {
-        out.push(format!("stream {name} allows rollups, which remove messages: disable allow_rollup_hdrs"));
+        out.push(format!(
+            "stream {name} allows rollups, which remove messages: disable allow_rollup_hdrs"
+        ));
     }
     out
 }
@@ -140,7 +143,12 @@ pub fn signed_by(msg: &jetstream::message::StreamMessage, keyring: &Keyring) -> 
 
 pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &str) -> Result<Tail, SinkError> {
     let name = stream.cached_info().config.name.clone();
-    let state = stream.info().await.map_err(|e| SinkError::Request(e.to_string()))?.state.clone();
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| SinkError::Request(e.to_string()))?
+        .state
+        .clone();
     if state.messages == 0 {
         if state.last_sequence != 0 {
             return Err(SinkError::Refused(format!(
@@ -172,7 +180,9 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
         seq -= 1;
     };
     let attrs = Attributes::parse(&head.payload).map_err(|e| {
-        SinkError::Refused(format!("stream {name} sequence {seq} is signed but not a walguard event: {e}"))
+        SinkError::Refused(format!(
+            "stream {name} sequence {seq} is signed but not a walguard event: {e}"
+        ))
     })?;
     if attrs.source != source {
         return Err(SinkError::Refused(format!(

@@ -220,7 +220,11 @@ impl Catalog {
             } else {
                 ""
             };
-            let sql = format!("CREATE PUBLICATION {} FOR TABLE {}{via_root}", quote_ident(publication), names.join(", "));
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
+                quote_ident(publication),
+                names.join(", ")
+            );
             tracing::info!(publication, "creating publication");
             self.client.batch_execute(&sql).await.map_err(self.err())?;
             return Ok(());
@@ -240,7 +244,10 @@ impl Catalog {
             if !published.contains(&(t.schema.clone(), t.name.clone())) {
                 tracing::info!(publication, table = %name, "adding guarded table to the publication");
                 self.client
-                    .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {name}", quote_ident(publication)))
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} ADD TABLE {name}",
+                        quote_ident(publication)
+                    ))
                     .await
                     .map_err(self.err())?;
             }
@@ -303,7 +310,10 @@ impl Catalog {
             ("d", _) => Box::pin(self.resolve(base, depth + 1)).await?,
             (_, "A") if elem != 0 => {
                 let element = Box::pin(self.resolve(elem, depth + 1)).await?;
-                let delimiter = self.delimiter_of(elem).await?.unwrap_or_else(|| delim.bytes().next().unwrap_or(b','));
+                let delimiter = self
+                    .delimiter_of(elem)
+                    .await?
+                    .unwrap_or_else(|| delim.bytes().next().unwrap_or(b','));
                 ValueKind::Array {
                     element: Box::new(element),
                     delimiter,

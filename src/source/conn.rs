@@ -107,7 +107,9 @@ impl<R: AsyncRead + Unpin> Framed<R> {
             if let Some(header) = backend::Header::parse(&self.buf)? {
                 let total = header.len() as usize + 1;
                 if total > MAX_MESSAGE {
-                    return Err(SourceError::Protocol(format!("message of {total} bytes exceeds the limit")));
+                    return Err(SourceError::Protocol(format!(
+                        "message of {total} bytes exceeds the limit"
+                    )));
                 }
                 if self.buf.len() >= total {
                     match header.tag() {
@@ -211,7 +213,9 @@ async fn open_socket(cfg: &tokio_postgres::Config) -> Result<BoxSocket, SourceEr
                 let _ = s.set_nodelay(true);
                 Box::pin(s) as BoxSocket
             }),
-            None => TcpStream::connect(("localhost", port)).await.map(|s| Box::pin(s) as BoxSocket),
+            None => TcpStream::connect(("localhost", port))
+                .await
+                .map(|s| Box::pin(s) as BoxSocket),
         }
     };
     match tokio::time::timeout(timeout, connect).await {
@@ -272,7 +276,8 @@ impl ReplicationConnection {
             user: user.to_owned(),
             reason: reason.to_owned(),
         };
-        let need_password = || password.ok_or_else(|| auth_err("the server asks for a password and postgres.url has none"));
+        let need_password =
+            || password.ok_or_else(|| auth_err("the server asks for a password and postgres.url has none"));
         let mut scram: Option<ScramSha256> = None;
         loop {
             let msg = match self.framed.next().await? {
@@ -286,7 +291,8 @@ impl ReplicationConnection {
                     frontend::password_message(need_password()?, &mut buf)?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
-                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), need_password()?, body.salt());
+                    let hash =
+                        postgres_protocol::authentication::md5_hash(user.as_bytes(), need_password()?, body.salt());
                     frontend::password_message(hash.as_bytes(), &mut buf)?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
@@ -296,14 +302,18 @@ impl ReplicationConnection {
                         has_scram |= m == SCRAM_SHA_256;
                     }
                     if !has_scram {
-                        return Err(auth_err("the server offers no SASL mechanism walguard supports (SCRAM-SHA-256)"));
+                        return Err(auth_err(
+                            "the server offers no SASL mechanism walguard supports (SCRAM-SHA-256)",
+                        ));
                     }
                     let s = ScramSha256::new(need_password()?, ChannelBinding::unsupported());
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)?;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| auth_err("SASL continue before SASL start"))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| auth_err("SASL continue before SASL start"))?;
                     s.update(body.data()).map_err(|e| auth_err(&e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut buf)?;
                 }
@@ -374,12 +384,16 @@ impl ReplicationConnection {
 
     pub async fn identify_system(&mut self) -> Result<SystemInfo, SourceError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemInfo {
             system_identifier: field(0),
             timeline: field(1).parse().unwrap_or(0),
-            xlogpos: field(2).parse().map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM xlogpos is not an LSN".into()))?,
+            xlogpos: field(2)
+                .parse()
+                .map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM xlogpos is not an LSN".into()))?,
             dbname: field(3),
         })
     }
@@ -387,7 +401,10 @@ impl ReplicationConnection {
     /// Creates the logical slot for pgoutput; returns its consistent point.
     pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, SourceError> {
         let rows = self
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot)))
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                quote_ident(slot)
+            ))
             .await?;
         rows.first()
             .and_then(|r| r.get(1).cloned().flatten())

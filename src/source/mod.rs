@@ -40,7 +40,11 @@ impl WalReader {
     /// Reads until shutdown (returning the connection's read half for the clean close) or an
     /// error. Blocks on the channel when the publisher is behind: backpressure reaches the
     /// socket, and the server simply waits.
-    pub async fn run(mut self, tx: mpsc::Sender<Item>, mut shutdown: watch::Receiver<bool>) -> Result<ReplicationReader, Error> {
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<Item>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<ReplicationReader, Error> {
         let mut out = Vec::new();
         loop {
             let payload = tokio::select! {
@@ -78,7 +82,10 @@ impl WalReader {
                         let _ = tx.send(Item::Position(end)).await;
                     }
                 }
-                ServerFrame::Keepalive { wal_end, reply_requested } => {
+                ServerFrame::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
                     self.checkpoint.received(wal_end);
                     if !self.builder.in_transaction() && tx.send(Item::Position(wal_end)).await.is_err() {
                         return Ok(self.reader);

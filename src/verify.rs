@@ -1,0 +1,450 @@
+//! Reads a stream back and proves it intact (G4): every message is a walguard event in
+//! sequence, each names the hash of its predecessor, signatures verify and cover every event
+//! (no more than 255 unsigned in a row, no unsigned tail), transactions are complete
+//! (`pgtxidx` 1..n, `pgtxcnt` = n on the last) and the order `(pglsn, pgtxidx)` only grows.
+//!
+//! `Verifier` is pure and fed one message at a time, so it checks streams of any length in
+//! constant memory; `verify_stream` feeds it from JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+
+use crate::event::envelope::{sha256, Attributes, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::signing::SignatureError;
+use crate::event::{Keyring, Position};
+use crate::lsn::Lsn;
+use crate::sink::publisher::MAX_UNSIGNED_RUN;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub sequence: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sequence {}: {}", self.sequence, self.reason)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub messages: u64,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+    pub events: u64,
+    pub watermarks: u64,
+    pub transactions: u64,
+    pub signed: u64,
+    pub last_lsn: Lsn,
+}
+
+struct OpenGroup {
+    lsn: Lsn,
+    xid: u64,
+    next_idx: u32,
+    first_sequence: u64,
+}
+
+pub struct Verifier<'k> {
+    keyring: &'k Keyring,
+    prev: Option<(u64, Hash)>,
+    position: Option<Position>,
+    group: Option<OpenGroup>,
+    unsigned_since: Option<u64>,
+    unsigned_run: u32,
+    pub summary: Summary,
+    pub problems: Vec<Problem>,
+}
+
+const MAX_PROBLEMS: usize = 100;
+
+impl<'k> Verifier<'k> {
+    pub fn new(keyring: &'k Keyring) -> Self {
+        Verifier {
+            keyring,
+            prev: None,
+            position: None,
+            group: None,
+            unsigned_since: None,
+            unsigned_run: 0,
+            summary: Summary::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, sequence: u64, reason: impl Into<String>) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem {
+                sequence,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Feeds the stored message at `sequence`, with its signature headers if any.
+    pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) {
+        let s = &mut self.summary;
+        if s.messages == 0 {
+            s.first_sequence = sequence;
+        }
+        s.messages += 1;
+        s.last_sequence = sequence;
+        let hash = sha256(payload);
+        let expected_prev = match self.prev {
+            None if sequence == 1 => Some([0u8; 32]),
+            None => {
+                self.problem(
+                    sequence,
+                    format!("the stream starts at sequence {sequence}: messages before it were removed"),
+                );
+                None
+            }
+            Some((prev_seq, prev_hash)) => {
+                if sequence != prev_seq + 1 {
+                    self.problem(
+                        sequence,
+                        format!(
+                            "sequence gap: messages {} to {} are missing",
+                            prev_seq + 1,
+                            sequence - 1
+                        ),
+                    );
+                }
+                Some(prev_hash)
+            }
+        };
+        self.prev = Some((sequence, hash));
+
+        match signature {
+            Some((kid, sig)) => match self.keyring.verify(kid, sig, payload) {
+                Ok(()) => {
+                    self.summary.signed += 1;
+                    self.unsigned_run = 0;
+                    self.unsigned_since = None;
+                }
+                Err(SignatureError::UnknownKey(k)) => self.problem(sequence, format!("signed with unknown key id {k}")),
+                Err(e) => self.problem(sequence, format!("bad signature: {e}")),
+            },
+            None => {
+                self.unsigned_run += 1;
+                self.unsigned_since.get_or_insert(sequence);
+                if self.unsigned_run > MAX_UNSIGNED_RUN {
+                    self.problem(
+                        sequence,
+                        format!("more than {MAX_UNSIGNED_RUN} unsigned events in a row"),
+                    );
+                    self.unsigned_run = 0;
+                }
+            }
+        }
+
+        let attrs = match Attributes::parse(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                self.problem(sequence, format!("not a walguard event: {e}"));
+                return;
+            }
+        };
+        if attrs.specversion != "1.0" {
+            self.problem(
+                sequence,
+                format!("specversion {:?}, expected \"1.0\"", attrs.specversion),
+            );
+        }
+        if attrs.sequence_number() != Some(sequence) {
+            self.problem(
+                sequence,
+                format!(
+                    "event says sequence {:?} but is stored at {sequence} (reordered or re-published)",
+                    attrs.sequence
+                ),
+            );
+        }
+        if let Some(expected) = expected_prev {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD.encode(expected) != attrs.prevhash {
+                self.problem(sequence, "broken chain: prevhash does not match the previous message (a message was removed, inserted, reordered or altered)");
+            }
+        }
+        let position = attrs.position();
+        if let Some(prev) = self.position {
+            if position <= prev {
+                self.problem(
+                    sequence,
+                    format!(
+                        "commit order violated: ({}, {}) does not follow ({}, {})",
+                        position.lsn, position.idx, prev.lsn, prev.idx
+                    ),
+                );
+            }
+        }
+        self.position = Some(self.position.map_or(position, |p| p.max(position)));
+        self.summary.last_lsn = self.summary.last_lsn.max(attrs.pglsn);
+        if attrs.is_watermark() {
+            self.summary.watermarks += 1;
+        } else {
+            self.summary.events += 1;
+        }
+
+        // Transaction completeness.
+        let continues = self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.lsn == attrs.pglsn && g.xid == attrs.pgxid && !attrs.is_watermark());
+        if continues {
+            let want = self.group.as_ref().map_or(0, |g| g.next_idx);
+            if attrs.pgtxidx != want {
+                self.problem(sequence, format!("pgtxidx {} where {want} was expected", attrs.pgtxidx));
+            }
+        } else {
+            if let Some(g) = self.group.take() {
+                let first = g.first_sequence;
+                self.problem(
+                    sequence,
+                    format!("the transaction starting at sequence {first} ended without its last event (pgtxcnt)"),
+                );
+            }
+            if attrs.pgtxidx != 1 {
+                self.problem(sequence, format!("a transaction starts at pgtxidx {}", attrs.pgtxidx));
+            }
+            self.group = Some(OpenGroup {
+                lsn: attrs.pglsn,
+                xid: attrs.pgxid,
+                next_idx: attrs.pgtxidx,
+                first_sequence: sequence,
+            });
+        }
+        let g = self.group.as_mut().expect("set above");
+        g.next_idx = attrs.pgtxidx + 1;
+        match (attrs.pgtxcnt, attrs.pgendlsn) {
+            (Some(cnt), Some(_)) => {
+                if cnt != attrs.pgtxidx {
+                    self.problem(
+                        sequence,
+                        format!("pgtxcnt {cnt} but this is event {} of its transaction", attrs.pgtxidx),
+                    );
+                }
+                self.group = None;
+                self.summary.transactions += 1;
+            }
+            (None, None) => {}
+            _ => self.problem(sequence, "pgtxcnt and pgendlsn must appear together"),
+        }
+    }
+
+    /// Ends the check: an open transaction or an unsigned tail is a problem.
+    pub fn finish(mut self) -> (Summary, Vec<Problem>) {
+        if let Some(g) = self.group.take() {
+            let seq = self.summary.last_sequence;
+            self.problem(
+                seq,
+                format!(
+                    "incomplete transaction: the one starting at sequence {} has no last event",
+                    g.first_sequence
+                ),
+            );
+        }
+        if let Some(since) = self.unsigned_since {
+            self.problem(
+                since,
+                format!(
+                    "unsigned tail: messages {since} to {} are covered by no signature",
+                    self.summary.last_sequence
+                ),
+            );
+        }
+        (self.summary, self.problems)
+    }
+}
+
+/// Reads every message of `stream` through an ordered consumer and checks it.
+pub async fn verify_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    keyring: &Keyring,
+) -> Result<(Summary, Vec<Problem>), String> {
+    let mut st = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("stream {stream}: {e}"))?;
+    let info = st.info().await.map_err(|e| format!("stream {stream}: {e}"))?.clone();
+    let mut verifier = Verifier::new(keyring);
+    let last = info.state.last_sequence;
+    if info.state.messages > 0 {
+        let consumer = st
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating a consumer on {stream}: {e}"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading {stream}: {e}"))?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| format!("reading {stream}: no message within 30 s"))?;
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| format!("reading {stream}: {e}"))?;
+            let seq = msg
+                .info()
+                .map_err(|e| format!("reading {stream}: {e}"))?
+                .stream_sequence;
+            let headers = msg.headers.as_ref();
+            let kid = headers.and_then(|h| h.get(HEADER_KEY_ID)).map(|v| v.as_str());
+            let sig = headers.and_then(|h| h.get(HEADER_SIGNATURE)).map(|v| v.as_str());
+            verifier.message(seq, kid.zip(sig), &msg.payload);
+            if seq >= last {
+                break;
+            }
+        }
+    }
+    Ok(verifier.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::builder::{Draft, Naming, Op};
+    use crate::event::{Envelope, Signer};
+
+    type Stored = (u64, Option<(String, String)>, Vec<u8>);
+
+    struct Fixture {
+        signer: Signer,
+        envelope: Envelope,
+        prev: Hash,
+        seq: u64,
+        out: Vec<Stored>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                signer: Signer::new(ed25519_dalek::SigningKey::from_bytes(&[7; 32])),
+                envelope: Envelope::new("1", "db", "s"),
+                prev: [0; 32],
+                seq: 0,
+                out: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, lsn: u64, idx: u32, end: Option<u64>, sign: bool) {
+            self.seq += 1;
+            let draft = Draft {
+                op: Op::Insert,
+                nats_subject: "x".into(),
+                id: uuid::Uuid::nil(),
+                ce_type: "t".into(),
+                ce_subject: "s".into(),
+                time_micros: 0,
+                pglsn: Lsn(lsn),
+                pgxid: lsn as u32,
+                pgtxidx: idx,
+                end: end.map(Lsn),
+                data: b"{\"op\":\"insert\"}".to_vec(),
+                table: "t".into(),
+            };
+            let mut buf = Vec::new();
+            self.envelope.write(&draft, self.seq, &self.prev, &mut buf);
+            self.prev = sha256(&buf);
+            let sig = sign.then(|| (self.signer.key_id().to_owned(), self.signer.sign(&buf)));
+            self.out.push((self.seq, sig, buf));
+        }
+
+        fn watermark(&mut self, lsn: u64) {
+            self.seq += 1;
+            let w = Naming {
+                system_identifier: "1".into(),
+                slot: "s".into(),
+                subject_prefix: "p".into(),
+            }
+            .watermark(Lsn(lsn), 0);
+            let mut buf = Vec::new();
+            self.envelope.write(&w, self.seq, &self.prev, &mut buf);
+            self.prev = sha256(&buf);
+            self.out.push((
+                self.seq,
+                Some((self.signer.key_id().to_owned(), self.signer.sign(&buf))),
+                buf,
+            ));
+        }
+
+        fn check(&self, msgs: &[Stored]) -> Vec<Problem> {
+            let mut ring = Keyring::default();
+            ring.add(self.signer.verifying_key());
+            let mut v = Verifier::new(&ring);
+            for (seq, sig, payload) in msgs {
+                v.message(*seq, sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str())), payload);
+            }
+            v.finish().1
+        }
+    }
+
+    fn intact() -> Fixture {
+        let mut f = Fixture::new();
+        f.watermark(0x10);
+        f.push(0x100, 1, None, false);
+        f.push(0x100, 2, Some(0x130), true);
+        f.push(0x200, 1, Some(0x230), true);
+        f.watermark(0x300);
+        f
+    }
+
+    #[test]
+    fn intact_stream_passes() {
+        let f = intact();
+        assert_eq!(f.check(&f.out), vec![]);
+    }
+
+    #[test]
+    fn removal_insertion_reorder_alteration_are_caught() {
+        let f = intact();
+        // Removed.
+        let mut m = f.out.clone();
+        m.remove(2);
+        let p = f.check(&m);
+        assert_eq!(p[0].sequence, 4, "{p:?}");
+        // Swapped.
+        let mut m = f.out.clone();
+        m.swap(1, 2);
+        assert!(!f.check(&m).is_empty());
+        // Altered: one byte of a signed payload.
+        let mut m = f.out.clone();
+        let pos = m[3].2.len() - 3;
+        m[3].2[pos] ^= 1;
+        let p = f.check(&m);
+        assert_eq!(p[0].sequence, 4, "{p:?}");
+        assert!(p[0].reason.contains("signature"), "{p:?}");
+        // Inserted: a foreign message after the head.
+        let mut m = f.out.clone();
+        m.push((6, None, b"{\"hello\":1}".to_vec()));
+        let p = f.check(&m);
+        assert_eq!(p[0].sequence, 6, "{p:?}");
+    }
+
+    #[test]
+    fn incomplete_transaction_and_unsigned_tail() {
+        let mut f = Fixture::new();
+        f.push(0x100, 1, None, false);
+        let p = f.check(&f.out);
+        assert!(p.iter().any(|p| p.reason.contains("incomplete")), "{p:?}");
+        assert!(p.iter().any(|p| p.reason.contains("unsigned tail")), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let mut f = intact();
+        let other = Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+        let payload = f.out[2].2.clone();
+        f.out[2].1 = Some((other.key_id().to_owned(), other.sign(&payload)));
+        let p = f.check(&f.out);
+        assert_eq!(p[0].sequence, 3);
+        assert!(p[0].reason.contains("unknown key"), "{p:?}");
+    }
+}
