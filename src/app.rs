@@ -172,6 +172,7 @@ async fn session(
         tail,
         watermark_interval: cfg.nats.watermark_interval,
         genesis,
+        replay_end: system.xlogpos,
     };
 
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);

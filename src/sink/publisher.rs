@@ -62,6 +62,10 @@ pub struct Publisher {
     pub watermark_interval: Duration,
     /// Publish a watermark at this LSN first (a new slot's consistent point).
     pub genesis: Option<Lsn>,
+    /// The server's WAL position when the session started: every stored message was
+    /// derived from WAL before it, so once the replay has passed it, a stored tail that was
+    /// not re-derived was not written by walguard.
+    pub replay_end: Lsn,
 }
 
 struct Chain {
@@ -91,6 +95,7 @@ impl Publisher {
             tail,
             watermark_interval,
             genesis,
+            replay_end,
         } = self;
         let max_payload = js_max_payload(&js);
         let mut chain = Chain {
@@ -154,7 +159,15 @@ impl Publisher {
                     }
                 }
                 _ = tick.tick() => {
-                    let quiet = ctx.in_flight.is_empty() && rx.is_empty();
+                    // The held draft takes the next sequence; it counts as re-derived.
+                    let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
+                    if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
+                        return Err(SinkError::Refused(format!(
+                            "stream messages {} to {} were not re-derived from the WAL up to {replay_end}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
+                            chain.next_sequence, ctx.compare_through
+                        )));
+                    }
+                    let quiet = !rederiving && ctx.in_flight.is_empty() && rx.is_empty();
                     let moved = server_position > chain.last_end && server_position > chain.position.lsn;
                     if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
                         let wm = naming.watermark(server_position, now_micros());

@@ -1,0 +1,324 @@
+//! The integration tests' harness: a private PostgreSQL and nats-server per test (from
+//! walguard's testkit), a signing key and config in a temporary folder, the walguard binary as
+//! a real process, and an independent reader of the stream (its own JetStream consumer and
+//! JSON parsing, not walguard's code).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+use walguard::testkit::{Nats, Postgres};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_walguard");
+
+pub struct Env {
+    pub pg: Postgres,
+    pub nats: Nats,
+    pub dir: tempfile::TempDir,
+    pub db: Client,
+    pub config: PathBuf,
+    pub stream: String,
+    pub slot: String,
+}
+
+/// One message as read back from the stream.
+#[derive(Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub subject: String,
+    pub signed: bool,
+    pub time: std::time::SystemTime,
+    pub payload: Vec<u8>,
+    pub json: Value,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{} {} {}{}",
+            self.seq,
+            self.subject,
+            self.json,
+            if self.signed { " (signed)" } else { "" }
+        )
+    }
+}
+
+impl Stored {
+    pub fn is_watermark(&self) -> bool {
+        self.json["type"] == "walguard.watermark"
+    }
+    pub fn data(&self) -> &Value {
+        &self.json["data"]
+    }
+    pub fn op(&self) -> &str {
+        self.json["data"]["op"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn connect_db(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+pub fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+impl Env {
+    /// Starts private servers, runs `schema` as the outside system, writes a key and a config
+    /// guarding `tables` (TOML `[[tables]]` entries) with `extra` TOML appended.
+    pub async fn start(schema: &str, tables: &str, extra_nats: &str) -> Env {
+        Self::start_with_pg(Postgres::start().expect("start PostgreSQL"), schema, tables, extra_nats).await
+    }
+
+    pub async fn start_with_pg(pg: Postgres, schema: &str, tables: &str, extra_nats: &str) -> Env {
+        let nats = Nats::start().expect("start nats-server");
+        let db = connect_db(&pg.url("postgres")).await;
+        if !schema.is_empty() {
+            db.batch_execute(schema).await.expect("create the schema");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("walguard.key");
+        let out = Command::new(BIN).args(["keygen", "--out"]).arg(&key).output().unwrap();
+        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        let config = dir.path().join("walguard.toml");
+        let env = Env {
+            config,
+            pg,
+            nats,
+            dir,
+            db,
+            stream: "WG".into(),
+            slot: "walguard_test".into(),
+        };
+        env.write_config(tables, extra_nats);
+        env
+    }
+
+    pub fn write_config(&self, tables: &str, extra_nats: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "[postgres]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"wg_pub\"\n\n{tables}\n\n\
+                 [nats]\nurl = \"{}\"\nstream = \"{}\"\nsubject_prefix = \"wg\"\nwatermark_interval = \"1s\"\n{extra_nats}\n\n\
+                 [signing]\nkey_file = \"walguard.key\"\n",
+                self.pg.url("postgres"),
+                self.slot,
+                self.nats.url(),
+                self.stream
+            ),
+        )
+        .unwrap();
+    }
+
+    pub fn spawn(&self) -> Walguard {
+        Walguard::spawn(&self.config, self.dir.path())
+    }
+
+    /// Spawns walguard and waits until it streams: the stream holds its first message (the
+    /// watermark at the slot's consistent point), so changes from now on are captured.
+    pub async fn spawn_ready(&self) -> Walguard {
+        let mut wg = self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if !self.read_stream().await.is_empty() {
+                return wg;
+            }
+            if let Some(code) = wg.wait_exit(Duration::from_millis(1)) {
+                panic!("walguard exited with {code} before streaming:\n{}", wg.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walguard did not start streaming:\n{}",
+                wg.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs a walguard command to completion: (exit code, stdout, stderr).
+    pub fn command(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("WALGUARD_LOG", "info")
+            .output()
+            .expect("run walguard");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn verify(&self) -> (i32, String) {
+        let (code, stdout, stderr) = self.command(&["verify", "-c", self.config.to_str().unwrap()]);
+        (code, format!("{stdout}{stderr}"))
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(self.nats.url()).await.expect("connect to nats"))
+    }
+
+    /// Every message of the stream, read with an ordered consumer.
+    pub async fn read_stream(&self) -> Vec<Stored> {
+        let js = self.js().await;
+        let Ok(mut stream) = js.get_stream(&self.stream).await else {
+            return Vec::new();
+        };
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), messages.next()).await {
+            let msg = msg.unwrap();
+            let info = msg.info().unwrap();
+            let seq = info.stream_sequence;
+            let time: std::time::SystemTime = info.published.into();
+            let signed = msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("Walguard-Signature").is_some());
+            out.push(Stored {
+                seq,
+                subject: msg.subject.to_string(),
+                signed,
+                time,
+                payload: msg.payload.to_vec(),
+                json: serde_json::from_slice(&msg.payload).unwrap_or(Value::Null),
+            });
+            if seq >= state.last_sequence {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The row events (no watermarks) once at least `n` are in the stream.
+    pub async fn wait_events(&self, n: usize, within: Duration) -> Vec<Stored> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events: Vec<Stored> = self
+                .read_stream()
+                .await
+                .into_iter()
+                .filter(|m| !m.is_watermark())
+                .collect();
+            if events.len() >= n || Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn confirmed_flush(&self) -> Option<u64> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .ok()??;
+        row.get::<_, Option<String>>(0).map(|s| lsn(&s))
+    }
+
+    pub async fn current_wal_lsn(&self) -> u64 {
+        let row = self
+            .db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap();
+        lsn(&row.get::<_, String>(0))
+    }
+}
+
+/// A walguard process; killed with SIGKILL on drop.
+pub struct Walguard {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Walguard {
+    pub fn spawn(config: &Path, dir: &Path) -> Walguard {
+        let log = dir.join(format!(
+            "walguard-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("WALGUARD_LOG", "info,walguard=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn walguard run");
+        Walguard {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Waits for the process to exit by itself; `None` if it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Some(status.code().unwrap_or(-1));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Walguard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
