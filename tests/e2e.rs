@@ -464,3 +464,103 @@ async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("first bad sequence {intruder}")), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_stops_with_a_message_and_publishes_nothing() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let run = |env: &Env| {
+        let mut wg = env.spawn();
+        let code = wg.wait_exit(Duration::from_secs(30));
+        (code, wg.output())
+    };
+
+    // An unknown config key.
+    env.write_config(GUARD_LEDGER, "max_infligt = 5");
+    let (code, out) = run(&env);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("max_infligt") && out.contains("walguard.toml"), "{out}");
+
+    // The same key through the environment is refused too.
+    env.write_config(GUARD_LEDGER, "");
+    let out = std::process::Command::new(harness::BIN)
+        .args(["run", "-c", env.config.to_str().unwrap()])
+        .env("WALGUARD__NATS__STREEM", "X")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("streem"));
+
+    // A missing table.
+    env.write_config("[[tables]]\nname = \"public.nope\"\n", "");
+    let (code, out) = run(&env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("public\".\"nope\" ") || out.contains("\"nope\""), "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+
+    // A key file readable by others.
+    env.write_config(GUARD_LEDGER, "");
+    let key = env.dir.path().join("walguard.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, out) = run(&env);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("chmod 600"), "{out}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    // Nothing was published by any of these attempts.
+    assert!(env.read_stream().await.is_empty());
+
+    // wal_level is not logical.
+    let replica = walguard::testkit::Postgres::start_with(&[("wal_level", "replica")]).unwrap();
+    let env2 = Env::start_with_pg(replica, LEDGER, GUARD_LEDGER, "").await;
+    let (code, out) = run(&env2);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("wal_level is replica"), "{out}");
+    assert!(env2.read_stream().await.is_empty());
+
+    // An unreachable server.
+    let (code, out) = {
+        let dead = format!("[postgres]\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\n[[tables]]\nname = \"ledger\"\n[signing]\nkey_file = \"walguard.key\"\n", walguard::testkit::free_port());
+        std::fs::write(&env.config, dead).unwrap();
+        run(&env)
+    };
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("cannot connect to PostgreSQL"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let mut wg = env.spawn_ready().await;
+    env.db.batch_execute("INSERT INTO ledger VALUES (1, 1, 0)").await.unwrap();
+    env.wait_events(1, Duration::from_secs(20)).await;
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
+
+    // Someone else consumes the slot past what the stream holds.
+    env.db.batch_execute("INSERT INTO ledger VALUES (2, 2, 0)").await.unwrap();
+    env.db
+        .batch_execute(&format!(
+            "SELECT pg_replication_slot_advance('{}', pg_current_wal_lsn())",
+            env.slot
+        ))
+        .await
+        .unwrap();
+    let mut wg = env.spawn();
+    let code = wg.wait_exit(Duration::from_secs(30));
+    let out = wg.output();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("may be missing") && out.contains("has confirmed up to"), "{out}");
+
+    // The slot is dropped while the stream holds events.
+    env.db
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{}')", env.slot))
+        .await
+        .unwrap();
+    let mut wg = env.spawn();
+    let code = wg.wait_exit(Duration::from_secs(30));
+    let out = wg.output();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("does not exist") && out.contains("may be missing"), "{out}");
+    // Still only the one event.
+    assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
+}

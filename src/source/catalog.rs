@@ -14,7 +14,9 @@ use crate::source::conn::{quote_ident, SESSION_OPTIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("PostgreSQL at {target}: {}", error_chain(source))]
     Postgres {
         target: String,
         #[source]
@@ -35,9 +37,26 @@ impl CatalogError {
                     c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
                 }
             },
+            CatalogError::Connect { .. } => true,
             CatalogError::Refused(_) => false,
         }
     }
+}
+
+/// An error with its causes, `a: b: c`, since tokio-postgres puts the useful part in the
+/// source ("connection refused", the server's message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 pub struct Catalog {
@@ -66,9 +85,9 @@ impl Catalog {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(std::time::Duration::from_secs(10));
         }
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|source| CatalogError::Postgres {
+        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| CatalogError::Connect {
             target: target.clone(),
-            source,
+            reason: error_chain(&e),
         })?;
         let handle = tokio::spawn(async move {
             if let Err(error) = conn.await {
