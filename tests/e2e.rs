@@ -179,14 +179,12 @@ async fn every_value_maps_to_the_specified_json() {
             .batch_execute(&format!("INSERT INTO {t} VALUES (1, 1, {big})"))
             .await
             .unwrap();
-        env.db.batch_execute(&format!("UPDATE {t} SET small = 2 WHERE id = 1")).await.unwrap();
+        env.db
+            .batch_execute(&format!("UPDATE {t} SET small = 2 WHERE id = 1"))
+            .await
+            .unwrap();
     }
-    let big_value: String = env
-        .db
-        .query_one(&format!("SELECT {big}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let big_value: String = env.db.query_one(&format!("SELECT {big}"), &[]).await.unwrap().get(0);
 
     let events = env.wait_events(5, Duration::from_secs(30)).await;
     assert_eq!(events.len(), 5, "{events:?}");
@@ -267,9 +265,17 @@ fn assert_exactly_once_in_order(stream: &[Stored], committed: &Committed) {
         .iter()
         .map(|m| (m.op().to_owned(), m.data()["key"]["id"].as_i64().unwrap()))
         .collect();
-    let want: Vec<(String, i64)> = committed.iter().flatten().map(|(op, id)| (op.to_string(), *id)).collect();
+    let want: Vec<(String, i64)> = committed
+        .iter()
+        .flatten()
+        .map(|(op, id)| (op.to_string(), *id))
+        .collect();
     if got != want {
-        let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let first = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
         panic!(
             "stream differs from what was committed at event {first}: got {} events, want {}; got {:?}, want {:?}",
             got.len(),
@@ -300,7 +306,12 @@ fn assert_confirmed_never_ahead(stream: &[Stored], samples: &[(std::time::System
         .filter_map(|m| m.json["pgendlsn"].as_str().map(|l| (m.time, harness::lsn(l))))
         .collect();
     for (t, confirmed) in samples {
-        let stored = ends.iter().filter(|(at, _)| at <= t).map(|(_, l)| *l).max().unwrap_or(0);
+        let stored = ends
+            .iter()
+            .filter(|(at, _)| at <= t)
+            .map(|(_, l)| *l)
+            .max()
+            .unwrap_or(0);
         assert!(
             stored >= *confirmed,
             "confirmed_flush_lsn {confirmed:X} at {t:?} passed what the stream held ({stored:X})"
@@ -308,7 +319,12 @@ fn assert_confirmed_never_ahead(stream: &[Stored], samples: &[(std::time::System
     }
 }
 
-fn spawn_sampler(env: &Env) -> (tokio::task::JoinHandle<Vec<(std::time::SystemTime, u64)>>, tokio::sync::watch::Sender<bool>) {
+fn spawn_sampler(
+    env: &Env,
+) -> (
+    tokio::task::JoinHandle<Vec<(std::time::SystemTime, u64)>>,
+    tokio::sync::watch::Sender<bool>,
+) {
     let url = env.pg.url("postgres");
     let slot = env.slot.clone();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -317,7 +333,10 @@ fn spawn_sampler(env: &Env) -> (tokio::task::JoinHandle<Vec<(std::time::SystemTi
         let mut samples = Vec::new();
         while !*stopped.borrow() {
             if let Ok(row) = db
-                .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
                 .await
             {
                 let at = std::time::SystemTime::now();
@@ -376,11 +395,19 @@ async fn survives_sigkill_at_random_moments() {
 
     let stream = env.read_stream().await;
     assert_exactly_once_in_order(&stream, &committed);
-    assert!(samples.len() > 50, "only {} samples of confirmed_flush_lsn", samples.len());
+    assert!(
+        samples.len() > 50,
+        "only {} samples of confirmed_flush_lsn",
+        samples.len()
+    );
     assert_confirmed_never_ahead(&stream, &samples);
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
-    eprintln!("{kills} SIGKILLs, {} transactions, {total} events, {} messages; {out}", committed.len(), stream.len());
+    eprintln!(
+        "{kills} SIGKILLs, {} transactions, {total} events, {} messages; {out}",
+        committed.len(),
+        stream.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +427,12 @@ async fn nats_outage_loses_and_doubles_nothing() {
     let total: usize = log.iter().map(Vec::len).sum();
     let events = env.wait_events(total, Duration::from_secs(90)).await;
     assert_eq!(events.len(), total, "{}", wg.output());
-    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "walguard must keep running:\n{}", wg.output());
+    assert_eq!(
+        wg.wait_exit(Duration::from_millis(10)),
+        None,
+        "walguard must keep running:\n{}",
+        wg.output()
+    );
     let stream = env.read_stream().await;
     assert_exactly_once_in_order(&stream, &log);
     wg.signal(nix::sys::signal::Signal::SIGTERM);
@@ -415,7 +447,10 @@ async fn writes_to_unguarded_tables_advance_the_slot() {
     let env = Env::start(&schema, GUARD_LEDGER, "").await;
     let _wg = env.spawn_ready().await;
     for _ in 0..50 {
-        env.db.batch_execute("INSERT INTO other (v) VALUES ('x')").await.unwrap();
+        env.db
+            .batch_execute("INSERT INTO other (v) VALUES ('x')")
+            .await
+            .unwrap();
     }
     let target = env.current_wal_lsn().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -442,17 +477,26 @@ async fn writes_to_unguarded_tables_advance_the_slot() {
 async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
     let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let mut wg = env.spawn_ready().await;
-    env.db.batch_execute("INSERT INTO ledger VALUES (1, 1, 0)").await.unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (1, 1, 0)")
+        .await
+        .unwrap();
     env.wait_events(1, Duration::from_secs(20)).await;
     let js = env.js().await;
     let ack = js
-        .publish("wg.public.ledger.insert", bytes::Bytes::from_static(br#"{"forged":true}"#))
+        .publish(
+            "wg.public.ledger.insert",
+            bytes::Bytes::from_static(br#"{"forged":true}"#),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     let intruder = ack.sequence;
-    env.db.batch_execute("INSERT INTO ledger VALUES (2, 2, 0)").await.unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (2, 2, 0)")
+        .await
+        .unwrap();
     let code = wg.wait_exit(Duration::from_secs(60));
     let log = wg.output();
     assert_eq!(code, Some(1), "{log}");
@@ -531,13 +575,19 @@ async fn bad_input_stops_with_a_message_and_publishes_nothing() {
 async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
     let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let mut wg = env.spawn_ready().await;
-    env.db.batch_execute("INSERT INTO ledger VALUES (1, 1, 0)").await.unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (1, 1, 0)")
+        .await
+        .unwrap();
     env.wait_events(1, Duration::from_secs(20)).await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
 
     // Someone else consumes the slot past what the stream holds.
-    env.db.batch_execute("INSERT INTO ledger VALUES (2, 2, 0)").await.unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (2, 2, 0)")
+        .await
+        .unwrap();
     env.db
         .batch_execute(&format!(
             "SELECT pg_replication_slot_advance('{}', pg_current_wal_lsn())",
@@ -549,7 +599,10 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
     let code = wg.wait_exit(Duration::from_secs(30));
     let out = wg.output();
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("may be missing") && out.contains("has confirmed up to"), "{out}");
+    assert!(
+        out.contains("may be missing") && out.contains("has confirmed up to"),
+        "{out}"
+    );
 
     // The slot is dropped while the stream holds events.
     env.db
@@ -560,7 +613,10 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
     let code = wg.wait_exit(Duration::from_secs(30));
     let out = wg.output();
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("does not exist") && out.contains("may be missing"), "{out}");
+    assert!(
+        out.contains("does not exist") && out.contains("may be missing"),
+        "{out}"
+    );
     // Still only the one event.
     assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
 }
