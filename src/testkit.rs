@@ -150,6 +150,11 @@ impl Postgres {
 
     /// Starts a server with extra `-c name=value` settings.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Postgres> {
+        Self::start_configured(settings, None)
+    }
+
+    /// Starts a server with extra settings and, when given, this pg_hba.conf.
+    pub fn start_configured(settings: &[(&str, &str)], hba: Option<&str>) -> Result<Postgres> {
         let bin = find_pg_bin()?;
         let user = pg_user()?;
         let dir = tempfile::Builder::new()
@@ -195,6 +200,9 @@ impl Postgres {
         );
         for (k, v) in settings {
             conf.push_str(&format!("{k} = {v}\n"));
+        }
+        if let Some(hba) = hba {
+            fs::write(data.join("pg_hba.conf"), hba).map_err(|e| e.to_string())?;
         }
         let conf_path = data.join("postgresql.auto.conf");
         let mut existing = fs::read_to_string(&conf_path).unwrap_or_default();

@@ -620,3 +620,63 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
     // Still only the one event.
     assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_connection_authenticates_every_way_over_tcp_and_unix_sockets() {
+    use walguard::source::conn::{ReplicationConnection, SourceError};
+    let hba = "local all all trust\n\
+               host all postgres 127.0.0.1/32 trust\n\
+               host all u_md5 127.0.0.1/32 md5\n\
+               host all u_scram 127.0.0.1/32 scram-sha-256\n\
+               host all u_password 127.0.0.1/32 password\n";
+    let pg = walguard::testkit::Postgres::start_configured(&[], Some(hba)).unwrap();
+    let db = harness::connect_db(&pg.url("postgres")).await;
+    db.batch_execute(
+        "SET password_encryption = 'md5'; CREATE ROLE u_md5 LOGIN REPLICATION PASSWORD 'pw-md5';
+         SET password_encryption = 'scram-sha-256';
+         CREATE ROLE u_scram LOGIN REPLICATION PASSWORD 'pw-scram';
+         CREATE ROLE u_password LOGIN REPLICATION PASSWORD 'pw-plain';",
+    )
+    .await
+    .unwrap();
+    let port = pg.port();
+    for (user, password) in [("u_md5", "pw-md5"), ("u_scram", "pw-scram"), ("u_password", "pw-plain")] {
+        let cfg: tokio_postgres::Config = format!("postgres://{user}:{password}@127.0.0.1:{port}/postgres")
+            .parse()
+            .unwrap();
+        let mut conn = ReplicationConnection::connect(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        let system = conn.identify_system().await.unwrap();
+        assert_eq!(system.dbname, "postgres");
+        assert!(!system.system_identifier.is_empty());
+
+        let wrong: tokio_postgres::Config = format!("postgres://{user}:nope@127.0.0.1:{port}/postgres")
+            .parse()
+            .unwrap();
+        match ReplicationConnection::connect(&wrong).await {
+            Err(e @ SourceError::Auth { .. }) => assert!(!e.is_transient() && e.to_string().contains(user), "{e}"),
+            Err(e) => panic!("{user} with a wrong password: {e}"),
+            Ok(_) => panic!("{user} with a wrong password connected"),
+        }
+    }
+    // Trust over the Unix socket, in libpq's key=value form.
+    let cfg: tokio_postgres::Config = format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        pg.socket_dir().display()
+    )
+    .parse()
+    .unwrap();
+    let mut conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    assert!(conn.server_version.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    conn.identify_system().await.unwrap();
+    // A refused port is a transient connection error naming the target.
+    let dead: tokio_postgres::Config = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        walguard::testkit::free_port()
+    )
+    .parse()
+    .unwrap();
+    let err = ReplicationConnection::connect(&dead).await.err().unwrap();
+    assert!(err.is_transient() && err.to_string().contains("127.0.0.1"), "{err}");
+}
