@@ -129,6 +129,17 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result
     Err(format!("{what} did not accept connections on port {port} within 60 s"))
 }
 
+/// A server's log file in its folder, opened for appending across restarts.
+fn open_log(dir: &Path, name: &str) -> Result<(PathBuf, fs::File)> {
+    let path = dir.join(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    Ok((path, file))
+}
+
 fn signal(child: &Child, sig: Signal) {
     let _ = kill(Pid::from_raw(child.id() as i32), sig);
 }
@@ -221,12 +232,7 @@ impl Postgres {
     }
 
     fn start_server(&mut self) -> Result<()> {
-        let log_path = self.dir.path().join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| e.to_string())?;
+        let (log_path, log) = open_log(self.dir.path(), "postgres.log")?;
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
@@ -322,12 +328,7 @@ impl Nats {
     }
 
     fn start_server(&mut self) -> Result<()> {
-        let log_path = self.dir.path().join("nats.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| e.to_string())?;
+        let (log_path, log) = open_log(self.dir.path(), "nats.log")?;
         let mut child = Command::new(&self.bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.dir.path().join("jetstream"))
