@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::check::{self, Report};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::Error;
@@ -68,8 +69,14 @@ async fn session(
 ) -> Result<(), Error> {
     let pg = cfg.pg_config();
     let catalog = Arc::new(Catalog::connect(&pg).await?);
-    let tables = catalog.guarded_tables(cfg).await?;
-    catalog.ensure_publication(&cfg.postgres.publication, &tables).await?;
+    let mut report = Report::default();
+    let (tables, publication) = check::database(&catalog, cfg, &mut report).await?;
+    if !report.ready() {
+        return Err(Error::Refused(report.failures()));
+    }
+    catalog
+        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
+        .await?;
 
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
@@ -185,8 +192,23 @@ async fn session(
         feedback_stop_rx,
     ));
 
+    let mut monitor = tokio::spawn(watch_slot(
+        catalog.clone(),
+        slot_name.clone(),
+        cfg.postgres.retained_wal_warn,
+        checkpoint.clone(),
+    ));
     let reader = tokio::select! {
         r = wal_reader.run(tx, shutdown.clone()) => r?,
+        m = &mut monitor => {
+            publisher.abort();
+            feedback.abort();
+            return match m {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(()),
+                Err(join) => Err(Error::Refused(format!("slot monitor failed: {join}"))),
+            };
+        }
         p = &mut publisher => {
             feedback.abort();
             return match p {
@@ -205,6 +227,7 @@ async fn session(
         }
     };
 
+    monitor.abort();
     // Clean shutdown: the reader stopped; wait for acks in flight, confirm, end the stream.
     match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "publisher failed while draining"),
@@ -234,4 +257,47 @@ async fn session(
         tracing::debug!(error = %e, "replication stream did not close cleanly");
     }
     Ok(())
+}
+
+/// How often the slot's health is read while streaming.
+pub const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Watches the slot while streaming: warns when it retains more WAL than configured, and
+/// stops walguard when the slot lost WAL or vanished (never a silent restart from a new slot).
+async fn watch_slot(
+    catalog: Arc<Catalog>,
+    slot: String,
+    warn_above: u64,
+    checkpoint: Arc<Checkpoint>,
+) -> Result<(), Error> {
+    let mut tick = tokio::time::interval(SLOT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let confirmed = checkpoint.confirmable(Instant::now());
+        match catalog.slot(&slot).await? {
+            None => {
+                return Err(Error::Refused(format!(
+                    "replication slot {slot} was dropped while walguard streamed: changes after {confirmed} may be missing; start over explicitly with `walguard resync`"
+                )))
+            }
+            Some(info) if info.wal_status.as_deref() == Some("lost") => {
+                return Err(Error::Refused(format!(
+                    "replication slot {slot} has lost WAL it needs (wal_status lost): changes after {confirmed} are gone from the server; start over explicitly with `walguard resync`"
+                )))
+            }
+            Some(info) => {
+                let retained = info.retained_bytes.unwrap_or(0);
+                if retained as u64 > warn_above {
+                    tracing::warn!(
+                        slot = %slot,
+                        retained = %check::human_bytes(retained),
+                        threshold = %check::human_bytes(warn_above as i64),
+                        wal_status = info.wal_status.as_deref().unwrap_or(""),
+                        "the slot retains more WAL than postgres.retained_wal_warn"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -28,6 +28,22 @@ pub enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Preflight: every check `run` makes at start-up, with the fix for each problem. Exit 0
+    /// only when ready (warnings allowed), 1 on a failed check, 69 when a server is
+    /// unreachable, 78 on a configuration error.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// `text` for people, `json` for machines.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Start over from a new consistent point after a lost or replaced slot: records the gap in
+    /// the stream (a signed `walguard.resync` event) and creates a new slot. Logged.
+    Resync {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
     /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
     Keygen {
         /// Where to write the private key; an existing file is never overwritten.
@@ -46,6 +62,12 @@ pub enum Command {
     /// A throwaway PostgreSQL and nats-server, a legacy table, an outside writer, and the
     /// signed events flowing, verified at the end.
     Demo,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 pub fn init_logging() {
@@ -178,5 +200,32 @@ pub async fn verify(config: &Path, public_keys: &[PathBuf]) -> i32 {
             eprintln!("error: {e}");
             exit::UNAVAILABLE
         }
+    }
+}
+
+pub async fn check(config: &Path, format: Format) -> i32 {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = crate::check::preflight(&cfg).await;
+    match format {
+        Format::Text => print!("{}", report.render_text()),
+        Format::Json => println!("{}", report.render_json()),
+    }
+    report.exit_code()
+}
+
+pub async fn resync(config: &Path) -> i32 {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::resync::run(&cfg).await {
+        Ok(summary) => {
+            println!("{summary}");
+            exit::OK
+        }
+        Err(e) => report(&e),
     }
 }

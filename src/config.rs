@@ -46,6 +46,9 @@ pub struct PostgresConfig {
     pub slot: String,
     #[serde(default = "default_publication")]
     pub publication: String,
+    /// Warn when the slot retains more WAL than this (`"1GiB"`, `"512MB"`, bytes).
+    #[serde(default = "default_retained_wal_warn", deserialize_with = "de_size")]
+    pub retained_wal_warn: u64,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("url", &redact_url(self.url.expose()))
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("retained_wal_warn", &self.retained_wal_warn)
             .finish()
     }
 }
@@ -178,6 +182,9 @@ fn default_slot() -> String {
 fn default_publication() -> String {
     "walguard".into()
 }
+fn default_retained_wal_warn() -> u64 {
+    1 << 30
+}
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
@@ -208,6 +215,37 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "expected a duration such as \"10s\" or \"2m\", got {s:?} ({e})"
         ))
     })
+}
+
+/// Sizes: a number of bytes, or a number with kB, MB, GB, TB (powers of 1000) or KiB, MiB,
+/// GiB, TiB (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match StrOr::<u64>::deserialize(d)? {
+        StrOr::Value(v) => Ok(v),
+        StrOr::Str(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a size such as \"1GiB\" or \"512MB\", got {s:?}"))
+        }),
+    }
 }
 
 /// Numbers and booleans from env overrides arrive as strings; accept both forms.
@@ -496,6 +534,16 @@ key_file = "walguard.key"
         assert_eq!(parse_table_name("a.b.c"), None);
         assert_eq!(parse_table_name(""), None);
         assert_eq!(parse_table_name("\"unterminated"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512MB"), Some(512_000_000));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1 parsec"), None);
+        assert_eq!(parse_size(""), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! hash-chained CloudEvent in a NATS JetStream stream. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod event;
 pub mod lsn;
+pub mod resync;
 pub mod sink;
 pub mod source;
 pub mod testkit;

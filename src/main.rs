@@ -17,6 +17,8 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => cli::run(&config).await,
+            Command::Check { config, format } => cli::check(&config, format).await,
+            Command::Resync { config } => cli::resync(&config).await,
             Command::Keygen { out } => cli::keygen(&out),
             Command::Verify { config, public_keys } => cli::verify(&config, &public_keys).await,
             Command::Demo => walguard::demo::run().await,

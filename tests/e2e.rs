@@ -3,6 +3,8 @@
 //! is the SQL the test writes and the stream the test reads back with its own consumer.
 
 mod harness;
+#[path = "e2e/legacy_tables.rs"]
+mod legacy_tables;
 
 use std::time::Duration;
 

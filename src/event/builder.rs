@@ -33,6 +33,9 @@ pub enum Op {
     Delete,
     Truncate,
     Watermark,
+    /// The record of a restart from a new slot: what lies between two positions is not in
+    /// the stream.
+    Resync,
 }
 
 impl Op {
@@ -43,6 +46,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Watermark => "watermark",
+            Op::Resync => "resync",
         }
     }
 
@@ -53,6 +57,7 @@ impl Op {
             Op::Delete => "deleted",
             Op::Truncate => "truncated",
             Op::Watermark => "watermark",
+            Op::Resync => "resync",
         }
     }
 }
@@ -83,7 +88,11 @@ impl Draft {
     pub fn position(&self) -> Position {
         Position {
             lsn: self.pglsn,
-            idx: if self.op == Op::Watermark { 0 } else { self.pgtxidx },
+            idx: if matches!(self.op, Op::Watermark | Op::Resync) {
+                0
+            } else {
+                self.pgtxidx
+            },
         }
     }
 }
@@ -104,18 +113,28 @@ impl Naming {
 
     /// A watermark: every guarded change committed before `lsn` is in the stream before it.
     pub fn watermark(&self, lsn: Lsn, now_unix_micros: i64) -> Draft {
+        self.marker(Op::Watermark, lsn, now_unix_micros, br#"{"op":"watermark"}"#.to_vec())
+    }
+
+    /// A resync record: walguard starts over from a new slot at `lsn`; `data` says what the
+    /// stream lacks.
+    pub fn resync(&self, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
+        self.marker(Op::Resync, lsn, now_unix_micros, data)
+    }
+
+    fn marker(&self, op: Op, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
         Draft {
-            op: Op::Watermark,
-            nats_subject: format!("{}._walguard.watermark", self.subject_prefix),
-            id: self.event_id(lsn, format_args!("watermark")),
-            ce_type: "walguard.watermark".into(),
+            op,
+            nats_subject: format!("{}._walguard.{}", self.subject_prefix, op.as_str()),
+            id: self.event_id(lsn, format_args!("{}", op.as_str())),
+            ce_type: format!("walguard.{}", op.as_str()),
             ce_subject: self.slot.clone(),
             time_micros: now_unix_micros,
             pglsn: lsn,
             pgxid: 0,
             pgtxidx: 1,
             end: Some(lsn),
-            data: br#"{"op":"watermark"}"#.to_vec(),
+            data,
             table: "_walguard".into(),
         }
     }
@@ -129,6 +148,9 @@ pub struct TableSpec {
     pub type_prefix: String,
     /// The entity key: the configured `key`, else the primary key.
     pub key: Vec<String>,
+    /// Whether `key` was configured; a primary key can be renamed while streaming, and then
+    /// the replica identity columns of the new Relation message are the key.
+    pub configured_key: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,15 +365,34 @@ impl EventBuilder {
             .collect();
         let mut key = Vec::new();
         if let Some(spec) = &spec {
-            for k in &spec.key {
-                let idx = columns
+            let by_name: Option<Vec<usize>> = spec
+                .key
+                .iter()
+                .map(|k| columns.iter().position(|c| &c.name == k))
+                .collect();
+            key = match by_name {
+                Some(k) => k,
+                // The primary key was renamed (ALTER TABLE ... RENAME COLUMN): under DEFAULT
+                // identity the Relation flags the new names.
+                None if !spec.configured_key && rel.replica_identity == ReplicaIdentity::Default => columns
                     .iter()
-                    .position(|c| &c.name == k)
-                    .ok_or_else(|| BuildError::KeyColumnMissing {
-                        table: qualified.clone(),
-                        column: k.clone(),
-                    })?;
-                key.push(idx);
+                    .enumerate()
+                    .filter(|(_, c)| c.identity)
+                    .map(|(i, _)| i)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if key.is_empty() {
+                let missing = spec
+                    .key
+                    .iter()
+                    .find(|k| !columns.iter().any(|c| &c.name == *k))
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(BuildError::KeyColumnMissing {
+                    table: qualified.clone(),
+                    column: missing,
+                });
             }
         }
         let mut head = Vec::new();
@@ -616,6 +657,7 @@ mod tests {
             name: "t".into(),
             type_prefix: "public.t".into(),
             key: vec!["id".into()],
+            configured_key: false,
         }];
         EventBuilder::new(naming, tables, resume)
     }

@@ -146,8 +146,10 @@ impl Attributes {
         serde_json::from_slice(payload)
     }
 
+    /// A watermark or a resync record: walguard's own markers, which cover a position
+    /// rather than carry a row change.
     pub fn is_watermark(&self) -> bool {
-        self.data.op == "watermark"
+        self.data.op == "watermark" || self.data.op == "resync"
     }
 
     /// Where this event stands in the total order `(pglsn, pgtxidx)`. A watermark at `W`

@@ -219,13 +219,8 @@ impl Ctx<'_> {
             self.checkpoint.acked(draft.end, false, Instant::now());
         } else {
             let sign = idle || draft.op == Op::Watermark || chain.unsigned_run >= MAX_UNSIGNED_RUN;
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", draft.id.to_string().as_str());
-            headers.insert("Nats-Expected-Last-Sequence", (sequence - 1).to_string().as_str());
-            headers.insert("Content-Type", CONTENT_TYPE);
+            let headers = headers(&draft, sequence, sign.then_some(self.signer), &self.buf);
             if sign {
-                headers.insert(HEADER_KEY_ID, self.signer.key_id());
-                headers.insert(HEADER_SIGNATURE, self.signer.sign(&self.buf).as_str());
                 chain.unsigned_run = 0;
             } else {
                 chain.unsigned_run += 1;
@@ -302,4 +297,17 @@ impl Ctx<'_> {
             }),
         }
     }
+}
+
+/// The headers of an event's message (SPEC section 2); signed when `signer` is given.
+pub fn headers(draft: &Draft, sequence: u64, signer: Option<&Signer>, payload: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", draft.id.to_string().as_str());
+    headers.insert("Nats-Expected-Last-Sequence", (sequence - 1).to_string().as_str());
+    headers.insert("Content-Type", CONTENT_TYPE);
+    if let Some(signer) = signer {
+        headers.insert(HEADER_KEY_ID, signer.key_id());
+        headers.insert(HEADER_SIGNATURE, signer.sign(payload).as_str());
+    }
+    headers
 }

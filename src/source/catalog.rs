@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::Config;
 use crate::event::builder::TableSpec;
 use crate::event::value::ValueKind;
 use crate::lsn::Lsn;
@@ -72,6 +71,43 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     pub confirmed_flush: Option<Lsn>,
     pub wal_status: Option<String>,
+    /// WAL the slot keeps from being removed: current WAL position minus `restart_lsn`.
+    pub retained_bytes: Option<i64>,
+    /// Bytes that can still be written before the slot is in danger of losing WAL.
+    pub safe_wal_size: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableFacts {
+    pub oid: u32,
+    pub is_table: bool,
+    pub partitioned: bool,
+    pub is_partition: bool,
+    /// `d`efault, `n`othing, `f`ull or `i`ndex.
+    pub identity: char,
+    pub can_select: bool,
+    pub primary_key: Vec<String>,
+    pub identity_index: Vec<String>,
+    pub columns: Vec<String>,
+    /// For a partitioned table: its leaf partitions, whose identities the writers need.
+    pub leaves: Vec<Leaf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub name: String,
+    pub identity: char,
+    pub has_pk: bool,
+    pub has_identity_index: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublicationFacts {
+    /// insert, update, delete, truncate.
+    pub actions: [bool; 4],
+    pub via_root: bool,
+    pub all_tables: bool,
+    pub tables: Vec<(String, String)>,
 }
 
 impl Catalog {
@@ -125,142 +161,163 @@ impl Catalog {
         Ok(self.setting("server_version_num").await?.parse().unwrap_or(0))
     }
 
-    /// Checks everything `run` needs from the database and returns the guarded tables with
-    /// their keys. Never changes anything.
-    pub async fn guarded_tables(&self, cfg: &Config) -> Result<Vec<TableSpec>, CatalogError> {
-        let wal_level = self.setting("wal_level").await?;
-        if wal_level != "logical" {
-            return Err(CatalogError::Refused(format!(
-                "wal_level is {wal_level}, logical decoding needs logical: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
-            )));
-        }
-        let mut specs = Vec::new();
-        for (schema, name, table) in cfg.guarded() {
-            let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-            let row = self
+    /// What the catalog says about one table, or `None` when it does not exist.
+    pub async fn table(&self, schema: &str, name: &str) -> Result<Option<TableFacts>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition,
+                        has_table_privilege(c.oid, 'SELECT'),
+                        ARRAY(SELECT a.attname::text FROM pg_index i
+                              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                              WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord),
+                        ARRAY(SELECT a.attname::text FROM pg_index i
+                              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                              WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord),
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(self.err())?;
+        let Some(row) = row else { return Ok(None) };
+        let oid: u32 = row.get(0);
+        let kind: String = row.get(1);
+        let mut leaves = Vec::new();
+        if kind == "p" {
+            let rows = self
                 .client
-                .query_opt(
-                    "SELECT c.relreplident::text, c.relkind::text,
-                            ARRAY(SELECT a.attname::text FROM pg_index i
-                                  JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
-                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                  WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord),
-                            ARRAY(SELECT a.attname::text FROM pg_index i
-                                  JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
-                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                                  WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord),
-                            ARRAY(SELECT a.attname::text FROM pg_attribute a
-                                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE n.nspname = $1 AND c.relname = $2",
-                    &[&schema, &name],
+                .query(
+                    "SELECT c.oid::regclass::text, c.relreplident::text,
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+                     FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid
+                     WHERE t.isleaf ORDER BY 1",
+                    &[&oid],
                 )
                 .await
                 .map_err(self.err())?;
-            let Some(row) = row else {
-                return Err(CatalogError::Refused(format!(
-                    "table {qualified} (from [[tables]] name = {:?}) does not exist in database {}: create it or fix the name",
-                    table.name, self.target
-                )));
-            };
-            let identity: String = row.get(0);
-            let kind: String = row.get(1);
-            let pk: Vec<String> = row.get(2);
-            let ident_index: Vec<String> = row.get(3);
-            let columns: Vec<String> = row.get(4);
-            if !matches!(kind.as_str(), "r" | "p") {
-                return Err(CatalogError::Refused(format!(
-                    "{qualified} is not a table (relkind {kind}); only tables can be guarded"
-                )));
-            }
-            let identity_columns: Vec<String> = match identity.as_str() {
-                "d" => pk.clone(),
-                "i" => ident_index,
-                "f" => columns.clone(),
-                _ => Vec::new(),
-            };
-            if identity == "n" {
-                return Err(CatalogError::Refused(format!(
-                    "table {qualified} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be published; run ALTER TABLE {qualified} REPLICA IDENTITY FULL (or DEFAULT with a primary key)"
-                )));
-            }
-            if identity == "d" && pk.is_empty() {
-                return Err(CatalogError::Refused(format!(
-                    "table {qualified} has no primary key and replica identity DEFAULT: publishing it would make every UPDATE and DELETE of its writers fail; run ALTER TABLE {qualified} REPLICA IDENTITY FULL and configure `key` for it in [[tables]]"
-                )));
-            }
-            let key = match &table.key {
-                Some(k) => k.clone(),
-                None if !pk.is_empty() => pk.clone(),
-                None => {
-                    return Err(CatalogError::Refused(format!(
-                        "table {qualified} has no primary key: configure `key = [\"col\", ...]` for it in [[tables]]"
-                    )))
-                }
-            };
-            for k in &key {
-                if !columns.contains(k) {
-                    return Err(CatalogError::Refused(format!(
-                        "table {qualified}: key column {k:?} from [[tables]] does not exist"
-                    )));
-                }
-                if !identity_columns.contains(k) {
-                    return Err(CatalogError::Refused(format!(
-                        "table {qualified}: key column {k:?} is not part of the replica identity, so deletes would not carry it; run ALTER TABLE {qualified} REPLICA IDENTITY FULL or use the replica identity columns as `key`"
-                    )));
-                }
-            }
-            specs.push(TableSpec {
-                type_prefix: table.type_prefix.clone().unwrap_or_else(|| format!("{schema}.{name}")),
-                schema,
-                name,
-                key,
-            });
+            leaves = rows
+                .iter()
+                .map(|r| Leaf {
+                    name: r.get(0),
+                    identity: r.get::<_, String>(1).chars().next().unwrap_or('d'),
+                    has_pk: r.get(2),
+                    has_identity_index: r.get(3),
+                })
+                .collect();
         }
-        Ok(specs)
+        Ok(Some(TableFacts {
+            oid,
+            partitioned: kind == "p",
+            is_table: matches!(kind.as_str(), "r" | "p"),
+            is_partition: row.get(3),
+            identity: row.get::<_, String>(2).chars().next().unwrap_or('d'),
+            can_select: row.get(4),
+            primary_key: row.get(5),
+            identity_index: row.get(6),
+            columns: row.get(7),
+            leaves,
+        }))
     }
 
-    /// Creates the publication for the guarded tables when it is missing, and adds guarded
-    /// tables it lacks (their replica identity was checked by `guarded_tables`).
-    pub async fn ensure_publication(&self, publication: &str, tables: &[TableSpec]) -> Result<(), CatalogError> {
-        let exists = self
+    /// The connected role and whether it may open replication connections.
+    pub async fn role(&self) -> Result<(String, bool), CatalogError> {
+        let row = self
             .client
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+            .query_one(
+                "SELECT rolname::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
             .await
-            .map_err(self.err())?
-            .is_some();
-        let names: Vec<String> = tables
-            .iter()
-            .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
-            .collect();
-        if !exists {
-            let via_root = if self.server_version_num().await? >= 130000 {
-                " WITH (publish_via_partition_root = true)"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
-                quote_ident(publication),
-                names.join(", ")
-            );
-            tracing::info!(publication, "creating publication");
-            self.client.batch_execute(&sql).await.map_err(self.err())?;
-            return Ok(());
-        }
-        let published: Vec<(String, String)> = self
+            .map_err(self.err())?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// `(slots in use, max_replication_slots, WAL senders in use, max_wal_senders)`.
+    pub async fn replication_capacity(&self) -> Result<(i64, i64, i64, i64), CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots),
+                        current_setting('max_replication_slots')::bigint,
+                        (SELECT count(*) FROM pg_stat_replication),
+                        current_setting('max_wal_senders')::bigint",
+                &[],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+    }
+
+    pub async fn publication(&self, name: &str) -> Result<Option<PublicationFacts>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot, puballtables
+                 FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(self.err())?;
+        let Some(row) = row else { return Ok(None) };
+        let tables = self
             .client
             .query(
                 "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                &[&publication],
+                &[&name],
             )
             .await
             .map_err(self.err())?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        Ok(Some(PublicationFacts {
+            actions: [row.get(0), row.get(1), row.get(2), row.get(3)],
+            via_root: row.get(4),
+            all_tables: row.get(5),
+            tables,
+        }))
+    }
+
+    /// Creates the publication for the guarded tables when it is missing, and adds guarded
+    /// tables it lacks. Only called after `check::database` found every table's replica
+    /// identity usable, so adding a table never breaks its writers.
+    pub async fn ensure_publication(
+        &self,
+        publication: &str,
+        facts: Option<&PublicationFacts>,
+        tables: &[TableSpec],
+    ) -> Result<(), CatalogError> {
+        let names: Vec<String> = tables
+            .iter()
+            .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+            .collect();
+        let Some(facts) = facts else {
+            let version = self.server_version_num().await?;
+            let mut with = vec!["publish_via_partition_root = true"];
+            if version >= 180000 {
+                with.push("publish_generated_columns = stored");
+            }
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH ({})",
+                quote_ident(publication),
+                names.join(", "),
+                with.join(", ")
+            );
+            tracing::info!(publication, "creating publication");
+            self.client.batch_execute(&sql).await.map_err(self.err())?;
+            return Ok(());
+        };
+        if facts.all_tables {
+            return Ok(());
+        }
         for (t, name) in tables.iter().zip(&names) {
-            if !published.contains(&(t.schema.clone(), t.name.clone())) {
+            if !facts.tables.contains(&(t.schema.clone(), t.name.clone())) {
                 tracing::info!(publication, table = %name, "adding guarded table to the publication");
                 self.client
                     .batch_execute(&format!(
@@ -275,18 +332,24 @@ impl Catalog {
     }
 
     pub async fn slot(&self, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
-        let has_wal_status = self.server_version_num().await? >= 130000;
-        let sql = format!(
-            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, {} FROM pg_replication_slots WHERE slot_name = $1",
-            if has_wal_status { "wal_status::text" } else { "NULL::text" }
-        );
-        let row = self.client.query_opt(&sql, &[&slot]).await.map_err(self.err())?;
+        let row = self
+            .client
+            .query_opt(
+                "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status::text,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, safe_wal_size::bigint
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(self.err())?;
         Ok(row.map(|r| SlotInfo {
             plugin: r.get(0),
             database: r.get(1),
             active_pid: r.get(2),
             confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
             wal_status: r.get(4),
+            retained_bytes: r.get(5),
+            safe_wal_size: r.get(6),
         }))
     }
 

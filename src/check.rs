@@ -1,0 +1,650 @@
+//! Preflight checks, shared by `walguard check` and `run`'s start-up (Vector's `validate`):
+//! each yields a name, an outcome and, when something is wrong, the exact SQL or setting
+//! that fixes it. `run` refuses to start on any failure; `check` prints them all.
+//!
+//! What `run` creates by itself (a missing publication, slot or stream) is a warning, so a
+//! fresh setup that `run` can start passes (SPEC section 5).
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::exit;
+use crate::event::builder::TableSpec;
+use crate::lsn::Lsn;
+use crate::sink::{self, stream};
+use crate::source::catalog::{Catalog, CatalogError, PublicationFacts, TableFacts};
+use crate::source::conn::quote_ident;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// A server could not be reached (exit code 69 rather than 1).
+    #[serde(skip)]
+    pub unavailable: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, name: &str, outcome: Outcome, detail: String, fix: Option<String>) {
+        self.checks.push(Check {
+            name: name.to_owned(),
+            outcome,
+            detail,
+            fix,
+            unavailable: false,
+        });
+    }
+
+    pub fn pass(&mut self, name: &str, detail: impl Into<String>) {
+        self.push(name, Outcome::Pass, detail.into(), None);
+    }
+
+    pub fn warn(&mut self, name: &str, detail: impl Into<String>, fix: impl Into<Option<String>>) {
+        self.push(name, Outcome::Warn, detail.into(), fix.into());
+    }
+
+    pub fn fail(&mut self, name: &str, detail: impl Into<String>, fix: impl Into<Option<String>>) {
+        self.push(name, Outcome::Fail, detail.into(), fix.into());
+    }
+
+    fn unavailable(&mut self, name: &str, detail: impl Into<String>, fix: &str) {
+        self.fail(name, detail, Some(fix.to_owned()));
+        if let Some(last) = self.checks.last_mut() {
+            last.unavailable = true;
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.outcome != Outcome::Fail)
+    }
+
+    /// The failures, one per line with their fixes, for `run`'s refusal.
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Fail)
+            .map(|c| match &c.fix {
+                Some(fix) => format!("{}: {} (fix: {fix})", c.name, c.detail),
+                None => format!("{}: {}", c.name, c.detail),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// 0 ready, 69 a server unreachable, 1 any other failure.
+    pub fn exit_code(&self) -> i32 {
+        if self.ready() {
+            exit::OK
+        } else if self.checks.iter().any(|c| c.unavailable) {
+            exit::UNAVAILABLE
+        } else {
+            exit::PROBLEM
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for c in &self.checks {
+            let tag = match c.outcome {
+                Outcome::Pass => "PASS",
+                Outcome::Warn => "WARN",
+                Outcome::Fail => "FAIL",
+            };
+            out.push_str(&format!("{tag}  {:width$}  {}\n", c.name, c.detail));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("      {:width$}  fix: {fix}\n", ""));
+            }
+        }
+        let (w, f) = (
+            self.checks.iter().filter(|c| c.outcome == Outcome::Warn).count(),
+            self.checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+        );
+        out.push_str(&if f == 0 {
+            format!("ready: {} checks, {w} warnings\n", self.checks.len())
+        } else {
+            format!("NOT ready: {f} failed, {w} warnings\n")
+        });
+        out
+    }
+
+    pub fn render_json(&self) -> String {
+        serde_json::json!({ "ready": self.ready(), "checks": self.checks }).to_string()
+    }
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// The database checks `run` makes before it streams. Returns the guarded tables (when every
+/// one is usable) and the publication as it is.
+pub async fn database(
+    catalog: &Catalog,
+    cfg: &Config,
+    report: &mut Report,
+) -> Result<(Vec<TableSpec>, Option<PublicationFacts>), CatalogError> {
+    let version = catalog.server_version_num().await?;
+    if version >= 140000 {
+        report.pass("postgres.version", format!("server_version_num {version}"));
+    } else {
+        report.fail(
+            "postgres.version",
+            format!("server_version_num {version}: walguard needs PostgreSQL 14 or later (pgoutput messages)"),
+            Some("upgrade PostgreSQL".to_owned()),
+        );
+    }
+    let wal_level = catalog.setting("wal_level").await?;
+    if wal_level == "logical" {
+        report.pass("postgres.wal_level", "logical");
+    } else {
+        report.fail(
+            "postgres.wal_level",
+            format!("wal_level is {wal_level}, logical decoding needs logical"),
+            Some("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL".to_owned()),
+        );
+    }
+    let (role, replication) = catalog.role().await?;
+    if replication {
+        report.pass("postgres.role", format!("role {role} may replicate"));
+    } else {
+        report.fail(
+            "postgres.role",
+            format!("role {role} has neither REPLICATION nor SUPERUSER"),
+            Some(format!("ALTER ROLE {} REPLICATION;", quote_ident(&role))),
+        );
+    }
+    let slot_exists = catalog.slot(&cfg.postgres.slot).await?.is_some();
+    let (slots, max_slots, senders, max_senders) = catalog.replication_capacity().await?;
+    if slot_exists || slots < max_slots {
+        report.pass("postgres.replication_slots", format!("{slots} of {max_slots} in use"));
+    } else {
+        report.fail(
+            "postgres.replication_slots",
+            format!("all {max_slots} replication slots are in use"),
+            Some("raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ...; restart) or drop an unused slot".to_owned()),
+        );
+    }
+    if senders < max_senders {
+        report.pass("postgres.wal_senders", format!("{senders} of {max_senders} in use"));
+    } else {
+        report.fail(
+            "postgres.wal_senders",
+            format!("all {max_senders} WAL senders are in use"),
+            Some("raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ...; restart)".to_owned()),
+        );
+    }
+
+    let mut specs = Vec::new();
+    let mut partitioned = Vec::new();
+    for (schema, name, table) in cfg.guarded() {
+        let q = qualified(&schema, &name);
+        let check = format!("table {schema}.{name}");
+        let Some(facts) = catalog.table(&schema, &name).await? else {
+            report.fail(
+                &check,
+                format!(
+                    "does not exist in database {}",
+                    cfg.pg_config().get_dbname().unwrap_or("?")
+                ),
+                Some(format!("create {q}, or fix [[tables]] name = {:?}", table.name)),
+            );
+            continue;
+        };
+        if facts.partitioned {
+            partitioned.push(q.clone());
+        }
+        match table_spec(&schema, &name, table, &facts, &role) {
+            Ok((spec, note)) => {
+                match note {
+                    Some((detail, fix)) => report.warn(&check, detail, Some(fix)),
+                    None => report.pass(
+                        &check,
+                        format!(
+                            "key ({}), replica identity {}",
+                            spec.key.join(", "),
+                            identity_name(facts.identity)
+                        ),
+                    ),
+                }
+                specs.push(spec);
+            }
+            Err((detail, fix)) => report.fail(&check, detail, Some(fix)),
+        }
+    }
+
+    let pub_name = &cfg.postgres.publication;
+    let publication = catalog.publication(pub_name).await?;
+    let name = "postgres.publication";
+    match &publication {
+        None => report.warn(
+            name,
+            format!("publication {pub_name} does not exist; run creates it for the guarded tables"),
+            None,
+        ),
+        Some(p) => {
+            let labels = ["insert", "update", "delete", "truncate"];
+            let missing: Vec<&str> = labels
+                .iter()
+                .zip(p.actions)
+                .filter(|(_, on)| !on)
+                .map(|(l, _)| *l)
+                .collect();
+            let mut ok = true;
+            if !missing.is_empty() {
+                ok = false;
+                report.fail(
+                    name,
+                    format!("publication {pub_name} does not publish {}", missing.join(", ")),
+                    Some(format!(
+                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                        quote_ident(pub_name)
+                    )),
+                );
+            }
+            if !p.via_root && !partitioned.is_empty() {
+                ok = false;
+                report.fail(
+                    name,
+                    format!(
+                        "publication {pub_name} publishes partitions under their own names, but {} is partitioned",
+                        partitioned.join(", ")
+                    ),
+                    Some(format!(
+                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+                        quote_ident(pub_name)
+                    )),
+                );
+            }
+            let guarded: Vec<(String, String)> = specs.iter().map(|s| (s.schema.clone(), s.name.clone())).collect();
+            let absent: Vec<String> = guarded
+                .iter()
+                .filter(|g| !p.all_tables && !p.tables.contains(g))
+                .map(|(s, n)| format!("{s}.{n}"))
+                .collect();
+            if !absent.is_empty() {
+                ok = false;
+                report.warn(
+                    name,
+                    format!("{} not in publication {pub_name} yet; run adds them", absent.join(", ")),
+                    None,
+                );
+            }
+            let extra: Vec<String> = p
+                .tables
+                .iter()
+                .filter(|t| !guarded.contains(t))
+                .map(|(s, n)| qualified(s, n))
+                .collect();
+            if p.all_tables {
+                ok = false;
+                report.warn(
+                    name,
+                    format!("publication {pub_name} is FOR ALL TABLES: every table without a replica identity fails its UPDATEs and DELETEs"),
+                    Some(format!("use a publication FOR TABLE the guarded tables only (DROP PUBLICATION {}; run recreates it)", quote_ident(pub_name))),
+                );
+            } else if !extra.is_empty() {
+                ok = false;
+                report.warn(
+                    name,
+                    format!("publication {pub_name} also publishes {}: walguard ignores their changes, and their writers need a replica identity too", extra.join(", ")),
+                    Some(format!("ALTER PUBLICATION {} DROP TABLE {};", quote_ident(pub_name), extra.join(", "))),
+                );
+            }
+            if ok {
+                report.pass(
+                    name,
+                    format!("publication {pub_name} publishes exactly the guarded tables"),
+                );
+            }
+        }
+    }
+    Ok((specs, publication))
+}
+
+fn identity_name(identity: char) -> &'static str {
+    match identity {
+        'd' => "DEFAULT",
+        'f' => "FULL",
+        'i' => "USING INDEX",
+        'n' => "NOTHING",
+        _ => "unknown",
+    }
+}
+
+type Problem = (String, String);
+
+/// Decides whether a table can be guarded without breaking its writers and what its entity
+/// key is. `Ok` may carry a warning (detail, fix).
+fn table_spec(
+    schema: &str,
+    name: &str,
+    table: &crate::config::TableConfig,
+    facts: &TableFacts,
+    role: &str,
+) -> Result<(TableSpec, Option<Problem>), Problem> {
+    let q = qualified(schema, name);
+    if !facts.is_table {
+        return Err((
+            "is not a table; only tables and partitioned tables can be guarded".into(),
+            format!("guard the table behind {q}"),
+        ));
+    }
+    if !facts.can_select {
+        return Err((
+            format!("role {role} cannot SELECT it"),
+            format!("GRANT SELECT ON {q} TO {};", quote_ident(role)),
+        ));
+    }
+    let identity_columns: Vec<String> = match facts.identity {
+        'd' => facts.primary_key.clone(),
+        'i' => facts.identity_index.clone(),
+        'f' => facts.columns.clone(),
+        _ => Vec::new(),
+    };
+    match facts.identity {
+        'n' => {
+            return Err((
+                "has REPLICA IDENTITY NOTHING: published, its UPDATEs and DELETEs would fail".into(),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL;"),
+            ))
+        }
+        'd' if facts.primary_key.is_empty() && !facts.partitioned => {
+            return Err((
+                "has no primary key and REPLICA IDENTITY DEFAULT: published, every UPDATE and DELETE of its writers would fail".into(),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; and configure key = [...] for it in [[tables]]"),
+            ))
+        }
+        _ => {}
+    }
+    for leaf in &facts.leaves {
+        let usable = match leaf.identity {
+            'f' => true,
+            'i' => leaf.has_identity_index,
+            'd' => leaf.has_pk,
+            _ => false,
+        };
+        if !usable {
+            return Err((
+                format!(
+                    "partition {} has no usable replica identity: published, its UPDATEs and DELETEs would fail",
+                    leaf.name
+                ),
+                format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key to {q})",
+                    leaf.name
+                ),
+            ));
+        }
+    }
+    let key = match &table.key {
+        Some(k) => k.clone(),
+        None if !facts.primary_key.is_empty() => facts.primary_key.clone(),
+        None => {
+            return Err((
+                "has no primary key, so walguard does not know the entity key".into(),
+                format!(
+                    "configure key = [\"col\", ...] for {schema}.{name} in [[tables]] (with REPLICA IDENTITY FULL)"
+                ),
+            ))
+        }
+    };
+    let leaves_full = facts.leaves.iter().all(|l| l.identity == 'f');
+    for k in &key {
+        if !facts.columns.contains(k) {
+            return Err((
+                format!("key column {k:?} does not exist"),
+                "fix `key` in [[tables]]".into(),
+            ));
+        }
+        let carried =
+            identity_columns.contains(k) && (!facts.partitioned || leaves_full || facts.primary_key.contains(k));
+        if !carried {
+            return Err((
+                format!("key column {k:?} is not part of the replica identity, so deletes would not carry it"),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; (on every partition too), or use the replica identity columns as `key`"),
+            ));
+        }
+    }
+    let note = (facts.identity == 'd' || facts.identity == 'i').then(|| {
+        (
+            format!(
+                "replica identity {}: consumers get only the old key in `before`, and unchanged TOASTed columns are left out of `after` (listed in `unchanged`)",
+                identity_name(facts.identity)
+            ),
+            format!("ALTER TABLE {q} REPLICA IDENTITY FULL; for full before images (costs WAL on UPDATE and DELETE)"),
+        )
+    });
+    Ok((
+        TableSpec {
+            type_prefix: table.type_prefix.clone().unwrap_or_else(|| format!("{schema}.{name}")),
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+            key,
+            configured_key: table.key.is_some(),
+        },
+        note,
+    ))
+}
+
+/// The slot's state, for `check`; `run` judges the slot against the stream itself.
+pub async fn slot(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Result<(), CatalogError> {
+    let name = "postgres.slot";
+    let slot = &cfg.postgres.slot;
+    let Some(info) = catalog.slot(slot).await? else {
+        report.warn(name, format!("slot {slot} does not exist; run creates it"), None);
+        return Ok(());
+    };
+    let dbname = cfg.pg_config().get_dbname().map(str::to_owned);
+    if info.plugin.as_deref() != Some("pgoutput") || (dbname.is_some() && info.database != dbname) {
+        report.fail(
+            name,
+            format!(
+                "slot {slot} is not a pgoutput slot of this database (plugin {:?}, database {:?})",
+                info.plugin, info.database
+            ),
+            Some("choose another postgres.slot".to_owned()),
+        );
+        return Ok(());
+    }
+    let retained = info.retained_bytes.unwrap_or(0);
+    let detail = format!(
+        "confirmed {}, retains {} of WAL{}",
+        info.confirmed_flush.unwrap_or(Lsn::ZERO),
+        human_bytes(retained),
+        info.safe_wal_size.map_or(String::new(), |s| format!(
+            ", {} before it is in danger",
+            human_bytes(s)
+        ))
+    );
+    match info.wal_status.as_deref() {
+        Some("lost") => report.fail(
+            name,
+            format!(
+                "slot {slot} has lost WAL it needs (wal_status lost): changes after {} are gone",
+                info.confirmed_flush.unwrap_or(Lsn::ZERO)
+            ),
+            Some("walguard resync -c FILE (records the gap in the stream and starts from a new slot)".to_owned()),
+        ),
+        Some("unreserved") => report.warn(
+            name,
+            format!("{detail}; wal_status unreserved: WAL it needs will be removed at the next checkpoint"),
+            Some("make walguard catch up now, or raise max_slot_wal_keep_size".to_owned()),
+        ),
+        _ if retained as u64 > cfg.postgres.retained_wal_warn => report.warn(
+            name,
+            format!(
+                "{detail}, above postgres.retained_wal_warn ({})",
+                human_bytes(cfg.postgres.retained_wal_warn as i64)
+            ),
+            Some("check that walguard runs and NATS accepts its events".to_owned()),
+        ),
+        _ => match info.active_pid {
+            Some(pid) => report.warn(
+                name,
+                format!("{detail}; active for PID {pid} (another walguard: this one would wait as its standby)"),
+                None,
+            ),
+            None => report.pass(name, detail),
+        },
+    }
+    Ok(())
+}
+
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// NATS reachable, JetStream enabled, the stream's settings.
+pub async fn nats(cfg: &Config, report: &mut Report) {
+    let client = match sink::connect(&cfg.nats).await {
+        Ok(c) => {
+            report.pass(
+                "nats.connect",
+                format!("connected to {}", crate::config::redact_url(&cfg.nats.url)),
+            );
+            c
+        }
+        Err(e) => {
+            report.unavailable(
+                "nats.connect",
+                e.to_string(),
+                "start nats-server or fix nats.url and its credentials",
+            );
+            return;
+        }
+    };
+    let js = async_nats::jetstream::new(client);
+    match js.query_account().await {
+        Ok(_) => report.pass("nats.jetstream", "JetStream enabled"),
+        Err(e) => {
+            report.fail(
+                "nats.jetstream",
+                format!("JetStream is not available: {e}"),
+                Some("start nats-server with JetStream (-js, or jetstream {} in its config)".to_owned()),
+            );
+            return;
+        }
+    }
+    let name = "nats.stream";
+    match js.get_stream(&cfg.nats.stream).await {
+        Ok(mut s) => match s.info().await {
+            Ok(info) => {
+                let problems = stream::stream_problems(&cfg.nats, &info.config);
+                if problems.is_empty() {
+                    report.pass(
+                        name,
+                        format!("stream {} ({} messages)", cfg.nats.stream, info.state.messages),
+                    );
+                }
+                for p in problems {
+                    let (detail, fix) = p
+                        .split_once(": ")
+                        .map_or((p.clone(), None), |(d, f)| (d.to_owned(), Some(f.to_owned())));
+                    report.fail(name, detail, fix);
+                }
+            }
+            Err(e) => report.fail(name, format!("stream {}: {e}", cfg.nats.stream), None),
+        },
+        Err(_) => report.warn(
+            name,
+            format!("stream {} does not exist; run creates it", cfg.nats.stream),
+            None,
+        ),
+    }
+}
+
+/// Everything `walguard check` reports.
+pub async fn preflight(cfg: &Config) -> Report {
+    let mut report = Report::default();
+    match crate::event::Signer::load(&cfg.signing.key_file) {
+        Ok(s) => report.pass("signing.key_file", format!("key id {}", s.key_id())),
+        Err(e) => report.fail(
+            "signing.key_file",
+            e.to_string(),
+            Some("walguard keygen --out FILE, or chmod 600 the key file".to_owned()),
+        ),
+    }
+    match Catalog::connect(&cfg.pg_config()).await {
+        Err(e) => report.unavailable(
+            "postgres.connect",
+            e.to_string(),
+            "start PostgreSQL or fix postgres.url",
+        ),
+        Ok(catalog) => {
+            report.pass(
+                "postgres.connect",
+                crate::source::conn::describe_target(&cfg.pg_config()),
+            );
+            let result = async {
+                database(&catalog, cfg, &mut report).await?;
+                slot(&catalog, cfg, &mut report).await
+            }
+            .await;
+            if let Err(e) = result {
+                report.fail("postgres.query", e.to_string(), None);
+            }
+        }
+    }
+    nats(cfg, &mut report).await;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_outcomes_and_exit_codes() {
+        let mut r = Report::default();
+        r.pass("a", "fine");
+        r.warn("b", "hmm", None);
+        assert!(r.ready());
+        assert_eq!(r.exit_code(), 0);
+        assert!(r.render_text().contains("ready: 2 checks, 1 warnings"));
+        r.fail("c", "broken", Some("do this".into()));
+        assert!(!r.ready());
+        assert_eq!(r.exit_code(), 1);
+        assert!(r.render_text().contains("fix: do this"));
+        assert_eq!(r.failures(), "c: broken (fix: do this)");
+        r.unavailable("d", "down", "start it");
+        assert_eq!(r.exit_code(), 69);
+        let json: serde_json::Value = serde_json::from_str(&r.render_json()).unwrap();
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["checks"][2]["outcome"], "fail");
+        assert_eq!(json["checks"][2]["fix"], "do this");
+    }
+
+    #[test]
+    fn sizes_for_humans() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

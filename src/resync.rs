@@ -1,0 +1,120 @@
+//! `walguard resync`: the explicit, logged way to start over after the slot lost WAL, was
+//! dropped, or was replaced. The gap is never silent: a signed `walguard.resync` event,
+//! chained after everything already in the stream, records the last position the stream
+//! proves and the new slot's consistent point, and names any messages after the last signed
+//! one that could not be re-derived. `run` then resumes from that event.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+
+use crate::check::{self, Report};
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::builder::Naming;
+use crate::event::envelope::sha256;
+use crate::event::{Envelope, Keyring, Signer};
+use crate::lsn::Lsn;
+use crate::sink::{self, publisher, stream, SinkError};
+use crate::source::catalog::Catalog;
+use crate::source::conn::ReplicationConnection;
+
+pub async fn run(cfg: &Config) -> Result<String, Error> {
+    let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
+    let pg = cfg.pg_config();
+    let catalog = Catalog::connect(&pg).await?;
+    let mut report = Report::default();
+    let (tables, publication) = check::database(&catalog, cfg, &mut report).await?;
+    if !report.ready() {
+        return Err(Error::Refused(report.failures()));
+    }
+    catalog
+        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
+        .await?;
+    let mut repl = ReplicationConnection::connect(&pg).await?;
+    let system = repl.identify_system().await?;
+    let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
+    let mut st = stream::ensure(&js, &cfg.nats).await?;
+    let slot = &cfg.postgres.slot;
+    let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot);
+    let mut keyring = Keyring::default();
+    keyring.add(signer.verifying_key());
+    let tail = stream::read_tail(&mut st, &keyring, envelope.source()).await?;
+
+    if let Some(info) = catalog.slot(slot).await? {
+        if let Some(pid) = info.active_pid {
+            return Err(Error::Refused(format!(
+                "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
+            )));
+        }
+        tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_deref().unwrap_or(""), "resync: dropping the old slot");
+        catalog
+            .client()
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
+    }
+    let point = repl.create_slot(slot).await?;
+    tracing::warn!(slot = %slot, consistent_point = %point, "resync: created a new slot");
+
+    let lost_after = tail.confirmed.unwrap_or(Lsn::ZERO);
+    // Messages after the last signed one cannot be re-derived without the old slot: the resync
+    // event is chained after them and names them as unverified.
+    let (sequence, prev) = if tail.last_sequence >= tail.next_sequence {
+        let last = stream::message(&st, tail.last_sequence).await?;
+        (tail.last_sequence + 1, sha256(&last.payload))
+    } else {
+        (tail.next_sequence, tail.prev_hash)
+    };
+    let unverified = if tail.last_sequence >= tail.next_sequence {
+        format!("[{},{}]", tail.next_sequence, tail.last_sequence)
+    } else {
+        "null".to_owned()
+    };
+    let data = format!(
+        r#"{{"op":"resync","lost_after":"{lost_after}","resumed_at":"{point}","unverified_sequences":{unverified}}}"#
+    );
+    let naming = Naming {
+        system_identifier: system.system_identifier.clone(),
+        slot: slot.clone(),
+        subject_prefix: cfg.nats.subject_prefix.clone(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let draft = naming.resync(point, now, data.into_bytes());
+    let mut payload = Vec::new();
+    envelope.write(&draft, sequence, &prev, &mut payload);
+    let headers = publisher::headers(&draft, sequence, Some(&signer), &payload);
+    let ack = js
+        .send_publish(
+            draft.nats_subject.clone(),
+            PublishMessage::build().payload(Bytes::from(payload)).headers(headers),
+        )
+        .await
+        .map_err(|e| SinkError::Publish {
+            sequence,
+            reason: e.to_string(),
+        })?
+        .await
+        .map_err(|e| SinkError::Publish {
+            sequence,
+            reason: e.to_string(),
+        })?;
+    if ack.sequence != sequence {
+        return Err(SinkError::Publish {
+            sequence,
+            reason: format!("stored as sequence {}", ack.sequence),
+        }
+        .into());
+    }
+    let summary = format!(
+        "resync recorded at stream sequence {sequence}: changes committed between {lost_after} and {point} are not in the stream{}; slot {slot} starts again at {point}",
+        if unverified == "null" { String::new() } else { format!(", and sequences {unverified} were not verified") }
+    );
+    tracing::warn!("{summary}");
+    Ok(summary)
+}
