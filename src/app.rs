@@ -21,6 +21,7 @@ use crate::event::{Envelope, EventBuilder, Keyring, Signer};
 use crate::lsn::Lsn;
 use crate::sink::publisher::{Publisher, MAX_IN_FLIGHT};
 use crate::sink::{self, stream};
+use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
 use crate::source::conn::ReplicationConnection;
 use crate::source::{self, WalReader};
@@ -93,11 +94,13 @@ async fn session(
 
     let slot = catalog.slot(slot_name).await?;
     let mut genesis = None;
+    let mut exported = None;
     let start = match (&slot, tail.is_empty()) {
         (None, true) => {
-            let point = repl.create_slot(slot_name).await?;
+            let (point, snapshot) = repl.create_slot_exported(slot_name).await?;
             tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
             genesis = Some(point);
+            exported = Some(snapshot);
             point
         }
         (None, false) => {
@@ -139,6 +142,24 @@ async fn session(
         }
     };
 
+    // The exported snapshot must be imported before the next command on the replication
+    // connection (START_REPLICATION) ends it.
+    let snapshot_reader = match &exported {
+        Some(name) => {
+            let reader = Catalog::connect(&pg).await?;
+            reader
+                .client()
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    crate::source::conn::quote_literal(name)
+                ))
+                .await
+                .map_err(|e| Error::Refused(format!("importing the slot's snapshot: {e}")))?;
+            Some(reader)
+        }
+        None => None,
+    };
+
     let checkpoint = Arc::new(Checkpoint::new(
         tail.confirmed.unwrap_or(start),
         cfg.nats.durability_delay,
@@ -148,27 +169,16 @@ async fn session(
         slot: slot_name.clone(),
         subject_prefix: cfg.nats.subject_prefix.clone(),
     });
-    let (reader, writer) = repl
-        .start_replication(slot_name, start, &cfg.postgres.publication)
-        .await?;
-    *reached = true;
-    tracing::info!(
-        %start,
-        next_sequence = tail.next_sequence,
-        last_sequence = tail.last_sequence,
-        resume_after = %tail.position.lsn,
-        "streaming"
-    );
-
-    let reply_now = Arc::new(Notify::new());
-    let wal_reader = WalReader {
-        reader,
-        builder: EventBuilder::new(naming.clone(), tables, tail.position),
-        catalog: catalog.clone(),
-        types: HashMap::new(),
-        checkpoint: checkpoint.clone(),
-        reply_now: reply_now.clone(),
+    let mut builder = EventBuilder::new(naming.clone(), tables.clone(), tail.position);
+    let mut types = HashMap::new();
+    let (mut progress, close) = if exported.is_some() {
+        (Progress::default(), None)
+    } else {
+        snapshot_state(&stream, &tail, &cfg.nats.subject_prefix, &tables).await
     };
+    let resume_position = tail.position;
+    let (next_sequence, last_sequence) = (tail.next_sequence, tail.last_sequence);
+
     let publisher = Publisher {
         js,
         stream,
@@ -181,9 +191,57 @@ async fn session(
         genesis,
         replay_end: system.xlogpos,
     };
-
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
     let mut publisher = tokio::spawn(publisher.run(rx, shutdown.clone()));
+    let mut out = Vec::new();
+    if let Some((lsn, idx)) = close {
+        tracing::info!(%lsn, "closing the snapshot group a previous run left open; the rest follows incrementally");
+        builder.begin_snapshot_group(lsn, idx, snapshot::unix_micros())?;
+        builder.end_snapshot_group(progress.data(), &mut out)?;
+        for d in out.drain(..) {
+            let _ = tx.send(crate::sink::publisher::Item::Event(d)).await;
+        }
+    }
+    if let Some(reader) = snapshot_reader {
+        progress = snapshot::initial(reader.client(), &catalog, &mut builder, &mut types, &tables, &tx, start).await?;
+        let _ = reader.client().batch_execute("COMMIT").await;
+    }
+
+    let (reader, writer) = repl
+        .start_replication(slot_name, start, &cfg.postgres.publication)
+        .await?;
+    *reached = true;
+    tracing::info!(
+        %start,
+        next_sequence,
+        last_sequence,
+        resume_after = %resume_position.lsn,
+        "streaming"
+    );
+
+    let chunks = Arc::new(Chunks::default());
+    let pending = progress.pending(&tables);
+    let mut snapshotter = tokio::spawn({
+        let (catalog, chunks, types) = (catalog.clone(), chunks.clone(), types.clone());
+        async move {
+            if !pending.is_empty() {
+                snapshot::incremental(catalog, chunks, pending, progress, types).await?;
+            }
+            std::future::pending::<()>().await;
+            Ok::<(), Error>(())
+        }
+    });
+    let reply_now = Arc::new(Notify::new());
+    let wal_reader = WalReader {
+        reader,
+        builder,
+        catalog: catalog.clone(),
+        types,
+        checkpoint: checkpoint.clone(),
+        reply_now: reply_now.clone(),
+        chunks,
+    };
+
     let (stop_feedback, feedback_stop_rx) = watch::channel(false);
     let mut feedback = tokio::spawn(source::feedback(
         writer,
@@ -200,6 +258,16 @@ async fn session(
     ));
     let reader = tokio::select! {
         r = wal_reader.run(tx, shutdown.clone()) => r?,
+        s = &mut snapshotter => {
+            publisher.abort();
+            feedback.abort();
+            monitor.abort();
+            return match s {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(()),
+                Err(join) => Err(Error::Refused(format!("snapshot task failed: {join}"))),
+            };
+        }
         m = &mut monitor => {
             publisher.abort();
             feedback.abort();
@@ -228,6 +296,7 @@ async fn session(
     };
 
     monitor.abort();
+    snapshotter.abort();
     // Clean shutdown: the reader stopped; wait for acks in flight, confirm, end the stream.
     match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "publisher failed while draining"),
@@ -300,4 +369,69 @@ async fn watch_slot(
             }
         }
     }
+}
+
+/// The baseline's progress as the stream records it: the last `snapshot_progress` event
+/// (unless a resync came after it, which starts the baseline over), and, when the verified
+/// head is a snapshot row of a group a crash left open, where that group stopped. Returns the
+/// progress and, for an open group, its LSN and the index its closing event takes.
+async fn snapshot_state(
+    stream: &async_nats::jetstream::stream::Stream,
+    tail: &stream::Tail,
+    prefix: &str,
+    tables: &[crate::event::builder::TableSpec],
+) -> (Progress, Option<(Lsn, u32)>) {
+    let marker = stream::last_on_subject(stream, &format!("{prefix}._walguard.snapshot")).await;
+    let resync = stream::last_on_subject(stream, &format!("{prefix}._walguard.resync")).await;
+    let mut progress = match &marker {
+        Some((seq, payload)) if resync.as_ref().is_none_or(|(r, _)| r < seq) => {
+            serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| serde_json::from_value::<Progress>(v["data"].clone()).ok())
+                .unwrap_or_default()
+        }
+        _ => Progress::default(),
+    };
+    let Some(head) = tail
+        .head
+        .as_ref()
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+    else {
+        return (progress, None);
+    };
+    let data = &head["data"];
+    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
+        return (progress, None);
+    }
+    let (Some(lsn), Some(idx)) = (
+        head["pglsn"].as_str().and_then(|l| l.parse::<Lsn>().ok()),
+        head["pgtxidx"].as_u64(),
+    ) else {
+        return (progress, None);
+    };
+    let table = format!(
+        "{}.{}",
+        data["schema"].as_str().unwrap_or(""),
+        data["table"].as_str().unwrap_or("")
+    );
+    match tables.iter().position(|t| snapshot::qualified(t) == table) {
+        Some(i) => {
+            if marker.is_none() {
+                progress.completed = tables[..i].iter().map(snapshot::qualified).collect();
+            }
+            progress.table = Some(table);
+            progress.after_key = Some(
+                tables[i]
+                    .key
+                    .iter()
+                    .map(|k| snapshot::key_text(&data["key"][k]))
+                    .collect(),
+            );
+        }
+        None => {
+            progress.table = None;
+            progress.after_key = None;
+        }
+    }
+    (progress, Some((lsn, idx as u32 + 1)))
 }

@@ -13,6 +13,7 @@ pub mod event;
 pub mod lsn;
 pub mod resync;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod testkit;
 pub mod verify;

@@ -19,7 +19,7 @@ ALTER TABLE public.orders REPLICA IDENTITY FULL;";
 const GUARD_TWO: &str = "[[tables]]\nname = \"public.customers\"\n\n[[tables]]\nname = \"public.orders\"\ntype_prefix = \"com.acme.order\"\n";
 
 fn rows(events: &[Stored]) -> Vec<&Stored> {
-    events.iter().filter(|m| !m.is_watermark()).collect()
+    events.iter().filter(|m| !m.is_marker()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +120,7 @@ async fn committed_changes_arrive_once_in_order_and_verify() {
     assert_eq!(ids.len(), events.len());
     // The first message is the watermark at the slot's consistent point.
     let stream = env.read_stream().await;
-    assert!(stream[0].is_watermark() && stream[0].signed, "{stream:?}");
+    assert!(stream[0].is_marker() && stream[0].signed, "{stream:?}");
 
     wg.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
@@ -262,7 +262,7 @@ async fn write_ledger(db: &tokio_postgres::Client, first_tx: i64, n: i64, next_i
 }
 
 fn assert_exactly_once_in_order(stream: &[Stored], committed: &Committed) {
-    let events: Vec<&Stored> = stream.iter().filter(|m| !m.is_watermark()).collect();
+    let events: Vec<&Stored> = stream.iter().filter(|m| !m.is_marker()).collect();
     let got: Vec<(String, i64)> = events
         .iter()
         .map(|m| (m.op().to_owned(), m.data()["key"]["id"].as_i64().unwrap()))
@@ -469,7 +469,7 @@ async fn writes_to_unguarded_tables_advance_the_slot() {
     }
     // It advanced through watermarks, which the stream records; no row event was published.
     let stream = env.read_stream().await;
-    assert!(stream.iter().all(Stored::is_watermark), "{stream:?}");
+    assert!(stream.iter().all(Stored::is_marker), "{stream:?}");
     assert!(stream.len() >= 2);
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");

@@ -36,6 +36,10 @@ pub enum Op {
     /// The record of a restart from a new slot: what lies between two positions is not in
     /// the stream.
     Resync,
+    /// A row as it existed when a snapshot group was read.
+    Snapshot,
+    /// The last event of a snapshot group: how far the baseline of the guarded tables got.
+    SnapshotProgress,
 }
 
 impl Op {
@@ -47,6 +51,8 @@ impl Op {
             Op::Truncate => "truncate",
             Op::Watermark => "watermark",
             Op::Resync => "resync",
+            Op::Snapshot => "snapshot",
+            Op::SnapshotProgress => "snapshot_progress",
         }
     }
 
@@ -58,6 +64,8 @@ impl Op {
             Op::Truncate => "truncated",
             Op::Watermark => "watermark",
             Op::Resync => "resync",
+            Op::Snapshot => "snapshotted",
+            Op::SnapshotProgress => "snapshot.progress",
         }
     }
 }
@@ -108,6 +116,13 @@ pub struct Naming {
 impl Naming {
     fn event_id(&self, lsn: Lsn, suffix: std::fmt::Arguments<'_>) -> Uuid {
         let name = format!("{}/{}/{}/{}", self.system_identifier, self.slot, lsn, suffix);
+        Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+    }
+
+    /// Snapshot rows: `{system_identifier}/{slot}/snapshot/{lsn}/{idx}`, never equal to a
+    /// change's id.
+    pub fn snapshot_id(&self, lsn: Lsn, idx: u32) -> Uuid {
+        let name = format!("{}/{}/snapshot/{}/{}", self.system_identifier, self.slot, lsn, idx);
         Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
     }
 
@@ -194,6 +209,8 @@ struct Shape {
 }
 
 struct Tx {
+    /// A snapshot group rather than a transaction: ids are `.../snapshot/{lsn}/{idx}`.
+    snapshot: bool,
     commit_lsn: Lsn,
     xid: u32,
     time_micros: i64,
@@ -265,6 +282,7 @@ impl EventBuilder {
                     return Err(BuildError::Protocol("Begin inside a transaction".into()));
                 }
                 self.tx = Some(Tx {
+                    snapshot: false,
                     commit_lsn: final_lsn,
                     xid,
                     time_micros: commit_time + PG_EPOCH_UNIX_MICROS,
@@ -341,6 +359,82 @@ impl EventBuilder {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Adds the shape of a guarded table read from the catalog, for snapshot rows (a later
+    /// Relation message for the same table replaces it with an equal one).
+    pub fn add_relation(&mut self, rel: Relation, types: &HashMap<u32, ValueKind>) -> Result<(), BuildError> {
+        let (oid, shape) = self.shape(rel, types)?;
+        self.relations.insert(oid, shape);
+        Ok(())
+    }
+
+    /// Opens a snapshot group read at `lsn`, numbering from `first_idx` (1, or past the events
+    /// of an interrupted group being closed).
+    pub fn begin_snapshot_group(&mut self, lsn: Lsn, first_idx: u32, now_unix_micros: i64) -> Result<(), BuildError> {
+        if self.tx.is_some() {
+            return Err(BuildError::Protocol("snapshot group inside a transaction".into()));
+        }
+        self.tx = Some(Tx {
+            snapshot: true,
+            commit_lsn: lsn,
+            xid: 0,
+            time_micros: now_unix_micros,
+            next_idx: first_idx,
+            actor: None,
+            held: None,
+        });
+        Ok(())
+    }
+
+    /// One row of relation `oid`, its columns as text (`None` for NULL), in the Relation's order.
+    pub fn snapshot_row(
+        &mut self,
+        oid: u32,
+        values: Vec<Option<String>>,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), BuildError> {
+        let tuple = values
+            .into_iter()
+            .map(|v| v.map_or(Datum::Null, |s| Datum::Text(bytes::Bytes::from(s))))
+            .collect();
+        self.row(oid, Op::Snapshot, None, Some(tuple), out)
+    }
+
+    /// Closes the open snapshot group with its progress event (`data`), which carries
+    /// `pgtxcnt` and `pgendlsn` (= the group's LSN).
+    pub fn end_snapshot_group(&mut self, data: Vec<u8>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+        let tx = self
+            .tx
+            .as_mut()
+            .filter(|t| t.snapshot)
+            .ok_or_else(|| BuildError::Protocol("no snapshot group is open".into()))?;
+        let idx = tx.next_idx;
+        tx.next_idx += 1;
+        let lsn = tx.commit_lsn;
+        let naming = &self.naming;
+        let progress = Draft {
+            op: Op::SnapshotProgress,
+            nats_subject: format!("{}._walguard.snapshot", naming.subject_prefix),
+            id: naming.snapshot_id(lsn, idx),
+            ce_type: "walguard.snapshot.progress".into(),
+            ce_subject: naming.slot.clone(),
+            time_micros: tx.time_micros,
+            pglsn: lsn,
+            pgxid: 0,
+            pgtxidx: idx,
+            end: None,
+            data,
+            table: "_walguard".into(),
+        };
+        let mut tx = self.tx.take().expect("checked above");
+        if let Some(prev) = tx.held.replace(progress) {
+            self.emit(prev, out);
+        }
+        let mut last = tx.held.take().expect("just placed");
+        last.end = Some(lsn);
+        self.emit(last, out);
         Ok(())
     }
 
@@ -554,7 +648,11 @@ impl EventBuilder {
         let draft = Draft {
             op,
             nats_subject: format!("{}{}", shape.subject_stem, op.as_str()),
-            id: self.naming.event_id(tx.commit_lsn, format_args!("{idx}")),
+            id: if tx.snapshot {
+                self.naming.snapshot_id(tx.commit_lsn, idx)
+            } else {
+                self.naming.event_id(tx.commit_lsn, format_args!("{idx}"))
+            },
             ce_type: format!("{}.{}", spec.type_prefix, op.past_tense()),
             ce_subject,
             time_micros: tx.time_micros,

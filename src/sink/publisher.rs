@@ -218,7 +218,14 @@ impl Ctx<'_> {
             chain.unsigned_run += 1;
             self.checkpoint.acked(draft.end, false, Instant::now());
         } else {
-            let sign = idle || draft.op == Op::Watermark || chain.unsigned_run >= MAX_UNSIGNED_RUN;
+            // walguard's own markers and snapshot events are always signed: after a crash the
+            // snapshot's progress is read from the verified head, and snapshot rows cannot be
+            // re-derived from the WAL.
+            let always = matches!(
+                draft.op,
+                Op::Watermark | Op::Resync | Op::Snapshot | Op::SnapshotProgress
+            );
+            let sign = idle || always || chain.unsigned_run >= MAX_UNSIGNED_RUN;
             let headers = headers(&draft, sequence, sign.then_some(self.signer), &self.buf);
             if sign {
                 chain.unsigned_run = 0;

@@ -117,6 +117,8 @@ pub struct Tail {
     /// The stream's last sequence; messages after the verified head up to it must be
     /// re-derived and found equal.
     pub last_sequence: u64,
+    /// The verified head's payload.
+    pub head: Option<bytes::Bytes>,
 }
 
 impl Tail {
@@ -162,6 +164,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
             position: Position::default(),
             confirmed: None,
             last_sequence: 0,
+            head: None,
         });
     }
     let last = state.last_sequence;
@@ -209,7 +212,17 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
         position: attrs.position(),
         confirmed,
         last_sequence: last,
+        head: Some(head.payload.clone()),
     })
+}
+
+/// The newest message on `subject`, if any: its sequence and payload.
+pub async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Option<(u64, bytes::Bytes)> {
+    stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .ok()
+        .map(|m| (m.sequence, m.payload))
 }
 
 #[cfg(test)]

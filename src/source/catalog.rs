@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::decode::pgoutput::{Column, Relation, ReplicaIdentity};
 use crate::event::builder::TableSpec;
 use crate::event::value::ValueKind;
 use crate::lsn::Lsn;
@@ -223,6 +224,86 @@ impl Catalog {
             columns: row.get(7),
             leaves,
         }))
+    }
+
+    /// The shape of a table as a Relation message would describe it: published columns in
+    /// attnum order (stored generated ones from PostgreSQL 18 on), their types, and which
+    /// belong to the replica identity. Used to build snapshot rows.
+    pub async fn relation(&self, schema: &str, name: &str) -> Result<Option<Relation>, CatalogError> {
+        let Some(facts) = self.table(schema, name).await? else {
+            return Ok(None);
+        };
+        let generated = if self.server_version_num().await? >= 180000 {
+            "a.attgenerated IN ('', 's')"
+        } else {
+            "a.attgenerated = ''"
+        };
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_attribute a
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND {generated} ORDER BY a.attnum"
+                ),
+                &[&facts.oid],
+            )
+            .await
+            .map_err(self.err())?;
+        let identity_columns: &[String] = match facts.identity {
+            'd' => &facts.primary_key,
+            'i' => &facts.identity_index,
+            _ => &[],
+        };
+        let columns = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                Column {
+                    key: facts.identity == 'f' || identity_columns.contains(&name),
+                    name,
+                    type_oid: r.get(1),
+                    type_modifier: r.get(2),
+                }
+            })
+            .collect();
+        Ok(Some(Relation {
+            oid: facts.oid,
+            namespace: schema.to_owned(),
+            name: name.to_owned(),
+            replica_identity: match facts.identity {
+                'f' => ReplicaIdentity::Full,
+                'i' => ReplicaIdentity::Index,
+                'n' => ReplicaIdentity::Nothing,
+                _ => ReplicaIdentity::Default,
+            },
+            columns,
+        }))
+    }
+
+    /// The planner's row estimate, for progress reports.
+    pub async fn estimated_rows(&self, oid: u32) -> Result<i64, CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(row.get(0))
+    }
+
+    /// Writes a non-transactional logical message and returns its LSN.
+    pub async fn emit_message(&self, prefix: &str, content: &str) -> Result<Lsn, CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_logical_emit_message(false, $1, $2)::text",
+                &[&prefix, &content],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
     }
 
     /// The connected role and whether it may open replication connections.

@@ -412,6 +412,32 @@ impl ReplicationConnection {
             .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))
     }
 
+    /// Creates the slot and exports its snapshot: returns the consistent point and the
+    /// snapshot's name, valid until the next command on this connection.
+    pub async fn create_slot_exported(&mut self, slot: &str) -> Result<(Lsn, String), SourceError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(slot)
+            ))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let point = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
+        let snapshot = row
+            .get(2)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
+        Ok((point, snapshot))
+    }
+
     /// Starts streaming pgoutput v1 from `start` and splits the connection.
     pub async fn start_replication(
         mut self,

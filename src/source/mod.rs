@@ -34,6 +34,8 @@ pub struct WalReader {
     pub types: HashMap<u32, ValueKind>,
     pub checkpoint: Arc<Checkpoint>,
     pub reply_now: Arc<Notify>,
+    /// Incremental snapshot chunks in flight.
+    pub chunks: Arc<crate::snapshot::Chunks>,
 }
 
 impl WalReader {
@@ -61,6 +63,28 @@ impl WalReader {
                         self.checkpoint.received(wal_end);
                     }
                     let msg = Message::parse(data).map_err(SourceError::from)?;
+                    if let Message::Message {
+                        transactional: false,
+                        lsn,
+                        prefix,
+                        content,
+                    } = &msg
+                    {
+                        if prefix == crate::snapshot::MARK_PREFIX {
+                            if let Some(chunk) = self.chunks.mark(content) {
+                                let missing: Vec<u32> =
+                                    EventBuilder::unresolved_types(&chunk.relation, &self.types).collect();
+                                self.catalog.resolve_types(missing, &mut self.types).await?;
+                                chunk.publish(&mut self.builder, &self.types, *lsn, unix_micros(), &mut out)?;
+                                for draft in out.drain(..) {
+                                    if tx.send(Item::Event(draft)).await.is_err() {
+                                        return Ok(self.reader);
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    }
                     let commit_end = match &msg {
                         Message::Relation(rel) => {
                             let missing: Vec<u32> = EventBuilder::unresolved_types(rel, &self.types).collect();
@@ -74,6 +98,7 @@ impl WalReader {
                     };
                     self.builder.handle(msg, &self.types, &mut out)?;
                     for draft in out.drain(..) {
+                        self.chunks.observe(&draft);
                         if tx.send(Item::Event(draft)).await.is_err() {
                             return Ok(self.reader);
                         }

@@ -52,8 +52,13 @@ impl std::fmt::Debug for Stored {
 }
 
 impl Stored {
-    pub fn is_watermark(&self) -> bool {
-        self.json["type"] == "walguard.watermark"
+    /// walguard's own events (watermarks, snapshot progress, resync), not row events.
+    pub fn is_marker(&self) -> bool {
+        self.json["type"].as_str().is_some_and(|t| t.starts_with("walguard."))
+    }
+
+    pub fn is_snapshot(&self) -> bool {
+        self.op() == "snapshot"
     }
     pub fn data(&self) -> &Value {
         &self.json["data"]
@@ -214,7 +219,7 @@ impl Env {
         out
     }
 
-    /// The row events (no watermarks) once at least `n` are in the stream.
+    /// The change events (no markers, no snapshot rows) once at least `n` are in the stream.
     pub async fn wait_events(&self, n: usize, within: Duration) -> Vec<Stored> {
         let deadline = Instant::now() + within;
         loop {
@@ -222,7 +227,7 @@ impl Env {
                 .read_stream()
                 .await
                 .into_iter()
-                .filter(|m| !m.is_watermark())
+                .filter(|m| !m.is_marker() && !m.is_snapshot())
                 .collect();
             if events.len() >= n || Instant::now() > deadline {
                 return events;

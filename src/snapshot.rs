@@ -1,0 +1,509 @@
+//! The baseline: one `snapshot` event per existing row of every guarded table, so the stream
+//! alone can rebuild any entity (issue "audit tooling", SPEC section 2 "snapshot events").
+//!
+//! - Initial snapshot: when walguard creates the slot it exports the slot's snapshot; every
+//!   row visible at the consistent point is published, in keyset-ordered chunks, as one group
+//!   at that LSN, before replication starts. So each row's first event is its snapshot or its
+//!   insert: no gap (the snapshot holds every commit before the consistent point, the slot
+//!   every one after) and no overlap.
+//! - Incremental snapshot (a table added to `[[tables]]` later, the rest of an interrupted
+//!   snapshot, a re-baseline after `resync`): the DBLog approach. Per chunk, a low and a high
+//!   watermark are written into the WAL as non-transactional logical messages around a plain
+//!   keyset SELECT; the WAL reader drops every chunk row that a change between the two marks
+//!   touched (that change already carries newer state) and publishes the rest as a group at
+//!   the high mark's LSN. No snapshot row can overwrite a newer change.
+//!
+//! Every group ends with a `snapshot_progress` event stating which tables are complete and
+//! where the current one stands; snapshot events are always signed, so after a crash the
+//! stream's verified head says exactly where to resume.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::decode::pgoutput::Relation;
+use crate::error::Error;
+use crate::event::builder::TableSpec;
+use crate::event::{Draft, EventBuilder};
+use crate::lsn::Lsn;
+use crate::sink::publisher::Item;
+use crate::source::catalog::{Catalog, CatalogError};
+use crate::source::conn::{quote_ident, quote_literal};
+
+/// Rows per chunk: bounds memory per chunk and the window in which live changes are checked.
+pub const CHUNK_ROWS: usize = 5000;
+/// Prefix of the watermark messages written into the WAL.
+pub const MARK_PREFIX: &str = "walguard.snapshot";
+
+pub fn qualified(spec: &TableSpec) -> String {
+    format!("{}.{}", spec.schema, spec.name)
+}
+
+/// How far the baseline got, as stated by the last `snapshot_progress` event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Tables (`schema.table`) whose baseline is complete.
+    pub completed: Vec<String>,
+    /// The table in progress and the key of its last published row (text values).
+    pub table: Option<String>,
+    pub after_key: Option<Vec<String>>,
+}
+
+impl Progress {
+    pub fn data(&self) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).expect("plain data");
+        v["op"] = "snapshot_progress".into();
+        serde_json::to_vec(&v).expect("plain data")
+    }
+
+    /// Tables still to baseline, in configuration order, with the key to resume after.
+    pub fn pending(&self, specs: &[TableSpec]) -> Vec<(TableSpec, Option<Vec<String>>)> {
+        specs
+            .iter()
+            .filter(|s| !self.completed.contains(&qualified(s)))
+            .map(|s| {
+                let after = (self.table.as_deref() == Some(qualified(s).as_str()))
+                    .then(|| self.after_key.clone())
+                    .flatten();
+                (s.clone(), after)
+            })
+            .collect()
+    }
+}
+
+/// A JSON key value as the text PostgreSQL accepts for it.
+pub fn key_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads up to `limit` rows after `after` in key order, values as text in the session's
+/// formats (the same ones pgoutput sends).
+pub async fn read_chunk(
+    client: &tokio_postgres::Client,
+    spec: &TableSpec,
+    columns: &[String],
+    after: Option<&[String]>,
+    limit: usize,
+) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let keys: Vec<String> = spec.key.iter().map(|c| quote_ident(c)).collect();
+    let filter = match after {
+        Some(after) => format!(
+            " WHERE ({}) > ({})",
+            keys.join(", "),
+            after.iter().map(|v| quote_literal(v)).collect::<Vec<_>>().join(", ")
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {} FROM {}.{}{filter} ORDER BY {} LIMIT {limit}",
+        cols.join(", "),
+        quote_ident(&spec.schema),
+        quote_ident(&spec.name),
+        keys.join(", ")
+    );
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|source| CatalogError::Postgres {
+            target: format!("snapshot of {}", qualified(spec)),
+            source,
+        })?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn key_positions(spec: &TableSpec, rel: &Relation) -> Vec<usize> {
+    spec.key
+        .iter()
+        .filter_map(|k| rel.columns.iter().position(|c| &c.name == k))
+        .collect()
+}
+
+fn key_of(row: &[Option<String>], positions: &[usize]) -> Vec<String> {
+    positions
+        .iter()
+        .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
+        .collect()
+}
+
+/// Rows/s and ETA in the log every few seconds; a live line on a terminal.
+struct Meter {
+    table: String,
+    estimate: i64,
+    done: u64,
+    started: Instant,
+    logged: Instant,
+    tty: bool,
+}
+
+impl Meter {
+    fn new(table: String, estimate: i64) -> Self {
+        tracing::info!(table = %table, estimated_rows = estimate, "snapshot of table starting");
+        Meter {
+            table,
+            estimate,
+            done: 0,
+            started: Instant::now(),
+            logged: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn add(&mut self, rows: usize) {
+        self.done += rows as u64;
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / elapsed;
+        let left = (self.estimate as f64 - self.done as f64).max(0.0);
+        let eta = Duration::from_secs_f64(if rate > 0.0 { left / rate } else { 0.0 });
+        if self.tty {
+            let pct = if self.estimate > 0 {
+                (self.done as f64 / self.estimate as f64 * 100.0).min(100.0)
+            } else {
+                0.0
+            };
+            let filled = (pct / 5.0) as usize;
+            eprint!(
+                "\rsnapshot {} [{}{}] {:>5.1}% {} rows, {:.0} rows/s, eta {}s   ",
+                self.table,
+                "#".repeat(filled),
+                " ".repeat(20 - filled.min(20)),
+                pct,
+                self.done,
+                rate,
+                eta.as_secs()
+            );
+        }
+        if self.logged.elapsed() >= Duration::from_secs(5) {
+            self.logged = Instant::now();
+            tracing::info!(table = %self.table, rows = self.done, estimated_rows = self.estimate, rows_per_second = rate as u64, eta_seconds = eta.as_secs(), "snapshot progress");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(table = %self.table, rows = self.done, seconds = format!("{secs:.1}"), rows_per_second = (self.done as f64 / secs.max(1e-3)) as u64, "snapshot of table complete");
+    }
+}
+
+async fn send_all(tx: &mpsc::Sender<Item>, out: &mut Vec<Draft>) -> Result<(), Error> {
+    for d in out.drain(..) {
+        tx.send(Item::Event(d))
+            .await
+            .map_err(|_| Error::Refused("the publisher stopped during the snapshot".into()))?;
+    }
+    Ok(())
+}
+
+/// The initial snapshot under the slot's exported snapshot (already imported into `client`'s
+/// transaction): every guarded table as one group at `lsn`.
+pub async fn initial(
+    client: &tokio_postgres::Client,
+    catalog: &Catalog,
+    builder: &mut EventBuilder,
+    types: &mut HashMap<u32, crate::event::value::ValueKind>,
+    specs: &[TableSpec],
+    tx: &mpsc::Sender<Item>,
+    lsn: Lsn,
+) -> Result<Progress, Error> {
+    let mut out = Vec::new();
+    builder.begin_snapshot_group(lsn, 1, unix_micros())?;
+    let mut progress = Progress::default();
+    for spec in specs {
+        let rel = relation_for(catalog, spec, builder, types).await?;
+        let positions = key_positions(spec, &rel);
+        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+        let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(rel.oid).await?);
+        let mut after: Option<Vec<String>> = None;
+        loop {
+            let rows = read_chunk(client, spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
+            let n = rows.len();
+            if let Some(last) = rows.last() {
+                after = Some(key_of(last, &positions));
+            }
+            for row in rows {
+                builder.snapshot_row(rel.oid, row, &mut out)?;
+                send_all(tx, &mut out).await?;
+            }
+            meter.add(n);
+            if n < CHUNK_ROWS {
+                break;
+            }
+        }
+        meter.finish();
+        progress.completed.push(qualified(spec));
+    }
+    builder.end_snapshot_group(progress.data(), &mut out)?;
+    send_all(tx, &mut out).await?;
+    Ok(progress)
+}
+
+async fn relation_for(
+    catalog: &Catalog,
+    spec: &TableSpec,
+    builder: &mut EventBuilder,
+    types: &mut HashMap<u32, crate::event::value::ValueKind>,
+) -> Result<Relation, Error> {
+    let rel = catalog
+        .relation(&spec.schema, &spec.name)
+        .await?
+        .ok_or_else(|| Error::Refused(format!("table {} disappeared during the snapshot", qualified(spec))))?;
+    let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, types).collect();
+    catalog.resolve_types(missing, types).await?;
+    builder.add_relation(rel.clone(), types)?;
+    Ok(rel)
+}
+
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// One incremental chunk between its low and high watermark.
+pub struct Chunk {
+    pub spec: TableSpec,
+    pub relation: Relation,
+    open: bool,
+    /// CloudEvents subjects (`schema.table/key`) of rows a live change touched in the window.
+    changed: HashSet<String>,
+    truncated: bool,
+    rows: Vec<Vec<Option<String>>>,
+    progress: Progress,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Chunks in flight, shared by the snapshotter and the WAL reader.
+#[derive(Default)]
+pub struct Chunks {
+    inner: Mutex<HashMap<String, Chunk>>,
+    /// Tables with a chunk in flight, for the reader's quick check.
+    tables: Mutex<HashSet<String>>,
+}
+
+#[derive(Deserialize)]
+struct Mark {
+    chunk: String,
+    mark: String,
+}
+
+impl Chunks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Chunk>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reader saw a live change: a chunk row it touched must not be published.
+    pub fn observe(&self, draft: &Draft) {
+        if !self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&*draft.table)
+        {
+            return;
+        }
+        for chunk in self.lock().values_mut() {
+            if chunk.open && qualified(&chunk.spec) == *draft.table {
+                match draft.op {
+                    crate::event::builder::Op::Truncate => chunk.truncated = true,
+                    _ => {
+                        chunk.changed.insert(draft.ce_subject.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reader saw a watermark message; at a high mark, returns the chunk to publish.
+    pub fn mark(&self, content: &[u8]) -> Option<Chunk> {
+        let mark: Mark = serde_json::from_slice(content).ok()?;
+        let mut chunks = self.lock();
+        match mark.mark.as_str() {
+            "low" => {
+                if let Some(c) = chunks.get_mut(&mark.chunk) {
+                    c.open = true;
+                }
+                None
+            }
+            "high" => {
+                let chunk = chunks.remove(&mark.chunk)?;
+                self.tables
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&qualified(&chunk.spec));
+                Some(chunk)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Chunk {
+    /// Publishes the rows no live change touched, as a group at the high mark's LSN.
+    pub fn publish(
+        mut self,
+        builder: &mut EventBuilder,
+        types: &HashMap<u32, crate::event::value::ValueKind>,
+        lsn: Lsn,
+        now_unix_micros: i64,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), Error> {
+        builder.add_relation(self.relation.clone(), types)?;
+        builder.begin_snapshot_group(lsn, 1, now_unix_micros)?;
+        let positions = key_positions(&self.spec, &self.relation);
+        let prefix = format!("{}/", qualified(&self.spec));
+        let rows = std::mem::take(&mut self.rows);
+        for row in rows {
+            if self.truncated
+                || self
+                    .changed
+                    .contains(&format!("{prefix}{}", key_of(&row, &positions).join(",")))
+            {
+                continue;
+            }
+            builder.snapshot_row(self.relation.oid, row, out)?;
+        }
+        builder.end_snapshot_group(self.progress.data(), out)?;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+}
+
+/// Baselines `pending` tables chunk by chunk while replication runs (DBLog).
+pub async fn incremental(
+    catalog: Arc<Catalog>,
+    chunks: Arc<Chunks>,
+    pending: Vec<(TableSpec, Option<Vec<String>>)>,
+    mut progress: Progress,
+    types: HashMap<u32, crate::event::value::ValueKind>,
+) -> Result<(), Error> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut types = types;
+    let mut n = 0u64;
+    for (spec, mut after) in pending {
+        let table = qualified(&spec);
+        let rel = catalog
+            .relation(&spec.schema, &spec.name)
+            .await?
+            .ok_or_else(|| Error::Refused(format!("table {table} disappeared during the snapshot")))?;
+        let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
+        catalog.resolve_types(missing, &mut types).await?;
+        let positions = key_positions(&spec, &rel);
+        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+        let mut meter = Meter::new(table.clone(), catalog.estimated_rows(rel.oid).await?);
+        loop {
+            n += 1;
+            let id = format!("{nonce}-{n}");
+            let (done_tx, done_rx) = oneshot::channel();
+            chunks.lock().insert(
+                id.clone(),
+                Chunk {
+                    spec: spec.clone(),
+                    relation: rel.clone(),
+                    open: false,
+                    changed: HashSet::new(),
+                    truncated: false,
+                    rows: Vec::new(),
+                    progress: Progress::default(),
+                    done: Some(done_tx),
+                },
+            );
+            chunks
+                .tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(table.clone());
+            let mark = |m: &str| serde_json::json!({"chunk": id, "mark": m}).to_string();
+            catalog.emit_message(MARK_PREFIX, &mark("low")).await?;
+            let rows = read_chunk(catalog.client(), &spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
+            let full = rows.len() == CHUNK_ROWS;
+            if let Some(last) = rows.last() {
+                after = Some(key_of(last, &positions));
+            }
+            let mut next = progress.clone();
+            if full {
+                next.table = Some(table.clone());
+                next.after_key = after.clone();
+            } else {
+                next.completed.push(table.clone());
+                next.table = None;
+                next.after_key = None;
+            }
+            meter.add(rows.len());
+            if let Some(c) = chunks.lock().get_mut(&id) {
+                c.rows = rows;
+                c.progress = next.clone();
+            }
+            catalog.emit_message(MARK_PREFIX, &mark("high")).await?;
+            done_rx
+                .await
+                .map_err(|_| Error::Refused("the WAL reader stopped during the snapshot".into()))?;
+            progress = next;
+            if !full {
+                break;
+            }
+        }
+        meter.finish();
+    }
+    tracing::info!("incremental snapshot complete");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> TableSpec {
+        TableSpec {
+            schema: "public".into(),
+            name: name.into(),
+            type_prefix: name.into(),
+            key: vec!["id".into()],
+            configured_key: false,
+        }
+    }
+
+    #[test]
+    fn progress_round_trips_and_names_what_is_pending() {
+        let p = Progress {
+            completed: vec!["public.a".into()],
+            table: Some("public.b".into()),
+            after_key: Some(vec!["41".into()]),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&p.data()).unwrap();
+        assert_eq!(v["op"], "snapshot_progress");
+        let back: Progress = serde_json::from_value(v).unwrap();
+        assert_eq!(back, p);
+        let pending = p.pending(&[spec("a"), spec("b"), spec("c")]);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].1, Some(vec!["41".to_owned()]));
+        assert_eq!(pending[1].1, None);
+    }
+
+    #[test]
+    fn key_text_of_json_values() {
+        assert_eq!(key_text(&serde_json::json!(42)), "42");
+        assert_eq!(key_text(&serde_json::json!("a,b")), "a,b");
+        assert_eq!(key_text(&serde_json::json!(true)), "true");
+    }
+}
