@@ -17,7 +17,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
-use crate::event::{Envelope, EventBuilder, Keyring, Signer};
+use crate::event::{Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
 use crate::sink::publisher::{Publisher, MAX_IN_FLIGHT};
 use crate::sink::{self, stream};
@@ -88,8 +88,7 @@ async fn session(
 
     let slot_name = &cfg.postgres.slot;
     let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot_name);
-    let mut keyring = Keyring::default();
-    keyring.add(signer.verifying_key());
+    let keyring = cfg.keyring(Some(signer))?;
     let tail = stream::read_tail(&mut stream, &keyring, envelope.source()).await?;
 
     let slot = catalog.slot(slot_name).await?;

@@ -159,6 +159,10 @@ impl Default for NatsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     pub key_file: PathBuf,
+    /// Public keys (SPKI PEM) of earlier signing keys, so a rotated stream still verifies and
+    /// resumes.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +423,7 @@ impl Config {
             }
         };
         resolve(&mut self.signing.key_file);
+        self.signing.trusted_keys.iter_mut().for_each(resolve);
         for p in [
             &mut self.nats.creds_file,
             &mut self.nats.nkey_file,
@@ -432,6 +437,21 @@ impl Config {
             resolve(p);
         }
         Ok(())
+    }
+
+    /// The signing key's public key and every `signing.trusted_keys` entry.
+    pub fn keyring(
+        &self,
+        signer: Option<&crate::event::Signer>,
+    ) -> Result<crate::event::Keyring, crate::event::KeyError> {
+        let mut ring = crate::event::Keyring::default();
+        if let Some(s) = signer {
+            ring.add(s.verifying_key());
+        }
+        for path in &self.signing.trusted_keys {
+            ring.add_pem_file(path)?;
+        }
+        Ok(ring)
     }
 
     pub fn pg_config(&self) -> tokio_postgres::Config {

@@ -20,7 +20,22 @@ fn main() {
             Command::Check { config, format } => cli::check(&config, format).await,
             Command::Resync { config } => cli::resync(&config).await,
             Command::Keygen { out } => cli::keygen(&out),
-            Command::Verify { config, public_keys } => cli::verify(&config, &public_keys).await,
+            Command::Verify {
+                config,
+                public_keys,
+                file,
+            } => cli::verify(config.as_deref(), &public_keys, file.as_deref()).await,
+            Command::Export { config, from, to, out } => cli::export(&config, from, to, &out).await,
+            Command::Restore {
+                config,
+                table,
+                key,
+                at,
+                into,
+                json: _,
+            } => cli::restore(&config, &table, key.as_deref(), at, into.as_deref()).await,
+            Command::History { config, table, key } => cli::history(&config, &table, &key).await,
+            Command::Reconcile { config, tables } => cli::reconcile(&config, &tables).await,
             Command::Demo => walguard::demo::run().await,
         }
     });

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
 use crate::event::envelope::sha256;
-use crate::event::{Envelope, Keyring, Signer};
+use crate::event::{Envelope, Signer};
 use crate::lsn::Lsn;
 use crate::sink::{self, publisher, stream, SinkError};
 use crate::source::catalog::Catalog;
@@ -39,8 +39,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let mut st = stream::ensure(&js, &cfg.nats).await?;
     let slot = &cfg.postgres.slot;
     let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot);
-    let mut keyring = Keyring::default();
-    keyring.add(signer.verifying_key());
+    let keyring = cfg.keyring(Some(&signer))?;
     let tail = stream::read_tail(&mut st, &keyring, envelope.source()).await?;
 
     if let Some(info) = catalog.slot(slot).await? {

@@ -2,6 +2,8 @@
 //! End-to-end tests: real PostgreSQL, real nats-server, the real walguard binary. The oracle
 //! is the SQL the test writes and the stream the test reads back with its own consumer.
 
+#[path = "e2e/audit.rs"]
+mod audit;
 mod harness;
 #[path = "e2e/legacy_tables.rs"]
 mod legacy_tables;
