@@ -621,6 +621,26 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         out.contains("does not exist") && out.contains("may be missing"),
         "{out}"
     );
+    // Recreated behind walguard's back: the new slot starts after the gap.
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (3, 3, 0)")
+        .await
+        .unwrap();
+    env.db
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+            env.slot
+        ))
+        .await
+        .unwrap();
+    let mut wg = env.spawn();
+    let code = wg.wait_exit(Duration::from_secs(30));
+    let out = wg.output();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("may be missing") && out.contains("only proves events up to"),
+        "{out}"
+    );
     // Still only the one event.
     assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
 }
