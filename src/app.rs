@@ -25,8 +25,11 @@ use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
 use crate::source::conn::ReplicationConnection;
 use crate::source::{self, WalReader};
+use crate::telemetry;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a standby tries to take the slot over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until `shutdown` turns true.
@@ -35,6 +38,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
     tracing::info!(key_id = signer.key_id(), slot = %cfg.postgres.slot, stream = %cfg.nats.stream, "walguard starting");
     let mut backoff = Duration::from_millis(500);
     let mut streamed_once = false;
+    let mut standby_logged = false;
     loop {
         let started = Instant::now();
         let mut reached_streaming = false;
@@ -42,7 +46,25 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
         streamed_once |= reached_streaming;
         match result {
             Ok(()) => return Ok(()),
+            Err(e) if e.is_slot_in_use() => {
+                telemetry::health().not_streaming("standby: the slot is active for another process");
+                // Another walguard streams from the slot: wait as its standby and take over
+                // within seconds once it is gone.
+                if !standby_logged {
+                    tracing::info!(slot = %cfg.postgres.slot, "the slot is active for another process; waiting as standby");
+                    standby_logged = true;
+                }
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                continue;
+            }
             Err(e) if e.is_transient() && (streamed_once || *shutdown.borrow()) => {
+                telemetry::metrics().error(e.kind());
+                telemetry::metrics().restarts.inc();
+                telemetry::health().not_streaming(format!("{}: {e}", e.kind()));
                 if *shutdown.borrow() {
                     return Ok(());
                 }
@@ -57,7 +79,11 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                telemetry::metrics().error(e.kind());
+                telemetry::health().not_streaming(e.to_string());
+                return Err(e);
+            }
         }
     }
 }
@@ -190,6 +216,18 @@ async fn session(
         genesis,
         replay_end: system.xlogpos,
     };
+    // Take the slot before publishing anything, so a second walguard waits here as a standby
+    // (SQLSTATE 55006) instead of writing into the stream. Only a slot created just now, whose
+    // snapshot must be published first, is started after the initial snapshot.
+    let mut repl = Some(repl);
+    let mut started = None;
+    if snapshot_reader.is_none() {
+        let conn = repl.take().expect("not yet started");
+        started = Some(
+            conn.start_replication(slot_name, start, &cfg.postgres.publication)
+                .await?,
+        );
+    }
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
     let mut publisher = tokio::spawn(publisher.run(rx, shutdown.clone()));
     let mut out = Vec::new();
@@ -206,10 +244,16 @@ async fn session(
         let _ = reader.client().batch_execute("COMMIT").await;
     }
 
-    let (reader, writer) = repl
-        .start_replication(slot_name, start, &cfg.postgres.publication)
-        .await?;
+    let (reader, writer) = match (started, repl) {
+        (Some(streams), _) => streams,
+        (None, Some(conn)) => {
+            conn.start_replication(slot_name, start, &cfg.postgres.publication)
+                .await?
+        }
+        (None, None) => unreachable!("the connection is either started or still here"),
+    };
     *reached = true;
+    telemetry::health().streaming();
     tracing::info!(
         %start,
         next_sequence,
@@ -356,6 +400,7 @@ async fn watch_slot(
             }
             Some(info) => {
                 let retained = info.retained_bytes.unwrap_or(0);
+                telemetry::metrics().slot_retained_wal_bytes.set(retained);
                 if retained as u64 > warn_above {
                     tracing::warn!(
                         slot = %slot,

@@ -146,6 +146,18 @@ pub async fn run(config: &Path) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let listener = match tokio::net::TcpListener::bind(&cfg.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: configuration {}: server.listen {}: cannot listen ({e}); choose a free address",
+                cfg.file.display(),
+                cfg.server.listen
+            );
+            return exit::CONFIG;
+        }
+    };
+    tokio::spawn(crate::telemetry::serve(listener));
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

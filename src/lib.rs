@@ -16,6 +16,7 @@ pub mod resync;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod telemetry;
 pub mod testkit;
 pub mod verify;
 

@@ -166,6 +166,12 @@ impl Meter {
 
     fn add(&mut self, rows: usize) {
         self.done += rows as u64;
+        crate::telemetry::metrics()
+            .snapshot_rows
+            .get_or_create(&crate::telemetry::Table {
+                table: self.table.clone(),
+            })
+            .inc_by(rows as u64);
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = self.done as f64 / elapsed;
         let left = (self.estimate as f64 - self.done as f64).max(0.0);

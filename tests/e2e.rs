@@ -7,6 +7,8 @@ mod audit;
 mod harness;
 #[path = "e2e/legacy_tables.rs"]
 mod legacy_tables;
+#[path = "e2e/ops.rs"]
+mod ops;
 
 use std::time::Duration;
 

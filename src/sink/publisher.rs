@@ -26,6 +26,7 @@ use crate::event::builder::{Naming, Op};
 use crate::event::envelope::{sha256, Hash, CONTENT_TYPE, HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::{Draft, Envelope, Position, Signer};
 use crate::lsn::Lsn;
+use crate::telemetry;
 
 /// Acks awaited at once; beyond it the publisher stops taking drafts, the channel fills,
 /// and the WAL reader stops reading (backpressure, G5).
@@ -48,6 +49,11 @@ struct Acked {
     sequence: u64,
     end: Option<Lsn>,
     signed: bool,
+    table: Arc<str>,
+    op: Op,
+    bytes: usize,
+    commit_micros: i64,
+    sent: Instant,
     result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 }
 
@@ -115,6 +121,7 @@ impl Publisher {
             max_payload,
             buf: Vec::with_capacity(4096),
             in_flight: FuturesOrdered::new(),
+            sent: std::collections::VecDeque::new(),
         };
         if let Some(lsn) = genesis {
             let wm = naming.watermark(lsn, now_micros());
@@ -198,6 +205,8 @@ struct Ctx<'a> {
     max_payload: usize,
     buf: Vec<u8>,
     in_flight: FuturesOrdered<AckFuture>,
+    /// When each publish in flight was sent, oldest first (for `/readyz`).
+    sent: std::collections::VecDeque<Instant>,
 }
 
 impl Ctx<'_> {
@@ -251,6 +260,10 @@ impl Ctx<'_> {
                     reason: e.to_string(),
                 })?;
             let end = draft.end;
+            let (table, op, bytes, commit_micros) = (draft.table.clone(), draft.op, self.buf.len(), draft.time_micros);
+            let sent = Instant::now();
+            self.sent.push_back(sent);
+            telemetry::health().oldest_unacked(self.sent.front().copied());
             self.in_flight.push_back(Box::pin(async move {
                 let result = match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
                     Ok(r) => r,
@@ -260,9 +273,15 @@ impl Ctx<'_> {
                     sequence,
                     end,
                     signed: sign,
+                    table,
+                    op,
+                    bytes,
+                    commit_micros,
+                    sent,
                     result,
                 }
             }));
+            telemetry::metrics().acks_in_flight.set(self.in_flight.len() as i64);
         }
         chain.next_sequence += 1;
         chain.prev_hash = hash;
@@ -278,11 +297,34 @@ impl Ctx<'_> {
             sequence,
             end,
             signed,
+            table,
+            op,
+            bytes,
+            commit_micros,
+            sent,
             result,
         } = acked;
+        self.sent.pop_front();
+        telemetry::health().oldest_unacked(self.sent.front().copied());
+        let m = telemetry::metrics();
+        m.acks_in_flight.set(self.in_flight.len() as i64);
         match result {
             Ok(ack) if ack.sequence == sequence => {
                 self.checkpoint.acked(end, signed, Instant::now());
+                m.publish_ack_seconds.observe(sent.elapsed().as_secs_f64());
+                m.bytes_published.inc_by(bytes as u64);
+                m.events_published
+                    .get_or_create(&telemetry::TableOp {
+                        table: table.to_string(),
+                        op: op.as_str().to_owned(),
+                    })
+                    .inc();
+                let lag = if op == Op::Watermark {
+                    0.0
+                } else {
+                    ((now_micros() - commit_micros) as f64 / 1e6).max(0.0)
+                };
+                m.replication_lag_seconds.set(lag);
                 Ok(())
             }
             Ok(ack) => Err(SinkError::Publish {

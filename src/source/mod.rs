@@ -150,11 +150,15 @@ pub async fn feedback(
             _ = stop.changed() => true,
         };
         let flush = checkpoint.confirmable(Instant::now());
+        let written = checkpoint.written();
+        let m = crate::telemetry::metrics();
+        m.confirmed_lsn.set(flush.0 as i64);
+        m.replication_lag_bytes.set(written.0.saturating_sub(flush.0) as i64);
         if flush != last_flush {
             tracing::debug!(%flush, "confirming to PostgreSQL");
             last_flush = flush;
         }
-        let update = standby_status_update(checkpoint.written(), flush, unix_micros(), !stopping);
+        let update = standby_status_update(written, flush, unix_micros(), !stopping);
         writer.send_copy_data(update).await?;
         if stopping {
             return Ok(writer);

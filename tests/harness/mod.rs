@@ -25,6 +25,8 @@ pub struct Env {
     pub config: PathBuf,
     pub stream: String,
     pub slot: String,
+    /// `server.listen` port of the walguard processes.
+    pub listen_port: u16,
 }
 
 /// One message as read back from the stream.
@@ -107,6 +109,7 @@ impl Env {
             db,
             stream: "WG".into(),
             slot: "walguard_test".into(),
+            listen_port: walguard::testkit::free_port(),
         };
         env.write_config(tables, extra_nats);
         env
@@ -118,11 +121,12 @@ impl Env {
             format!(
                 "[postgres]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"wg_pub\"\n\n{tables}\n\n\
                  [nats]\nurl = \"{}\"\nstream = \"{}\"\nsubject_prefix = \"wg\"\nwatermark_interval = \"1s\"\n{extra_nats}\n\n\
-                 [signing]\nkey_file = \"walguard.key\"\n",
+                 [signing]\nkey_file = \"walguard.key\"\n\n[server]\nlisten = \"127.0.0.1:{}\"\n",
                 self.pg.url("postgres"),
                 self.slot,
                 self.nats.url(),
-                self.stream
+                self.stream,
+                self.listen_port
             ),
         )
         .unwrap();
