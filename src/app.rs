@@ -17,7 +17,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
-use crate::event::{Envelope, EventBuilder, Signer};
+use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
 use crate::sink::publisher::{Publisher, MAX_IN_FLIGHT};
 use crate::sink::{self, stream};
@@ -35,6 +35,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Runs the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
     let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
+    let hasher = load_hasher(&cfg)?;
     tracing::info!(key_id = signer.key_id(), slot = %cfg.postgres.slot, stream = %cfg.nats.stream, "walguard starting");
     let mut backoff = Duration::from_millis(500);
     let mut streamed_once = false;
@@ -42,7 +43,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
     loop {
         let started = Instant::now();
         let mut reached_streaming = false;
-        let result = session(&cfg, &signer, shutdown.clone(), &mut reached_streaming).await;
+        let result = session(&cfg, &signer, hasher.clone(), shutdown.clone(), &mut reached_streaming).await;
         streamed_once |= reached_streaming;
         match result {
             Ok(()) => return Ok(()),
@@ -91,6 +92,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
 async fn session(
     cfg: &Config,
     signer: &Arc<Signer>,
+    hasher: Option<Arc<ColumnHasher>>,
     shutdown: watch::Receiver<bool>,
     reached: &mut bool,
 ) -> Result<(), Error> {
@@ -194,7 +196,7 @@ async fn session(
         slot: slot_name.clone(),
         subject_prefix: cfg.nats.subject_prefix.clone(),
     });
-    let mut builder = EventBuilder::new(naming.clone(), tables.clone(), tail.position);
+    let mut builder = EventBuilder::new(naming.clone(), tables.clone(), tail.position).with_hasher(hasher);
     let mut types = HashMap::new();
     let (mut progress, close) = if exported.is_some() {
         (Progress::default(), None)
@@ -478,4 +480,12 @@ async fn snapshot_state(
         }
     }
     (progress, Some((lsn, idx as u32 + 1)))
+}
+
+/// The salt for `hash_columns`, when configured.
+pub fn load_hasher(cfg: &Config) -> Result<Option<Arc<ColumnHasher>>, Error> {
+    Ok(match &cfg.hashing.salt_file {
+        Some(path) => Some(Arc::new(ColumnHasher::load(path)?)),
+        None => None,
+    })
 }

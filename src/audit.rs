@@ -371,6 +371,7 @@ pub async fn reconcile_table(
     js: &jetstream::Context,
     stream: &str,
     spec: &crate::event::builder::TableSpec,
+    hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
     wait: Duration,
 ) -> Result<Reconciled, crate::Error> {
     use crate::event::builder::{Naming, Position};
@@ -399,7 +400,7 @@ pub async fn reconcile_table(
         slot: String::new(),
         subject_prefix: "reconcile".into(),
     });
-    let mut builder = EventBuilder::new(naming, vec![spec.clone()], Position::default());
+    let mut builder = EventBuilder::new(naming, vec![spec.clone()], Position::default()).with_hasher(hasher);
     let rel = catalog
         .relation(&spec.schema, &spec.name)
         .await?

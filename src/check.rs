@@ -405,6 +405,22 @@ fn table_spec(
             ))
         }
     };
+    if let Some(col) = table.hash_columns.iter().find(|c| !facts.columns.contains(c)) {
+        return Err((
+            format!("hash column {col:?} does not exist"),
+            "fix `hash_columns` in [[tables]]".into(),
+        ));
+    }
+    if let Some(col) = table
+        .hash_columns
+        .iter()
+        .find(|c| facts.primary_key.contains(c) && table.key.is_none())
+    {
+        return Err((
+            format!("hash column {col:?} is part of the primary key, which must stay in clear"),
+            "remove it from `hash_columns`".into(),
+        ));
+    }
     let leaves_full = facts.leaves.iter().all(|l| l.identity == 'f');
     for k in &key {
         if !facts.columns.contains(k) {
@@ -438,6 +454,7 @@ fn table_spec(
             name: name.to_owned(),
             key,
             configured_key: table.key.is_some(),
+            hashed: table.hash_columns.clone(),
         },
         note,
     ))

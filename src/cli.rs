@@ -445,11 +445,14 @@ pub async fn reconcile(config: &Path, tables: &[String]) -> i32 {
         }
         // A commit racing the consistent point can show as a difference; look again before
         // reporting one.
+        let hasher = match crate::app::load_hasher(&cfg) {
+            Ok(h) => h,
+            Err(e) => return report(&e),
+        };
         let mut result = None;
         for attempt in 0..3 {
-            match crate::audit::reconcile_table(&pg, &js, &cfg.nats.stream, &spec, std::time::Duration::from_secs(60))
-                .await
-            {
+            let wait = std::time::Duration::from_secs(60);
+            match crate::audit::reconcile_table(&pg, &js, &cfg.nats.stream, &spec, hasher.clone(), wait).await {
                 Ok(r) if r.differences.is_empty() || attempt == 2 => {
                     result = Some(r);
                     break;

@@ -33,6 +33,8 @@ pub struct Config {
     pub signing: SigningConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub hashing: HashingConfig,
     /// The file this was loaded from; relative paths in it are resolved against its folder.
     #[serde(skip)]
     pub file: PathBuf,
@@ -107,6 +109,10 @@ pub struct TableConfig {
     pub name: String,
     pub type_prefix: Option<String>,
     pub key: Option<Vec<String>>,
+    /// Columns replaced by a keyed hash (HMAC-SHA-256 with `hashing.salt_file`) before
+    /// signing, for personal data consumers must not see.
+    #[serde(default)]
+    pub hash_columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +169,14 @@ pub struct SigningConfig {
     /// resumes.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashingConfig {
+    /// The secret salt (any bytes, at least 16) for `hash_columns`; a file readable only by
+    /// its owner.
+    pub salt_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +439,7 @@ impl Config {
         resolve(&mut self.signing.key_file);
         self.signing.trusted_keys.iter_mut().for_each(resolve);
         for p in [
+            &mut self.hashing.salt_file,
             &mut self.nats.creds_file,
             &mut self.nats.nkey_file,
             &mut self.nats.tls_ca_file,

@@ -486,6 +486,7 @@ mod tests {
             type_prefix: name.into(),
             key: vec!["id".into()],
             configured_key: false,
+            hashed: Vec::new(),
         }
     }
 

@@ -166,6 +166,8 @@ pub struct TableSpec {
     /// Whether `key` was configured; a primary key can be renamed while streaming, and then
     /// the replica identity columns of the new Relation message are the key.
     pub configured_key: bool,
+    /// Columns replaced by a keyed hash.
+    pub hashed: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,12 +196,15 @@ pub enum BuildError {
 struct Column {
     name: String,
     kind: ValueKind,
+    /// Replaced by the keyed hash of its text.
+    hashed: bool,
     /// Part of the replica identity as the Relation message flags it.
     identity: bool,
 }
 
 struct Shape {
     qualified: Arc<str>,
+    hasher: Option<Arc<super::ColumnHasher>>,
     spec: Option<Arc<TableSpec>>,
     identity: ReplicaIdentity,
     columns: Vec<Column>,
@@ -221,6 +226,7 @@ struct Tx {
 
 pub struct EventBuilder {
     naming: Arc<Naming>,
+    hasher: Option<Arc<super::ColumnHasher>>,
     tables: HashMap<(String, String), Arc<TableSpec>>,
     relations: HashMap<u32, Shape>,
     tx: Option<Tx>,
@@ -232,6 +238,7 @@ impl EventBuilder {
     pub fn new(naming: Arc<Naming>, tables: Vec<TableSpec>, resume: Position) -> Self {
         EventBuilder {
             naming,
+            hasher: None,
             tables: tables
                 .into_iter()
                 .map(|t| ((t.schema.clone(), t.name.clone()), Arc::new(t)))
@@ -241,6 +248,12 @@ impl EventBuilder {
             resume,
             skipped: 0,
         }
+    }
+
+    /// Hashes `hash_columns` with this salt.
+    pub fn with_hasher(mut self, hasher: Option<Arc<super::ColumnHasher>>) -> Self {
+        self.hasher = hasher;
+        self
     }
 
     /// Events replayed by the server that the stream already holds.
@@ -450,6 +463,7 @@ impl EventBuilder {
             .columns
             .into_iter()
             .map(|c| Column {
+                hashed: spec.as_ref().is_some_and(|s| s.hashed.contains(&c.name)),
                 kind: ValueKind::builtin(c.type_oid)
                     .or_else(|| types.get(&c.type_oid).cloned())
                     .unwrap_or(ValueKind::Text),
@@ -494,10 +508,22 @@ impl EventBuilder {
         write_str(&schema, &mut head);
         head.extend_from_slice(b",\"table\":");
         write_str(&rel.name, &mut head);
+        let hashed: Vec<&Column> = columns.iter().filter(|c| c.hashed).collect();
+        if !hashed.is_empty() {
+            head.extend_from_slice(b",\"hashed\":[");
+            for (n, c) in hashed.iter().enumerate() {
+                if n > 0 {
+                    head.push(b',');
+                }
+                write_str(&c.name, &mut head);
+            }
+            head.push(b']');
+        }
         head.push(b',');
         Ok((
             rel.oid,
             Shape {
+                hasher: self.hasher.clone(),
                 subject_stem: format!(
                     "{}.{}.{}.",
                     self.naming.subject_prefix,
@@ -679,6 +705,16 @@ impl EventBuilder {
 }
 
 fn write_value(shape: &Shape, i: usize, value: &[u8], out: &mut Vec<u8>) -> Result<(), BuildError> {
+    if shape.columns[i].hashed {
+        let hasher = shape.hasher.as_ref().ok_or_else(|| {
+            BuildError::Protocol(format!(
+                "table {}: column {} is to be hashed but no hashing.salt_file is loaded",
+                shape.qualified, shape.columns[i].name
+            ))
+        })?;
+        write_str(&hasher.hash(value), out);
+        return Ok(());
+    }
     shape.columns[i]
         .kind
         .write_json(value, out)
@@ -756,6 +792,7 @@ mod tests {
             type_prefix: "public.t".into(),
             key: vec!["id".into()],
             configured_key: false,
+            hashed: Vec::new(),
         }];
         EventBuilder::new(naming, tables, resume)
     }

@@ -12,4 +12,4 @@ pub mod value;
 
 pub use builder::{Draft, EventBuilder, Position};
 pub use envelope::{subject_token, Envelope};
-pub use signing::{KeyError, Keyring, Signer};
+pub use signing::{ColumnHasher, KeyError, Keyring, Signer};
