@@ -124,10 +124,11 @@ async fn session(
     let mut exported = None;
     let start = match (&slot, tail.is_empty()) {
         (None, true) => {
-            let (point, snapshot) = repl.create_slot_exported(slot_name).await?;
+            let failover = failover_slot(cfg, &repl)?;
+            let (point, snapshot) = repl.create_slot(slot_name, true, failover).await?;
             tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
             genesis = Some(point);
-            exported = Some(snapshot);
+            exported = snapshot;
             point
         }
         (None, false) => {
@@ -488,4 +489,16 @@ pub fn load_hasher(cfg: &Config) -> Result<Option<Arc<ColumnHasher>>, Error> {
         Some(path) => Some(Arc::new(ColumnHasher::load(path)?)),
         None => None,
     })
+}
+
+/// `postgres.failover_slot`, refused on servers before PostgreSQL 17.
+pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
+    if cfg.postgres.failover_slot && repl.server_major() < 17 {
+        return Err(Error::Refused(format!(
+            "postgres.failover_slot = true needs PostgreSQL 17 or later (this server is {}); remove it from {}",
+            repl.server_version,
+            cfg.file.display()
+        )));
+    }
+    Ok(cfg.postgres.failover_slot)
 }

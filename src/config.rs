@@ -48,6 +48,10 @@ pub struct PostgresConfig {
     pub slot: String,
     #[serde(default = "default_publication")]
     pub publication: String,
+    /// Create the slot as a failover slot (PostgreSQL 17 and later), so it is synchronized
+    /// to standbys and survives a promotion.
+    #[serde(default, deserialize_with = "de_bool")]
+    pub failover_slot: bool,
     /// Warn when the slot retains more WAL than this (`"1GiB"`, `"512MB"`, bytes).
     #[serde(default = "default_retained_wal_warn", deserialize_with = "de_size")]
     pub retained_wal_warn: u64,
@@ -59,6 +63,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("url", &redact_url(self.url.expose()))
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("failover_slot", &self.failover_slot)
             .field("retained_wal_warn", &self.retained_wal_warn)
             .finish()
     }

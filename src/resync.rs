@@ -55,7 +55,8 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
             .await
             .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
     }
-    let point = repl.create_slot(slot).await?;
+    let failover = crate::app::failover_slot(cfg, &repl)?;
+    let (point, _) = repl.create_slot(slot, false, failover).await?;
     tracing::warn!(slot = %slot, consistent_point = %point, "resync: created a new slot");
 
     let lost_after = tail.confirmed.unwrap_or(Lsn::ZERO);

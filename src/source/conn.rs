@@ -398,26 +398,33 @@ impl ReplicationConnection {
         })
     }
 
-    /// Creates the logical slot for pgoutput; returns its consistent point.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, SourceError> {
-        let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                quote_ident(slot)
-            ))
-            .await?;
-        rows.first()
-            .and_then(|r| r.get(1).cloned().flatten())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))
+    /// The server's major version, from the startup parameters.
+    pub fn server_major(&self) -> u32 {
+        self.server_version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
     }
 
-    /// Creates the slot and exports its snapshot: returns the consistent point and the
-    /// snapshot's name, valid until the next command on this connection.
-    pub async fn create_slot_exported(&mut self, slot: &str) -> Result<(Lsn, String), SourceError> {
+    /// Creates the logical slot for pgoutput; returns its consistent point and, with
+    /// `export`, the name of its exported snapshot (valid until the next command on this
+    /// connection). `failover` (PostgreSQL 17+) makes it a failover slot.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        export: bool,
+        failover: bool,
+    ) -> Result<(Lsn, Option<String>), SourceError> {
+        let snapshot = if export { "export" } else { "nothing" };
+        let options = match (failover, export) {
+            (true, _) => format!("(SNAPSHOT '{snapshot}', FAILOVER true)"),
+            (false, true) => "EXPORT_SNAPSHOT".to_owned(),
+            (false, false) => "NOEXPORT_SNAPSHOT".to_owned(),
+        };
         let rows = self
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}",
                 quote_ident(slot)
             ))
             .await?;
@@ -430,12 +437,13 @@ impl ReplicationConnection {
             .flatten()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
-        let snapshot = row
-            .get(2)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
-        Ok((point, snapshot))
+        let name = row.get(2).cloned().flatten();
+        if export && name.is_none() {
+            return Err(SourceError::Protocol(
+                "CREATE_REPLICATION_SLOT exported no snapshot".into(),
+            ));
+        }
+        Ok((point, name))
     }
 
     /// Starts streaming pgoutput v1 from `start` and splits the connection.

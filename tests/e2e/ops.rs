@@ -295,3 +295,40 @@ async fn hashed_columns_never_appear_in_clear() {
     let (code, out, err) = env.command(&["reconcile", "-c", env.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_can_be_a_failover_slot_from_postgres_17() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(
+        "publication = \"wg_pub\"",
+        "publication = \"wg_pub\"\nfailover_slot = true",
+    );
+    std::fs::write(&env.config, config).unwrap();
+    let version: i32 = env
+        .db
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version >= 170000 {
+        let _wg = env.spawn_ready().await;
+        let failover: bool = env
+            .db
+            .query_one(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&env.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(failover);
+    } else {
+        let mut wg = env.spawn();
+        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        assert!(
+            wg.output().contains("failover_slot = true needs PostgreSQL 17"),
+            "{}",
+            wg.output()
+        );
+    }
+}
