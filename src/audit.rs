@@ -367,7 +367,7 @@ pub struct Reconciled {
 /// `L`), against the state rebuilt from every event committed before `L`. Waits up to
 /// `wait` for the stream to cover `L` (walguard must be running).
 pub async fn reconcile_table(
-    pg: &tokio_postgres::Config,
+    pg: &crate::source::tls::PgConfig,
     js: &jetstream::Context,
     stream: &str,
     spec: &crate::event::builder::TableSpec,
@@ -519,7 +519,7 @@ pub async fn reconcile_table(
 /// Creates `schema.table` like the live table and fills it with `state`'s rows. Returns the
 /// target's name.
 pub async fn restore_into(
-    pg: &tokio_postgres::Config,
+    pg: &crate::source::tls::PgConfig,
     table: &str,
     schema: &str,
     state: &TableState,

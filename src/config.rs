@@ -360,7 +360,7 @@ impl Config {
     fn validate(&mut self) -> Result<(), ConfigError> {
         let file = self.file.clone();
         let e = |m: String| invalid(&file, m);
-        tokio_postgres::Config::from_str(self.postgres.url.expose()).map_err(|err| {
+        crate::source::tls::PgConfig::parse(self.postgres.url.expose()).map_err(|err| {
             e(format!(
                 "postgres.url {:?} is not a valid libpq URL or key=value string ({err})",
                 redact_url(self.postgres.url.expose())
@@ -474,8 +474,8 @@ impl Config {
         Ok(ring)
     }
 
-    pub fn pg_config(&self) -> tokio_postgres::Config {
-        tokio_postgres::Config::from_str(self.postgres.url.expose()).expect("validated at load")
+    pub fn pg_config(&self) -> crate::source::tls::PgConfig {
+        crate::source::tls::PgConfig::parse(self.postgres.url.expose()).expect("validated at load")
     }
 
     /// The guarded tables as `(schema, table, config)`.

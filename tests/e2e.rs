@@ -9,6 +9,8 @@ mod harness;
 mod legacy_tables;
 #[path = "e2e/ops.rs"]
 mod ops;
+#[path = "e2e/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 
@@ -650,6 +652,7 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_connection_authenticates_every_way_over_tcp_and_unix_sockets() {
     use walguard::source::conn::{ReplicationConnection, SourceError};
+    use walguard::source::tls::PgConfig;
     let hba = "local all all trust\n\
                host all postgres 127.0.0.1/32 trust\n\
                host all u_md5 127.0.0.1/32 md5\n\
@@ -667,9 +670,7 @@ async fn replication_connection_authenticates_every_way_over_tcp_and_unix_socket
     .unwrap();
     let port = pg.port();
     for (user, password) in [("u_md5", "pw-md5"), ("u_scram", "pw-scram"), ("u_password", "pw-plain")] {
-        let cfg: tokio_postgres::Config = format!("postgres://{user}:{password}@127.0.0.1:{port}/postgres")
-            .parse()
-            .unwrap();
+        let cfg = PgConfig::parse(&format!("postgres://{user}:{password}@127.0.0.1:{port}/postgres")).unwrap();
         let mut conn = ReplicationConnection::connect(&cfg)
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
@@ -677,9 +678,7 @@ async fn replication_connection_authenticates_every_way_over_tcp_and_unix_socket
         assert_eq!(system.dbname, "postgres");
         assert!(!system.system_identifier.is_empty());
 
-        let wrong: tokio_postgres::Config = format!("postgres://{user}:nope@127.0.0.1:{port}/postgres")
-            .parse()
-            .unwrap();
+        let wrong = PgConfig::parse(&format!("postgres://{user}:nope@127.0.0.1:{port}/postgres")).unwrap();
         match ReplicationConnection::connect(&wrong).await {
             Err(e @ SourceError::Auth { .. }) => assert!(!e.is_transient() && e.to_string().contains(user), "{e}"),
             Err(e) => panic!("{user} with a wrong password: {e}"),
@@ -687,22 +686,40 @@ async fn replication_connection_authenticates_every_way_over_tcp_and_unix_socket
         }
     }
     // Trust over the Unix socket, in libpq's key=value form.
-    let cfg: tokio_postgres::Config = format!(
+    let cfg = PgConfig::parse(&format!(
         "host={} port={port} user=postgres dbname=postgres",
         pg.socket_dir().display()
-    )
-    .parse()
+    ))
     .unwrap();
     let mut conn = ReplicationConnection::connect(&cfg).await.unwrap();
     assert!(conn.server_version.chars().next().is_some_and(|c| c.is_ascii_digit()));
     conn.identify_system().await.unwrap();
     // A refused port is a transient connection error naming the target.
-    let dead: tokio_postgres::Config = format!(
+    let dead = PgConfig::parse(&format!(
         "postgres://postgres@127.0.0.1:{}/postgres",
         walguard::testkit::free_port()
-    )
-    .parse()
+    ))
     .unwrap();
     let err = ReplicationConnection::connect(&dead).await.err().unwrap();
     assert!(err.is_transient() && err.to_string().contains("127.0.0.1"), "{err}");
+}
+
+/// Waits up to 30 s for `/readyz` on `port` to answer 200.
+async fn ops_wait_ready(port: u16) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut last = (0, String::new());
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await;
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf).await;
+            let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            last = (status, buf);
+        }
+        if last.0 == 200 || std::time::Instant::now() > deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -33,27 +33,33 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, SinkError> 
         url: crate::config::redact_url(&cfg.url),
         reason,
     };
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("walguard")
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(10)));
+    let mut opts = match &cfg.nkey_file {
+        Some(nkey) => {
+            let seed =
+                std::fs::read_to_string(nkey).map_err(|e| err(format!("nats.nkey_file {}: {e}", nkey.display())))?;
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+    .name("walguard")
+    .connection_timeout(Duration::from_secs(5))
+    .request_timeout(Some(Duration::from_secs(10)));
     if let Some(creds) = &cfg.creds_file {
         opts = opts
             .credentials_file(creds)
             .await
             .map_err(|e| err(format!("nats.creds_file {}: {e}", creds.display())))?;
     }
-    if let Some(nkey) = &cfg.nkey_file {
-        let seed = std::fs::read_to_string(nkey).map_err(|e| err(format!("nats.nkey_file {}: {e}", nkey.display())))?;
-        opts = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
-            .name("walguard")
-            .connection_timeout(Duration::from_secs(5));
-    }
     if let Some(ca) = &cfg.tls_ca_file {
+        if !ca.exists() {
+            return Err(err(format!("nats.tls_ca_file {} does not exist", ca.display())));
+        }
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
-        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => opts = opts.add_client_certificate(cert.clone(), key.clone()),
+        (None, None) => {}
+        _ => return Err(err("nats.tls_cert_file and nats.tls_key_file go together".into())),
     }
     opts.connect(cfg.url.as_str()).await.map_err(|e| err(e.to_string()))
 }

@@ -11,6 +11,7 @@ use crate::event::builder::TableSpec;
 use crate::event::value::ValueKind;
 use crate::lsn::Lsn;
 use crate::source::conn::{quote_ident, SESSION_OPTIONS};
+use crate::source::tls::{PgConfig, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -40,6 +41,12 @@ impl CatalogError {
             CatalogError::Connect { .. } => true,
             CatalogError::Refused(_) => false,
         }
+    }
+}
+
+fn log_end(result: Result<(), tokio_postgres::Error>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "catalog connection ended");
     }
 }
 
@@ -112,9 +119,9 @@ pub struct PublicationFacts {
 }
 
 impl Catalog {
-    pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Catalog, CatalogError> {
-        let target = super::conn::describe_target(cfg);
-        let mut cfg = cfg.clone();
+    pub async fn connect(pg: &PgConfig) -> Result<Catalog, CatalogError> {
+        let target = super::conn::describe_target(pg);
+        let mut cfg: tokio_postgres::Config = (**pg).clone();
         cfg.options(SESSION_OPTIONS);
         if cfg.get_application_name().is_none() {
             cfg.application_name("walguard");
@@ -122,15 +129,24 @@ impl Catalog {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(std::time::Duration::from_secs(10));
         }
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| CatalogError::Connect {
+        let failed = |e: tokio_postgres::Error| CatalogError::Connect {
             target: target.clone(),
             reason: error_chain(&e),
-        })?;
-        let handle = tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "catalog connection ended");
-            }
-        });
+        };
+        let (client, handle) = if pg.ssl_mode == SslMode::Disable {
+            let (client, conn) = cfg.connect(NoTls).await.map_err(failed)?;
+            (client, tokio::spawn(async move { log_end(conn.await) }))
+        } else {
+            let tls = pg.rustls().map_err(|reason| CatalogError::Connect {
+                target: target.clone(),
+                reason,
+            })?;
+            let (client, conn) = cfg
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(failed)?;
+            (client, tokio::spawn(async move { log_end(conn.await) }))
+        };
         Ok(Catalog {
             client,
             target,

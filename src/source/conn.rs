@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
 use crate::lsn::Lsn;
+use crate::source::tls::{PgConfig, SslMode};
 
 /// Refuse messages larger than this: a garbage length must not allocate gigabytes. pgoutput
 /// rows are bounded by PostgreSQL's 1 GB field limit plus framing.
@@ -58,6 +59,8 @@ pub enum SourceError {
     Connect { target: String, source: io::Error },
     #[error("PostgreSQL connection failed: {0}")]
     Io(#[from] io::Error),
+    #[error("TLS to PostgreSQL at {target} failed: {reason}")]
+    Tls { target: String, reason: String },
     #[error("PostgreSQL authentication failed for user {user}: {reason}")]
     Auth { user: String, reason: String },
     #[error("PostgreSQL: {0}")]
@@ -80,7 +83,9 @@ impl SourceError {
                     || e.code == "55006"
                     || e.code == "40001"
             }
-            SourceError::Auth { .. } | SourceError::Protocol(_) | SourceError::Decode(_) => false,
+            SourceError::Auth { .. } | SourceError::Tls { .. } | SourceError::Protocol(_) | SourceError::Decode(_) => {
+                false
+            }
         }
     }
 }
@@ -228,14 +233,54 @@ async fn open_socket(cfg: &tokio_postgres::Config) -> Result<BoxSocket, SourceEr
     }
 }
 
-impl ReplicationConnection {
-    pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Self, SourceError> {
-        if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(SourceError::Protocol(
-                "sslmode=require is not supported by this build's replication connection; use sslmode=disable or prefer".into(),
-            ));
+/// SSLRequest, then the TLS handshake when the server agrees (sslmode semantics in
+/// `tls.rs`). Unix sockets never use TLS, as with libpq.
+async fn negotiate_tls(pg: &PgConfig, mut socket: BoxSocket) -> Result<BoxSocket, SourceError> {
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(_)) => return Ok(socket),
+        None => "localhost".to_owned(),
+    };
+    if pg.ssl_mode == SslMode::Disable {
+        return Ok(socket);
+    }
+    let target = describe_target(pg);
+    let tls_err = |reason: String| SourceError::Tls {
+        target: target.clone(),
+        reason,
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    socket.write_all(&buf).await?;
+    socket.flush().await?;
+    let mut answer = [0u8; 1];
+    socket.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let config = pg.rustls().map_err(tls_err)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| tls_err(format!("host {host:?} is not a valid TLS server name ({e})")))?;
+            let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, socket)
+                .await
+                .map_err(|e| tls_err(e.to_string()))?;
+            Ok(Box::pin(stream))
         }
-        let socket = open_socket(cfg).await?;
+        b'N' if pg.ssl_mode.required() => Err(tls_err(format!(
+            "the server does not accept TLS connections, but sslmode is {:?}",
+            pg.ssl_mode
+        ))),
+        b'N' => Ok(socket),
+        other => Err(SourceError::Protocol(format!(
+            "unexpected answer {other:#04x} to SSLRequest"
+        ))),
+    }
+}
+
+impl ReplicationConnection {
+    pub async fn connect(pg: &PgConfig) -> Result<Self, SourceError> {
+        let cfg: &tokio_postgres::Config = pg;
+        let socket = negotiate_tls(pg, open_socket(cfg).await?).await?;
         let (read, write) = tokio::io::split(socket);
         let mut conn = ReplicationConnection {
             framed: Framed {

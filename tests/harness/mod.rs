@@ -91,7 +91,17 @@ impl Env {
     }
 
     pub async fn start_with_pg(pg: Postgres, schema: &str, tables: &str, extra_nats: &str) -> Env {
-        let nats = Nats::start().expect("start nats-server");
+        Self::start_with(
+            pg,
+            Nats::start().expect("start nats-server"),
+            schema,
+            tables,
+            extra_nats,
+        )
+        .await
+    }
+
+    pub async fn start_with(pg: Postgres, nats: Nats, schema: &str, tables: &str, extra_nats: &str) -> Env {
         let db = connect_db(&pg.url("postgres")).await;
         if !schema.is_empty() {
             db.batch_execute(schema).await.expect("create the schema");
@@ -330,4 +340,72 @@ impl Drop for Walguard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A test CA and a certificate it signs for `san` (e.g. `IP:127.0.0.1` or `DNS:db.internal`),
+/// made with the openssl command: `(ca.pem, cert.pem, key.pem)` in `dir`, prefixed `name`.
+pub fn make_certs(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("csr.pem"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+        "-keyout",
+        ca_key.to_str().unwrap(),
+        "-out",
+        ca.to_str().unwrap(),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=server",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    std::fs::write(&ext, format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")).unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (ca, cert, key)
 }
