@@ -265,6 +265,36 @@ impl Postgres {
         }
         let mut child = cmd.spawn().map_err(|e| format!("starting postgres: {e}"))?;
         wait_for_port(self.port, &mut child, "postgres", &log_path)?;
+        // The port opens before the server accepts sessions ("the database system is
+        // starting up"): wait until pg_isready says it accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "postgres on port {} did not accept sessions within 60 s",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.child = Some(child);
         Ok(())
     }
