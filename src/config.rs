@@ -577,6 +577,14 @@ key_file = "walguard.key"
     }
 
     #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walguard.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.tables.len(), 2);
+        assert_eq!(cfg.tables[0].type_prefix.as_deref(), Some("com.acme.customer"));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("512MB"), Some(512_000_000));
