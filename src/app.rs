@@ -232,7 +232,7 @@ async fn session(
         );
     }
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
-    let mut publisher = tokio::spawn(publisher.run(rx, shutdown.clone()));
+    let mut publisher = tokio::spawn(publisher.run(rx));
     let mut out = Vec::new();
     if let Some((lsn, idx)) = close {
         tracing::info!(%lsn, "closing the snapshot group a previous run left open; the rest follows incrementally");

@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::stream::{message, Tail};
 use super::SinkError;
@@ -90,7 +90,9 @@ fn now_micros() -> i64 {
 }
 
 impl Publisher {
-    pub async fn run(self, mut rx: mpsc::Receiver<Item>, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+    /// Publishes until the WAL reader closes the channel (on shutdown or failure), then
+    /// drains the acks in flight.
+    pub async fn run(self, mut rx: mpsc::Receiver<Item>) -> Result<(), SinkError> {
         let Publisher {
             js,
             stream,
@@ -157,12 +159,6 @@ impl Publisher {
                         if let Some(last) = held.take() {
                             ctx.publish(&mut chain, last, true).await?;
                         }
-                    }
-                }
-                _ = shutdown.changed(), if !closing => {
-                    closing = true;
-                    if let Some(last) = held.take() {
-                        ctx.publish(&mut chain, last, true).await?;
                     }
                 }
                 _ = tick.tick() => {
