@@ -343,15 +343,18 @@ async fn session(
 
     monitor.abort();
     snapshotter.abort();
-    // Clean shutdown: the reader stopped; wait for acks in flight, confirm, end the stream.
-    match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "publisher failed while draining"),
-        Ok(_) => {}
+    // The reader stopped (shutdown, or the publisher went away): wait for acks in flight,
+    // confirm what is stored, end the stream; then report a publisher failure, if any.
+    let publisher_failure = match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(Error::from(e)),
+        Ok(Err(join)) => Some(Error::Refused(format!("publisher task failed: {join}"))),
         Err(_) => {
             tracing::warn!("acks still in flight at the shutdown deadline; they will be replayed on restart");
             publisher.abort();
+            None
         }
-    }
+    };
     let _ = stop_feedback.send(true);
     let mut writer = match feedback.await {
         Ok(Ok(w)) => w,
@@ -371,7 +374,10 @@ async fn session(
     {
         tracing::debug!(error = %e, "replication stream did not close cleanly");
     }
-    Ok(())
+    match publisher_failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// How often the slot's health is read while streaming.
