@@ -8,9 +8,9 @@ use walguard::testkit::{Nats, Postgres};
 const T: &str = "CREATE TABLE public.t (id int PRIMARY KEY, v text);";
 const GUARD_T: &str = "[[tables]]\nname = \"public.t\"\n";
 
-fn set_url(env: &Env, query: &str) {
+fn set_url(env: &Env, host: &str, query: &str) {
     let config = std::fs::read_to_string(&env.config).unwrap();
-    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", env.pg.port());
+    let base = format!("postgres://postgres@{host}:{}/postgres", env.pg.port());
     let start = config.find("url = \"postgres://").unwrap() + "url = \"".len();
     let end = start + config[start..].find('"').unwrap();
     std::fs::write(
@@ -23,9 +23,9 @@ fn set_url(env: &Env, query: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tls_follows_sslmode() {
     let dir = tempfile::tempdir().unwrap();
-    // The server's certificate names db.internal, not the address walguard dials.
-    let (ca, cert, key) = make_certs(dir.path(), "pg", "DNS:db.internal");
-    let (wrong_ca, _, _) = make_certs(dir.path(), "other", "DNS:db.internal");
+    // The server's certificate names db.internal and 127.0.0.1, not "localhost".
+    let (ca, cert, key) = make_certs(dir.path(), "pg", "DNS:db.internal,IP:127.0.0.1");
+    let (wrong_ca, _, _) = make_certs(dir.path(), "other", "DNS:db.internal,IP:127.0.0.1");
     let pg = Postgres::start_debian().unwrap();
     pg.install_file("server.pem", &std::fs::read(&cert).unwrap(), 0o644)
         .unwrap();
@@ -42,22 +42,43 @@ async fn postgres_tls_follows_sslmode() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // verify-full: the chain is trusted but the name does not match 127.0.0.1.
-    set_url(&env, &format!("?sslmode=verify-full&sslrootcert={}", ca.display()));
+    // verify-full: the chain is trusted but the certificate does not name "localhost".
+    set_url(
+        &env,
+        "localhost",
+        &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
     let mut wg = env.spawn();
     let code = wg.wait_exit(Duration::from_secs(30));
     assert!(matches!(code, Some(c) if c != 0), "{}", wg.output());
     assert!(wg.output().contains("not valid for name"), "{}", wg.output());
 
     // A CA that did not sign the certificate.
-    set_url(&env, &format!("?sslmode=verify-ca&sslrootcert={}", wrong_ca.display()));
+    set_url(
+        &env,
+        "127.0.0.1",
+        &format!("?sslmode=verify-full&sslrootcert={}", wrong_ca.display()),
+    );
     let mut wg = env.spawn();
     let code = wg.wait_exit(Duration::from_secs(30));
     assert!(matches!(code, Some(c) if c != 0), "{}", wg.output());
     assert!(wg.output().contains("UnknownIssuer"), "{}", wg.output());
 
-    // verify-ca with the right CA: both connections are encrypted, events flow.
-    set_url(&env, &format!("?sslmode=verify-ca&sslrootcert={}", ca.display()));
+    // verify-ca checks the chain only, so "localhost" is fine.
+    set_url(
+        &env,
+        "localhost",
+        &format!("?sslmode=verify-ca&sslrootcert={}", ca.display()),
+    );
+    let (code, out, err) = env.command(&["check", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // verify-full with the right CA and name: both connections are encrypted, events flow.
+    set_url(
+        &env,
+        "127.0.0.1",
+        &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
     let _wg = env.spawn_ready().await;
     env.db.batch_execute("INSERT INTO t VALUES (1, 'x')").await.unwrap();
     assert_eq!(env.wait_events(1, Duration::from_secs(30)).await.len(), 1);
