@@ -98,14 +98,7 @@ async fn session(
 ) -> Result<(), Error> {
     let pg = cfg.pg_config();
     let catalog = Arc::new(Catalog::connect(&pg).await?);
-    let mut report = Report::default();
-    let (tables, publication) = check::database(&catalog, cfg, &mut report).await?;
-    if !report.ready() {
-        return Err(Error::Refused(report.failures()));
-    }
-    catalog
-        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
-        .await?;
+    let tables = prepare_database(&catalog, cfg).await?;
 
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
@@ -507,4 +500,18 @@ pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool,
         )));
     }
     Ok(cfg.postgres.failover_slot)
+}
+
+/// The database checks `run` makes at start-up (refusing on any failure), then the
+/// publication made to cover the guarded tables. Returns the guarded tables.
+pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<crate::event::builder::TableSpec>, Error> {
+    let mut report = Report::default();
+    let (tables, publication) = check::database(catalog, cfg, &mut report).await?;
+    if !report.ready() {
+        return Err(Error::Refused(report.failures()));
+    }
+    catalog
+        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
+        .await?;
+    Ok(tables)
 }

@@ -297,12 +297,8 @@ async fn jetstream(cfg: &Config) -> Result<async_nats::jetstream::Context, i32> 
 }
 
 pub async fn export(config: &Path, from: u64, to: Option<u64>, out: &Path) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let js = match jetstream(&cfg).await {
-        Ok(js) => js,
+    let (cfg, js) = match config_and_stream(config).await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let file = match std::fs::File::create(out) {
@@ -333,6 +329,13 @@ pub async fn export(config: &Path, from: u64, to: Option<u64>, out: &Path) -> i3
     }
 }
 
+/// The configuration and a JetStream context on its NATS server, or the exit code.
+async fn config_and_stream(config: &Path) -> Result<(Config, async_nats::jetstream::Context), i32> {
+    let cfg = load(config)?;
+    let js = jetstream(&cfg).await?;
+    Ok((cfg, js))
+}
+
 fn table_arg(table: &str) -> Result<String, i32> {
     crate::config::parse_table_name(table)
         .map(|(s, t)| format!("{s}.{t}"))
@@ -343,16 +346,12 @@ fn table_arg(table: &str) -> Result<String, i32> {
 }
 
 pub async fn restore(config: &Path, table: &str, key: Option<&str>, at: Option<u64>, into: Option<&str>) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
+    let (cfg, js) = match config_and_stream(config).await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let table = match table_arg(table) {
         Ok(t) => t,
-        Err(code) => return code,
-    };
-    let js = match jetstream(&cfg).await {
-        Ok(js) => js,
         Err(code) => return code,
     };
     let state = match crate::audit::restore(&js, &cfg.nats.stream, &table, key, at, None).await {
@@ -385,16 +384,12 @@ pub async fn restore(config: &Path, table: &str, key: Option<&str>, at: Option<u
 }
 
 pub async fn history(config: &Path, table: &str, key: &str) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
+    let (cfg, js) = match config_and_stream(config).await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let table = match table_arg(table) {
         Ok(t) => t,
-        Err(code) => return code,
-    };
-    let js = match jetstream(&cfg).await {
-        Ok(js) => js,
         Err(code) => return code,
     };
     match crate::audit::history(&js, &cfg.nats.stream, &table, key).await {
@@ -416,12 +411,8 @@ pub async fn history(config: &Path, table: &str, key: &str) -> i32 {
 }
 
 pub async fn reconcile(config: &Path, tables: &[String]) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let js = match jetstream(&cfg).await {
-        Ok(js) => js,
+    let (cfg, js) = match config_and_stream(config).await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let pg = cfg.pg_config();

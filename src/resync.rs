@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 
-use crate::check::{self, Report};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
@@ -25,14 +24,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
     let pg = cfg.pg_config();
     let catalog = Catalog::connect(&pg).await?;
-    let mut report = Report::default();
-    let (tables, publication) = check::database(&catalog, cfg, &mut report).await?;
-    if !report.ready() {
-        return Err(Error::Refused(report.failures()));
-    }
-    catalog
-        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
-        .await?;
+    crate::app::prepare_database(&catalog, cfg).await?;
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
     let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
