@@ -9,5 +9,7 @@ pub mod frame;
 pub mod pgoutput;
 
 mod cursor;
+#[cfg(test)]
+mod fuzz;
 
 pub use cursor::DecodeError;
