@@ -416,6 +416,13 @@ impl Nats {
         }
     }
 
+    /// Restarts the server on the same port and storage with other extra arguments (a new
+    /// configuration file, say).
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        self.extra = args.iter().map(|s| s.to_string()).collect();
+        self.start_again()
+    }
+
     /// Starts the server again on the same port with the same storage.
     pub fn start_again(&mut self) -> Result<()> {
         self.stop();

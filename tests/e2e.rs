@@ -4,6 +4,8 @@
 
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/faults.rs"]
+mod faults;
 mod harness;
 #[path = "e2e/legacy_tables.rs"]
 mod legacy_tables;

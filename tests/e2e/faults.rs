@@ -1,0 +1,195 @@
+//! Issue "prove it under faults": PostgreSQL restarts, a stream limit, a payload over NATS's
+//! max_payload. The oracle is the committed ids read back from the stream.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, Env};
+
+const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL, note text);";
+const GUARD_LEDGER: &str = "[[tables]]\nname = \"public.ledger\"\n";
+
+/// What the stream says about the ids written: (lost, duplicated, out of order, unexpected).
+fn classify(stream: &[harness::Stored], written: &[i64]) -> (usize, usize, usize, usize) {
+    let got: Vec<i64> = stream
+        .iter()
+        .filter(|m| m.op() == "insert")
+        .map(|m| m.data()["key"]["id"].as_i64().unwrap())
+        .collect();
+    let want: std::collections::HashSet<i64> = written.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    let (mut dup, mut unexpected, mut reordered) = (0, 0, 0);
+    let mut last = i64::MIN;
+    for id in &got {
+        if !want.contains(id) {
+            unexpected += 1;
+        } else if !seen.insert(*id) {
+            dup += 1;
+        } else {
+            if *id < last {
+                reordered += 1;
+            }
+            last = *id;
+        }
+    }
+    (want.len() - seen.len(), dup, reordered, unexpected)
+}
+
+/// Inserts ids `from..from+n`, one transaction each, retrying while the server restarts;
+/// returns the ids whose commit succeeded.
+async fn write_through_restarts(url: &str, from: i64, n: i64) -> Vec<i64> {
+    let mut committed = Vec::new();
+    let mut db = harness::connect_db(url).await;
+    let mut id = from;
+    while id < from + n {
+        match db
+            .batch_execute(&format!("INSERT INTO ledger VALUES ({id}, 0, 0, NULL)"))
+            .await
+        {
+            Ok(()) => {
+                committed.push(id);
+                id += 1;
+            }
+            Err(_) => {
+                // The commit may or may not have happened; ask once reconnected.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok((c, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+                        tokio::spawn(conn);
+                        db = c;
+                        break;
+                    }
+                }
+                if db
+                    .query_opt("SELECT 1 FROM ledger WHERE id = $1", &[&id])
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    committed.push(id);
+                }
+                id += 1;
+            }
+        }
+    }
+    committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
+    let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let wg = env.spawn_ready().await;
+    let url = env.pg.url("postgres");
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move { write_through_restarts(&url, 1, 1500).await }
+    });
+    for fast in [true, false] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        env.pg.restart(fast).unwrap();
+    }
+    let written = writer.await.unwrap();
+    env.db = harness::connect_db(&url).await;
+    env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let stream = env.read_stream().await;
+    assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_stops_publishing_and_resumes_when_raised() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let js = env.js().await;
+    // The operator's stream: a message limit, discarding new messages at it.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: env.stream.clone(),
+        subjects: vec!["wg.>".into()],
+        max_messages: 30,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut wg = env.spawn_ready().await;
+    let written = write_through_restarts(&env.pg.url("postgres"), 1, 60).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.read_stream().await.len() < 30 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.read_stream().await.len(), 30);
+    assert_eq!(
+        wg.wait_exit(Duration::from_millis(10)),
+        None,
+        "walguard must wait, not exit:\n{}",
+        wg.output()
+    );
+    // The operator raises the limit: everything arrives, once.
+    let mut stream = js.get_stream(&env.stream).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_messages = -1;
+    js.update_stream(config).await.unwrap();
+    env.wait_events(written.len(), Duration::from_secs(60)).await;
+    let stream = env.read_stream().await;
+    assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
+    assert!(wg.output().contains("maximum messages"), "{}", wg.output());
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.conf");
+    std::fs::write(&small, "max_payload: 4096\n").unwrap();
+    let nats = walguard::testkit::Nats::start_with(&["-c", small.to_str().unwrap()]).unwrap();
+    let mut env = Env::start_with(
+        walguard::testkit::Postgres::start().unwrap(),
+        nats,
+        LEDGER,
+        GUARD_LEDGER,
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (1, 0, 0, 'small')")
+        .await
+        .unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (2, 0, 0, repeat('x', 10000))")
+        .await
+        .unwrap();
+    env.db
+        .batch_execute("INSERT INTO ledger VALUES (3, 0, 0, 'after')")
+        .await
+        .unwrap();
+    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+    let log = wg.output();
+    assert!(
+        log.contains("public.ledger") && log.contains("max_payload of 4096"),
+        "{log}"
+    );
+    assert!(!log.contains("xxxxxxxxxx"), "the row value must not be logged");
+    // Nothing after the big row was published: fail closed.
+    let ids: Vec<i64> = env
+        .read_stream()
+        .await
+        .iter()
+        .filter(|m| m.op() == "insert")
+        .map(|m| m.data()["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1]);
+    // The operator raises the limit; walguard resumes with the same row.
+    let big = dir.path().join("big.conf");
+    std::fs::write(&big, "max_payload: 1048576\n").unwrap();
+    env.nats.restart_with(&["-c", big.to_str().unwrap()]).unwrap();
+    let _wg = env.spawn_ready().await;
+    let events = env.wait_events(3, Duration::from_secs(30)).await;
+    let ids: Vec<i64> = events.iter().map(|m| m.data()["key"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
