@@ -193,3 +193,119 @@ async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_and_stalled_in_both_directions() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let pg_proxy = harness::Proxy::start(env.pg.port()).await;
+    let nats_port: u16 = env.nats.url().rsplit(':').next().unwrap().parse().unwrap();
+    let nats_proxy = harness::Proxy::start(nats_port).await;
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}/postgres", env.pg.port()),
+            &format!("127.0.0.1:{}/postgres", pg_proxy.port),
+        )
+        .replace(&env.nats.url(), &format!("nats://127.0.0.1:{}", nats_proxy.port));
+    std::fs::write(&env.config, config).unwrap();
+    let wg = env.spawn_ready().await;
+    let writer = tokio::spawn({
+        let url = env.pg.url("postgres");
+        async move { write_through_restarts(&url, 1, 2000).await }
+    });
+    for step in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        match step {
+            0 => pg_proxy.cut(),
+            1 => {
+                nats_proxy.stall(true);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                nats_proxy.stall(false);
+            }
+            2 => nats_proxy.cut(),
+            _ => {
+                pg_proxy.stall(true);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                pg_proxy.stall(false);
+            }
+        }
+    }
+    let written = writer.await.unwrap();
+    env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let stream = env.read_stream().await;
+    assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The bound for a transaction of any size (G5): walguard streams it with one held event,
+/// a bounded channel and a bounded number of acks in flight.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_transaction_in_bounded_memory() {
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let wg = env.spawn_ready().await;
+    let started = Instant::now();
+    env.db
+        .batch_execute("INSERT INTO ledger SELECT g, 1, g % 7, NULL FROM generate_series(1, 1000000) g")
+        .await
+        .unwrap();
+    let js = env.js().await;
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        peak = peak.max(peak_rss_kib(wg.pid()));
+        let n = js
+            .get_stream(&env.stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if n >= 1_000_002 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let elapsed = started.elapsed();
+    peak = peak.max(peak_rss_kib(wg.pid()));
+    let n = js
+        .get_stream(&env.stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    eprintln!(
+        "1,000,000-row transaction: {n} messages in {elapsed:?}; walguard peak RSS {} MiB",
+        peak / 1024
+    );
+    assert!(n >= 1_000_002, "only {n} messages:\n{}", wg.output());
+    assert!(peak > 0 && peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+    // The last event closes the transaction with pgtxcnt = 1,000,000.
+    let last = js
+        .get_stream(&env.stream)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("wg.public.ledger.insert")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(v["pgtxcnt"], 1_000_000);
+}

@@ -303,6 +303,10 @@ impl Walguard {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -408,4 +412,88 @@ pub fn make_certs(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathB
         cert.to_str().unwrap(),
     ]);
     (ca, cert, key)
+}
+
+/// A TCP proxy on loopback that tests can cut (close every connection) or stall (stop
+/// forwarding in both directions while set).
+pub struct Proxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cut_tx = cut.clone();
+        let stall = stalled.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let mut cut_rx = cut_tx.subscribe();
+                let stall = stall.clone();
+                tokio::spawn(async move {
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let pump = |mut r: tokio::net::tcp::OwnedReadHalf,
+                                mut w: tokio::net::tcp::OwnedWriteHalf,
+                                stall: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            while stall.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            while stall.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = pump(cr, sw, stall.clone()) => {}
+                        _ = pump(sr, cw, stall) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            stalled,
+            cut,
+            accept,
+        }
+    }
+
+    /// Closes every connection through the proxy (new ones are accepted).
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
