@@ -383,7 +383,12 @@ async fn survives_sigkill_at_random_moments() {
     });
     let mut wg = first;
     let mut kills = 0;
-    while kills < 10 || !writer.is_finished() {
+    // The short form kills 10 times; the long form (RELIABILITY.md) sets WALGUARD_FAULT_CYCLES.
+    let cycles: u32 = std::env::var("WALGUARD_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    while kills < cycles || !writer.is_finished() {
         let wait = rand::thread_rng().gen_range(200..2500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         wg.kill();
