@@ -45,17 +45,30 @@ pub async fn read_stream(
     if info.state.messages == 0 || last < from.max(info.state.first_sequence) {
         return Ok(last);
     }
-    let consumer = st
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: if from <= 1 {
-                consumer::DeliverPolicy::All
-            } else {
-                consumer::DeliverPolicy::ByStartSequence { start_sequence: from }
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("creating a consumer on {stream}: {e}"))?;
+    // A cluster that is electing a leader can time out a consumer creation: try again for
+    // a while before giving up.
+    let mut attempts = 0;
+    let consumer = loop {
+        let created = st
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: if from <= 1 {
+                    consumer::DeliverPolicy::All
+                } else {
+                    consumer::DeliverPolicy::ByStartSequence { start_sequence: from }
+                },
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(c) => break c,
+            Err(e) if attempts < 20 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "creating a consumer failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("creating a consumer on {stream}: {e}")),
+        }
+    };
     let mut messages = consumer
         .messages()
         .await

@@ -367,6 +367,11 @@ impl Nats {
 
     /// Starts a server with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> Result<Nats> {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts a server on `port` (a cluster's members must know each other's ports).
+    pub fn start_on(port: u16, args: &[&str]) -> Result<Nats> {
         let bin = find_nats_server()?;
         let dir = tempfile::Builder::new()
             .prefix("walguard-nats-")
@@ -380,7 +385,7 @@ impl Nats {
         let mut nats = Nats {
             dir,
             bin,
-            port: free_port(),
+            port,
             child: None,
             extra: args.iter().map(|s| s.to_string()).collect(),
             version,

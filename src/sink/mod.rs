@@ -61,5 +61,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, SinkError> 
         (None, None) => {}
         _ => return Err(err("nats.tls_cert_file and nats.tls_key_file go together".into())),
     }
-    opts.connect(cfg.url.as_str()).await.map_err(|e| err(e.to_string()))
+    // Several servers (a cluster) are separated by commas.
+    let servers: Vec<&str> = cfg.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    opts.connect(servers).await.map_err(|e| err(e.to_string()))
 }

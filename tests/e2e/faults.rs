@@ -309,3 +309,108 @@ async fn a_million_row_transaction_in_bounded_memory() {
     let v: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
     assert_eq!(v["pgtxcnt"], 1_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_cluster_loses_its_stream_leader() {
+    use walguard::testkit::{free_port, Nats};
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let others: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+            .collect();
+        let conf = std::env::temp_dir().join(format!("wg-cluster-{}-{i}.conf", client[0]));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nport: {}\ncluster {{ name: wg, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                client[i],
+                routes[i],
+                others.join(", ")
+            ),
+        )
+        .unwrap();
+        nodes.push(Nats::start_on(client[i], &["-c", conf.to_str().unwrap()]).unwrap());
+    }
+    let urls = client
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let first = nodes.remove(0);
+    let mut env = Env::start_with(
+        walguard::testkit::Postgres::start().unwrap(),
+        first,
+        LEDGER,
+        GUARD_LEDGER,
+        "replicas = 3",
+    )
+    .await;
+    env.client_url = urls.clone();
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.nats.url(), &urls);
+    std::fs::write(&env.config, config).unwrap();
+    // Wait for the cluster to elect a meta leader, and create the R3 stream as walguard would.
+    let js = env.js().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while js.query_account().await.is_err() {
+        assert!(Instant::now() < deadline, "the JetStream cluster did not form");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut cfg = walguard::sink::stream::stream_config(&walguard::config::NatsConfig {
+        stream: env.stream.clone(),
+        subject_prefix: "wg".into(),
+        replicas: 3,
+        ..Default::default()
+    });
+    cfg.num_replicas = 3;
+    while js.create_stream(cfg.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "the R3 stream could not be created");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let wg = env.spawn_ready().await;
+    let writer = tokio::spawn({
+        let url = env.pg.url("postgres");
+        async move { write_through_restarts(&url, 1, 1500).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leader = js
+        .get_stream(&env.stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .unwrap();
+    match leader.as_str() {
+        "n0" => env.nats.stop(),
+        "n1" => nodes[0].stop(),
+        _ => nodes[1].stop(),
+    }
+    let written = writer.await.unwrap();
+    env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let stream = env.read_stream().await;
+    assert_eq!(
+        classify(&stream, &written),
+        (0, 0, 0, 0),
+        "leader {leader} killed\n{}",
+        wg.output()
+    );
+    let out = std::process::Command::new(harness::BIN)
+        .args(["verify", "-c", env.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -27,6 +27,8 @@ pub struct Env {
     pub slot: String,
     /// `server.listen` port of the walguard processes.
     pub listen_port: u16,
+    /// Where the test's own NATS client connects (several URLs for a cluster).
+    pub client_url: String,
 }
 
 /// One message as read back from the stream.
@@ -120,6 +122,7 @@ impl Env {
             stream: "WG".into(),
             slot: "walguard_test".into(),
             listen_port: walguard::testkit::free_port(),
+            client_url: String::new(),
         };
         env.write_config(tables, extra_nats);
         env
@@ -187,7 +190,13 @@ impl Env {
     }
 
     pub async fn js(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.nats.url()).await.expect("connect to nats"))
+        let url = if self.client_url.is_empty() {
+            self.nats.url()
+        } else {
+            self.client_url.clone()
+        };
+        let servers: Vec<String> = url.split(',').map(str::to_owned).collect();
+        jetstream::new(async_nats::connect(servers).await.expect("connect to nats"))
     }
 
     /// Every message of the stream, read with an ordered consumer.
@@ -201,13 +210,25 @@ impl Env {
         if state.messages == 0 {
             return out;
         }
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        // A cluster that just lost a node can time out a consumer creation: try again.
+        let mut attempts = 0;
+        let consumer = loop {
+            match stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if attempts < 20 => {
+                    attempts += 1;
+                    eprintln!("creating a consumer failed ({e}); trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("creating a consumer: {e}"),
+            }
+        };
         let mut messages = consumer.messages().await.unwrap();
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), messages.next()).await {
             let msg = msg.unwrap();
