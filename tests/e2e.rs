@@ -339,19 +339,28 @@ fn spawn_sampler(
     let slot = env.slot.clone();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(async move {
-        let db = harness::connect_db(&url).await;
+        let mut db = harness::connect_db(&url).await;
         let mut samples = Vec::new();
         while !*stopped.borrow() {
-            if let Ok(row) = db
+            match db
                 .query_one(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                     &[&slot],
                 )
                 .await
             {
-                let at = std::time::SystemTime::now();
-                if let Some(l) = row.get::<_, Option<String>>(0) {
-                    samples.push((at, harness::lsn(&l)));
+                Ok(row) => {
+                    let at = std::time::SystemTime::now();
+                    if let Some(l) = row.get::<_, Option<String>>(0) {
+                        samples.push((at, harness::lsn(&l)));
+                    }
+                }
+                // PostgreSQL restarting under a fault test: reconnect when it is back.
+                Err(_) => {
+                    if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                        tokio::spawn(conn);
+                        db = c;
+                    }
                 }
             }
             tokio::select! {

@@ -78,6 +78,7 @@ async fn write_through_restarts(url: &str, from: i64, n: i64) -> Vec<i64> {
 async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
     let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let wg = env.spawn_ready().await;
+    let (sampler, stop_sampler) = crate::spawn_sampler(&env);
     let url = env.pg.url("postgres");
     let writer = tokio::spawn({
         let url = url.clone();
@@ -90,8 +91,11 @@ async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
     let written = writer.await.unwrap();
     env.db = harness::connect_db(&url).await;
     env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let _ = stop_sampler.send(true);
+    let samples = sampler.await.unwrap();
     let stream = env.read_stream().await;
     assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
+    crate::assert_confirmed_never_ahead(&stream, &samples);
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
@@ -209,6 +213,7 @@ async fn connections_cut_and_stalled_in_both_directions() {
         .replace(&env.nats.url(), &format!("nats://127.0.0.1:{}", nats_proxy.port));
     std::fs::write(&env.config, config).unwrap();
     let wg = env.spawn_ready().await;
+    let (sampler, stop_sampler) = crate::spawn_sampler(&env);
     let writer = tokio::spawn({
         let url = env.pg.url("postgres");
         async move { write_through_restarts(&url, 1, 2000).await }
@@ -232,8 +237,11 @@ async fn connections_cut_and_stalled_in_both_directions() {
     }
     let written = writer.await.unwrap();
     env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let _ = stop_sampler.send(true);
+    let samples = sampler.await.unwrap();
     let stream = env.read_stream().await;
     assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
+    crate::assert_confirmed_never_ahead(&stream, &samples);
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }

@@ -374,9 +374,21 @@ async fn a_slot_that_lost_wal_stops_walguard_until_an_explicit_resync() {
     let _wg = env.spawn_ready().await;
     env.db.batch_execute("INSERT INTO t VALUES (0, 'after')").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The resync re-baselines the table; verify once that snapshot is complete (a group
+    // still being published is, rightly, an incomplete transaction to verify).
     let stream = loop {
         let s = env.read_stream().await;
-        if s.iter().any(|m| m.json["subject"] == "public.t/0") || std::time::Instant::now() > deadline {
+        let baselined = s.iter().any(|m| {
+            m.op() == "snapshot_progress"
+                && m.data()["completed"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|t| t == "public.t"))
+                && m.seq
+                    > s.iter()
+                        .find(|r| r.json["type"] == "walguard.resync")
+                        .map_or(u64::MAX, |r| r.seq)
+        });
+        if (baselined && s.iter().any(|m| m.json["subject"] == "public.t/0")) || std::time::Instant::now() > deadline {
             break s;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
