@@ -320,9 +320,14 @@ async fn a_million_row_transaction_in_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jetstream_cluster_loses_its_stream_leader() {
-    use walguard::testkit::{free_port, Nats};
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    use walguard::testkit::Nats;
+    // Six distinct ports: hold all the listeners until every port is chosen.
+    let held: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(held);
+    let (client, routes) = (ports[..3].to_vec(), ports[3..].to_vec());
     let mut nodes = Vec::new();
     for i in 0..3 {
         let others: Vec<String> = (0..3)
