@@ -104,7 +104,10 @@ async fn session(
     let system = repl.identify_system().await?;
 
     let client = sink::connect(&cfg.nats).await?;
-    let js = async_nats::jetstream::new(client);
+    // The timeout bounds every awaited PubAck (and API request) of the publisher.
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(crate::sink::publisher::ACK_TIMEOUT)
+        .build(client);
     let mut stream = stream::ensure(&js, &cfg.nats).await?;
 
     let slot_name = &cfg.postgres.slot;

@@ -303,6 +303,11 @@ impl Postgres {
         self.port
     }
 
+    /// The folder of the server's binaries (pgbench, pg_recvlogical and psql sit beside them).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     /// A URL for `db` as the superuser `postgres` over TCP.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_nats::Subject;
 use uuid::Uuid;
 
 use super::envelope::subject_token;
@@ -74,9 +75,10 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draft {
     pub op: Op,
-    pub nats_subject: String,
+    /// Shared by every event of one table and op: cloning it does not allocate.
+    pub nats_subject: Subject,
     pub id: Uuid,
-    pub ce_type: String,
+    pub ce_type: Arc<str>,
     pub ce_subject: String,
     /// Microseconds since the Unix epoch.
     pub time_micros: i64,
@@ -115,15 +117,19 @@ pub struct Naming {
 
 impl Naming {
     fn event_id(&self, lsn: Lsn, suffix: std::fmt::Arguments<'_>) -> Uuid {
-        let name = format!("{}/{}/{}/{}", self.system_identifier, self.slot, lsn, suffix);
-        Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+        uuid_v5(format_args!(
+            "{}/{}/{}/{}",
+            self.system_identifier, self.slot, lsn, suffix
+        ))
     }
 
     /// Snapshot rows: `{system_identifier}/{slot}/snapshot/{lsn}/{idx}`, never equal to a
     /// change's id.
     pub fn snapshot_id(&self, lsn: Lsn, idx: u32) -> Uuid {
-        let name = format!("{}/{}/snapshot/{}/{}", self.system_identifier, self.slot, lsn, idx);
-        Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes())
+        uuid_v5(format_args!(
+            "{}/{}/snapshot/{}/{}",
+            self.system_identifier, self.slot, lsn, idx
+        ))
     }
 
     /// A watermark: every guarded change committed before `lsn` is in the stream before it.
@@ -140,9 +146,9 @@ impl Naming {
     fn marker(&self, op: Op, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
         Draft {
             op,
-            nats_subject: format!("{}._walguard.{}", self.subject_prefix, op.as_str()),
+            nats_subject: format!("{}._walguard.{}", self.subject_prefix, op.as_str()).into(),
             id: self.event_id(lsn, format_args!("{}", op.as_str())),
-            ce_type: format!("walguard.{}", op.as_str()),
+            ce_type: format!("walguard.{}", op.as_str()).into(),
             ce_subject: self.slot.clone(),
             time_micros: now_unix_micros,
             pglsn: lsn,
@@ -153,6 +159,19 @@ impl Naming {
             table: "_walguard".into(),
         }
     }
+}
+
+/// UUID v5 in the URL namespace over `name`, formatted on the stack (one per event).
+fn uuid_v5(name: std::fmt::Arguments<'_>) -> Uuid {
+    use std::io::Write;
+    let mut buf = [0u8; 256];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if cursor.write_fmt(name).is_ok() {
+        let n = cursor.position() as usize;
+        return Uuid::new_v5(&Uuid::NAMESPACE_URL, &buf[..n]);
+    }
+    // Longer than any system identifier, slot name and LSN make: the general path.
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.to_string().as_bytes())
 }
 
 /// A guarded table as configured and checked against the catalog.
@@ -209,9 +228,23 @@ struct Shape {
     identity: ReplicaIdentity,
     columns: Vec<Column>,
     key: Vec<usize>,
-    subject_stem: String,
+    /// The NATS subject and CloudEvents type of each row op, made once per relation.
+    names: Vec<(Op, Subject, Arc<str>)>,
     data_head: Vec<u8>,
 }
+
+impl Shape {
+    fn names(&self, op: Op) -> (Subject, Arc<str>) {
+        self.names
+            .iter()
+            .find(|(o, _, _)| *o == op)
+            .map(|(_, s, t)| (s.clone(), t.clone()))
+            .expect("names are made for every row op of a guarded table")
+    }
+}
+
+/// The row ops a guarded table's events carry.
+const ROW_OPS: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Snapshot];
 
 struct Tx {
     /// A snapshot group rather than a transaction: ids are `.../snapshot/{lsn}/{idx}`.
@@ -429,7 +462,7 @@ impl EventBuilder {
         let naming = &self.naming;
         let progress = Draft {
             op: Op::SnapshotProgress,
-            nats_subject: format!("{}._walguard.snapshot", naming.subject_prefix),
+            nats_subject: format!("{}._walguard.snapshot", naming.subject_prefix).into(),
             id: naming.snapshot_id(lsn, idx),
             ce_type: "walguard.snapshot.progress".into(),
             ce_subject: naming.slot.clone(),
@@ -520,16 +553,27 @@ impl EventBuilder {
             head.push(b']');
         }
         head.push(b',');
+        let stem = format!(
+            "{}.{}.{}.",
+            self.naming.subject_prefix,
+            subject_token(&schema),
+            subject_token(&rel.name)
+        );
+        let names = match &spec {
+            Some(spec) => ROW_OPS
+                .iter()
+                .map(|&op| {
+                    let subject = Subject::from(format!("{stem}{}", op.as_str()));
+                    (op, subject, format!("{}.{}", spec.type_prefix, op.past_tense()).into())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Ok((
             rel.oid,
             Shape {
                 hasher: self.hasher.clone(),
-                subject_stem: format!(
-                    "{}.{}.{}.",
-                    self.naming.subject_prefix,
-                    subject_token(&schema),
-                    subject_token(&rel.name)
-                ),
+                names,
                 qualified,
                 spec,
                 identity: rel.replica_identity,
@@ -578,9 +622,18 @@ impl EventBuilder {
             Datum::Text(b) => Some(b.clone()),
             _ => None,
         };
-        // The entity key: from the new row, else the old one.
-        let mut key_json = b"{".to_vec();
-        let mut key_text = String::new();
+        let mut data = Vec::with_capacity(256);
+        data.extend_from_slice(b"{\"op\":\"");
+        data.extend_from_slice(op.as_str().as_bytes());
+        data.push(b'"');
+        data.extend_from_slice(&shape.data_head);
+        data.extend_from_slice(b"\"key\":{");
+        // The entity key, from the new row, else the old one: into `data` and into the
+        // CloudEvents subject `{schema}.{table}/{key}`.
+        let mut ce_subject = String::with_capacity(shape.qualified.len() + 24);
+        ce_subject.push_str(&shape.qualified);
+        ce_subject.push('/');
+        let key_json = &mut data;
         for (n, &i) in shape.key.iter().enumerate() {
             let value = new
                 .as_ref()
@@ -590,10 +643,10 @@ impl EventBuilder {
                 if new.as_ref().is_some_and(|t| t[i] == Datum::Null) {
                     // A NULL key value in a new row: legal for a configured key.
                     key_json.extend_from_slice(if n == 0 { b"" } else { b"," });
-                    write_str(&shape.columns[i].name, &mut key_json);
+                    write_str(&shape.columns[i].name, key_json);
                     key_json.extend_from_slice(b":null");
                     if n > 0 {
-                        key_text.push(',');
+                        ce_subject.push(',');
                     }
                     continue;
                 }
@@ -606,23 +659,14 @@ impl EventBuilder {
             };
             if n > 0 {
                 key_json.push(b',');
-                key_text.push(',');
+                ce_subject.push(',');
             }
-            write_str(&shape.columns[i].name, &mut key_json);
+            write_str(&shape.columns[i].name, key_json);
             key_json.push(b':');
-            write_value(shape, i, &value, &mut key_json)?;
-            key_text.push_str(&String::from_utf8_lossy(&value));
+            write_value(shape, i, &value, key_json)?;
+            ce_subject.push_str(&String::from_utf8_lossy(&value));
         }
-        key_json.push(b'}');
-
-        let mut data = Vec::with_capacity(256);
-        data.extend_from_slice(b"{\"op\":\"");
-        data.extend_from_slice(op.as_str().as_bytes());
-        data.push(b'"');
-        data.extend_from_slice(&shape.data_head);
-        data.extend_from_slice(b"\"key\":");
-        data.extend_from_slice(&key_json);
-        data.extend_from_slice(b",\"before\":");
+        data.extend_from_slice(b"},\"before\":");
         match (&old, &new) {
             (Some((OldKind::Full, t)), _) => write_row(shape, t, |_| true, None, &mut data, &mut Vec::new())?,
             (Some((OldKind::Key, t)), _) => write_row(shape, t, |c| c.identity, None, &mut data, &mut Vec::new())?,
@@ -651,7 +695,6 @@ impl EventBuilder {
         data.extend_from_slice(b"],\"actor\":");
         self.write_actor(&mut data);
         data.push(b'}');
-        let ce_subject = format!("{}/{}", shape.qualified, key_text);
         self.push(oid, op, ce_subject, data, out)
     }
 
@@ -664,7 +707,7 @@ impl EventBuilder {
         out: &mut Vec<Draft>,
     ) -> Result<(), BuildError> {
         let shape = &self.relations[&oid];
-        let spec = shape.spec.as_ref().expect("only guarded tables reach push");
+        let (nats_subject, ce_type) = shape.names(op);
         let tx = self
             .tx
             .as_mut()
@@ -673,13 +716,13 @@ impl EventBuilder {
         tx.next_idx += 1;
         let draft = Draft {
             op,
-            nats_subject: format!("{}{}", shape.subject_stem, op.as_str()),
+            nats_subject,
             id: if tx.snapshot {
                 self.naming.snapshot_id(tx.commit_lsn, idx)
             } else {
                 self.naming.event_id(tx.commit_lsn, format_args!("{idx}"))
             },
-            ce_type: format!("{}.{}", spec.type_prefix, op.past_tense()),
+            ce_type,
             ce_subject,
             time_micros: tx.time_micros,
             pglsn: tx.commit_lsn,
@@ -848,8 +891,8 @@ mod tests {
             out.iter().map(|d| d.end).collect::<Vec<_>>(),
             [None, None, Some(Lsn(0x130))]
         );
-        assert_eq!(out[0].nats_subject, "wg.public.t.insert");
-        assert_eq!(out[0].ce_type, "public.t.created");
+        assert_eq!(out[0].nats_subject.as_str(), "wg.public.t.insert");
+        assert_eq!(&*out[0].ce_type, "public.t.created");
         assert_eq!(out[0].ce_subject, "public.t/1");
         assert_eq!(
             data(&out[0]),
@@ -946,7 +989,7 @@ mod tests {
             subject_prefix: "wg".into(),
         };
         let w = naming.watermark(Lsn(0x500), 0);
-        assert_eq!(w.nats_subject, "wg._walguard.watermark");
+        assert_eq!(w.nats_subject.as_str(), "wg._walguard.watermark");
         assert_eq!(
             w.position(),
             Position {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::builder::Draft;
-use super::value::{rfc3339_micros, write_str};
+use super::value::{write_rfc3339_micros, write_str};
 use crate::lsn::Lsn;
 
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -62,6 +62,7 @@ impl Envelope {
     /// Serializes `draft` at stream `sequence`, chained to the payload whose hash is `prev`.
     pub fn write(&self, draft: &Draft, sequence: u64, prev: &Hash, out: &mut Vec<u8>) {
         use base64::Engine;
+        use std::io::Write;
         out.clear();
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
         out.extend_from_slice(
@@ -78,20 +79,24 @@ impl Envelope {
         out.extend_from_slice(b",\"subject\":");
         write_str(&draft.ce_subject, out);
         out.extend_from_slice(b",\"time\":\"");
-        out.extend_from_slice(rfc3339_micros(draft.time_micros).as_bytes());
-        out.extend_from_slice(b"\",\"datacontenttype\":\"application/json\",\"sequence\":\"");
-        out.extend_from_slice(format!("{sequence:020}").as_bytes());
-        out.extend_from_slice(b"\",\"prevhash\":\"");
-        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(prev).as_bytes());
-        out.extend_from_slice(
-            format!(
-                "\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}",
-                draft.pglsn, draft.pgxid, draft.pgtxidx
-            )
-            .as_bytes(),
+        write_rfc3339_micros(draft.time_micros, out);
+        // Writes into a Vec<u8> cannot fail.
+        let _ = write!(
+            out,
+            "\",\"datacontenttype\":\"application/json\",\"sequence\":\"{sequence:020}\",\"prevhash\":\""
+        );
+        let mut b64 = [0u8; 44];
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(prev, &mut b64)
+            .expect("32 bytes encode to 44");
+        out.extend_from_slice(&b64[..n]);
+        let _ = write!(
+            out,
+            "\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}",
+            draft.pglsn, draft.pgxid, draft.pgtxidx
         );
         if let Some(end) = draft.end {
-            out.extend_from_slice(format!(",\"pgtxcnt\":{},\"pgendlsn\":\"{end}\"", draft.pgtxidx).as_bytes());
+            let _ = write!(out, ",\"pgtxcnt\":{},\"pgendlsn\":\"{end}\"", draft.pgtxidx);
         }
         out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(&draft.data);

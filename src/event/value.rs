@@ -247,17 +247,27 @@ fn write_timestamptz(s: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
 
 /// Formats microseconds since the Unix epoch as RFC 3339 UTC with microseconds.
 pub fn rfc3339_micros(unix_micros: i64) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_rfc3339_micros(unix_micros, &mut out);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// [`rfc3339_micros`] appended to `out`, without an intermediate string.
+pub fn write_rfc3339_micros(unix_micros: i64, out: &mut Vec<u8>) {
+    use std::io::Write;
     let secs = unix_micros.div_euclid(1_000_000);
     let micros = unix_micros.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
+    // Writes into a Vec<u8> cannot fail.
+    let _ = write!(
+        out,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
         sod / 3600,
         sod % 3600 / 60,
         sod % 60
-    )
+    );
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).

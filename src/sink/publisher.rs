@@ -8,15 +8,17 @@
 //! mismatch means the stream holds something walguard did not write from this WAL (another
 //! publisher, a changed slot); walguard stops and names the sequence.
 
-use std::future::IntoFuture;
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
-use futures::stream::{FuturesOrdered, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::stream::{message, Tail};
@@ -33,7 +35,9 @@ use crate::telemetry;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// At most this many unsigned events precede a signed one (SPEC section 2).
 pub const MAX_UNSIGNED_RUN: u32 = 255;
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a PubAck may take once its predecessors are acknowledged (set on the JetStream
+/// context, which bounds every awaited ack).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the WAL reader hands the publisher, in WAL order.
 #[derive(Debug)]
@@ -43,18 +47,23 @@ pub enum Item {
     Position(Lsn),
 }
 
-type AckFuture = Pin<Box<dyn std::future::Future<Output = Acked> + Send>>;
+type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+type AckFuture = Pin<Box<dyn Future<Output = AckResult> + Send>>;
 
-struct Acked {
+/// A publish awaiting its PubAck. Acks are awaited oldest first: the JetStream server stores
+/// and acknowledges one publisher's messages in order, and only the oldest one's outcome
+/// decides what happens next.
+struct InFlight {
     sequence: u64,
     end: Option<Lsn>,
     signed: bool,
-    table: Arc<str>,
     op: Op,
+    /// `walguard_events_published_total` for this event's table and op.
+    counter: Counter,
     bytes: usize,
     commit_micros: i64,
     sent: Instant,
-    result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ack: AckFuture,
 }
 
 pub struct Publisher {
@@ -122,8 +131,8 @@ impl Publisher {
             compare_through: tail.last_sequence,
             max_payload,
             buf: Vec::with_capacity(4096),
-            in_flight: FuturesOrdered::new(),
-            sent: std::collections::VecDeque::new(),
+            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
+            counters: HashMap::new(),
         };
         if let Some(lsn) = genesis {
             let wm = naming.watermark(lsn, now_micros());
@@ -138,8 +147,8 @@ impl Publisher {
         loop {
             tokio::select! {
                 biased;
-                Some(acked) = ctx.in_flight.next(), if !ctx.in_flight.is_empty() => {
-                    ctx.on_ack(acked)?;
+                result = oldest_ack(&mut ctx.in_flight), if !ctx.in_flight.is_empty() => {
+                    ctx.on_ack(result)?;
                 }
                 item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => {
                     match item {
@@ -190,6 +199,15 @@ fn js_max_payload(js: &jetstream::Context) -> usize {
     js.client().server_info().max_payload
 }
 
+/// The oldest publish's ack (the queue is not empty).
+async fn oldest_ack(in_flight: &mut VecDeque<InFlight>) -> AckResult {
+    std::future::poll_fn(|cx| {
+        let oldest = in_flight.front_mut().expect("awaited only when acks are in flight");
+        oldest.ack.as_mut().poll(cx)
+    })
+    .await
+}
+
 struct Ctx<'a> {
     js: &'a jetstream::Context,
     stream: &'a stream::Stream,
@@ -200,9 +218,10 @@ struct Ctx<'a> {
     compare_through: u64,
     max_payload: usize,
     buf: Vec<u8>,
-    in_flight: FuturesOrdered<AckFuture>,
-    /// When each publish in flight was sent, oldest first (for `/readyz`).
-    sent: std::collections::VecDeque<Instant>,
+    /// Oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Per table and op, so that counting an ack neither allocates nor locks the registry.
+    counters: HashMap<(Arc<str>, Op), Counter>,
 }
 
 impl Ctx<'_> {
@@ -255,28 +274,35 @@ impl Ctx<'_> {
                     sequence,
                     reason: e.to_string(),
                 })?;
-            let end = draft.end;
-            let (table, op, bytes, commit_micros) = (draft.table.clone(), draft.op, self.buf.len(), draft.time_micros);
-            let sent = Instant::now();
-            self.sent.push_back(sent);
-            telemetry::health().oldest_unacked(self.sent.front().copied());
-            self.in_flight.push_back(Box::pin(async move {
-                let result = match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(jetstream::context::PublishError::new(PublishErrorKind::TimedOut)),
-                };
-                Acked {
-                    sequence,
-                    end,
-                    signed: sign,
-                    table,
-                    op,
-                    bytes,
-                    commit_micros,
-                    sent,
-                    result,
+            let counter = match self.counters.get(&(draft.table.clone(), draft.op)) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = telemetry::metrics()
+                        .events_published
+                        .get_or_create(&telemetry::TableOp {
+                            table: draft.table.to_string(),
+                            op: draft.op.as_str().to_owned(),
+                        })
+                        .clone();
+                    self.counters.insert((draft.table.clone(), draft.op), c.clone());
+                    c
                 }
-            }));
+            };
+            let sent = Instant::now();
+            self.in_flight.push_back(InFlight {
+                sequence,
+                end: draft.end,
+                signed: sign,
+                op: draft.op,
+                counter,
+                bytes: self.buf.len(),
+                commit_micros: draft.time_micros,
+                sent,
+                ack: ack.into_future(),
+            });
+            if self.in_flight.len() == 1 {
+                telemetry::health().oldest_unacked(Some(sent));
+            }
             telemetry::metrics().acks_in_flight.set(self.in_flight.len() as i64);
         }
         chain.next_sequence += 1;
@@ -288,20 +314,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn on_ack(&mut self, acked: Acked) -> Result<(), SinkError> {
-        let Acked {
+    /// The oldest publish's ack has arrived.
+    fn on_ack(&mut self, result: AckResult) -> Result<(), SinkError> {
+        let InFlight {
             sequence,
             end,
             signed,
-            table,
             op,
+            counter,
             bytes,
             commit_micros,
             sent,
-            result,
-        } = acked;
-        self.sent.pop_front();
-        telemetry::health().oldest_unacked(self.sent.front().copied());
+            ack: _,
+        } = self.in_flight.pop_front().expect("an ack was awaited");
+        telemetry::health().oldest_unacked(self.in_flight.front().map(|f| f.sent));
         let m = telemetry::metrics();
         m.acks_in_flight.set(self.in_flight.len() as i64);
         match result {
@@ -309,12 +335,7 @@ impl Ctx<'_> {
                 self.checkpoint.acked(end, signed, Instant::now());
                 m.publish_ack_seconds.observe(sent.elapsed().as_secs_f64());
                 m.bytes_published.inc_by(bytes as u64);
-                m.events_published
-                    .get_or_create(&telemetry::TableOp {
-                        table: table.to_string(),
-                        op: op.as_str().to_owned(),
-                    })
-                    .inc();
+                counter.inc();
                 let lag = if op == Op::Watermark {
                     0.0
                 } else {
@@ -346,13 +367,19 @@ impl Ctx<'_> {
 
 /// The headers of an event's message (SPEC section 2); signed when `signer` is given.
 pub fn headers(draft: &Draft, sequence: u64, signer: Option<&Signer>, payload: &[u8]) -> HeaderMap {
+    const CONTENT_TYPE_HEADER: HeaderName = HeaderName::from_static("Content-Type");
+    const KEY_ID_HEADER: HeaderName = HeaderName::from_static(HEADER_KEY_ID);
+    const SIGNATURE_HEADER: HeaderName = HeaderName::from_static(HEADER_SIGNATURE);
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", draft.id.to_string().as_str());
-    headers.insert("Nats-Expected-Last-Sequence", (sequence - 1).to_string().as_str());
-    headers.insert("Content-Type", CONTENT_TYPE);
+    headers.insert(
+        NATS_MESSAGE_ID,
+        &*draft.id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    headers.insert(NATS_EXPECTED_LAST_SEQUENCE, HeaderValue::from(sequence - 1));
+    headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
     if let Some(signer) = signer {
-        headers.insert(HEADER_KEY_ID, signer.key_id());
-        headers.insert(HEADER_SIGNATURE, signer.sign(payload).as_str());
+        headers.insert(KEY_ID_HEADER, signer.key_id());
+        headers.insert(SIGNATURE_HEADER, signer.sign(payload));
     }
     headers
 }

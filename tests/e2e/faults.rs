@@ -247,16 +247,6 @@ async fn connections_cut_and_stalled_in_both_directions() {
 }
 
 /// Peak resident memory of a process, from /proc (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The bound for a transaction of any size (G5): walguard streams it with one held event,
 /// a bounded channel and a bounded number of acks in flight.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -274,32 +264,16 @@ async fn a_million_row_transaction_in_bounded_memory() {
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        peak = peak.max(peak_rss_kib(wg.pid()));
-        let n = js
-            .get_stream(&env.stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+        peak = peak.max(wg.peak_rss_kib());
+        let n = env.stream_messages().await;
         if n >= 1_000_002 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = started.elapsed();
-    peak = peak.max(peak_rss_kib(wg.pid()));
-    let n = js
-        .get_stream(&env.stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    peak = peak.max(wg.peak_rss_kib());
+    let n = env.stream_messages().await;
     eprintln!(
         "1,000,000-row transaction: {n} messages in {elapsed:?}; walguard peak RSS {} MiB",
         peak / 1024

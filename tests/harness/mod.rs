@@ -271,6 +271,13 @@ impl Env {
         }
     }
 
+    /// How many messages the stream holds now.
+    pub async fn stream_messages(&self) -> u64 {
+        let js = self.js().await;
+        let mut stream = js.get_stream(&self.stream).await.expect("the stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
     pub async fn confirmed_flush(&self) -> Option<u64> {
         let row = self
             .db
@@ -301,6 +308,11 @@ pub struct Walguard {
 
 impl Walguard {
     pub fn spawn(config: &Path, dir: &Path) -> Walguard {
+        Self::spawn_logging(config, dir, "info,walguard=debug")
+    }
+
+    /// Spawns `walguard run` with `WALGUARD_LOG` set to `filter`.
+    pub fn spawn_logging(config: &Path, dir: &Path, filter: &str) -> Walguard {
         let log = dir.join(format!(
             "walguard-{}.log",
             std::time::SystemTime::now()
@@ -312,7 +324,7 @@ impl Walguard {
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(config)
-            .env("WALGUARD_LOG", "info,walguard=debug")
+            .env("WALGUARD_LOG", filter)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -358,6 +370,34 @@ impl Walguard {
 
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process's peak resident set so far (VmHWM), in KiB; 0 once it has exited.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU seconds (user + system, all threads) the process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses and may hold spaces):
+        // utime and stime are the 12th and 13th, in clock ticks of 1/100 s (USER_HZ).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for its exit code.
+    pub fn stop(&mut self, within: Duration) -> Option<i32> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(within)
     }
 }
 

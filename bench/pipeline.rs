@@ -1,0 +1,653 @@
+//! walguard against the two physical ceilings that bound it, in one run on one machine.
+//!
+//! For each workload a private PostgreSQL (fsync on) and nats-server (JetStream, file storage)
+//! are started, walguard guards a typical legacy table, and the workload's WAL is drained three
+//! ways: by `pg_recvlogical` (pgoutput v1, same publication, a second slot over the same WAL),
+//! by a bare JetStream publisher (messages of walguard's average event size, acks pipelined,
+//! no PostgreSQL), and by walguard (slot to last PubAck, every event chained and group-signed).
+//! W3 runs a fixed-rate live load and reads back, for every event, the time the server stored
+//! it minus the commit time in the event: commit-to-PubAck latency.
+//!
+//! `bench/run` (or `cargo bench --bench pipeline -- [w1] [w2] [w3]`); method and figures in
+//! bench/README.md. Results: a table on stdout and JSON in bench/results/.
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use harness::{Env, Walguard};
+use serde_json::json;
+use walguard::testkit::{Nats, Postgres};
+
+const TABLE: &str = "[[tables]]\nname = \"public.orders\"\n";
+/// A typical legacy table: bigint key, text, numeric, boolean, jsonb, timestamptz.
+const SCHEMA: &str = "CREATE TABLE orders (
+    id bigint PRIMARY KEY,
+    customer text NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    paid boolean NOT NULL,
+    attrs jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE SEQUENCE orders_new_id START 2000001;";
+/// Rows present before walguard starts (W2 and W3 update them).
+const PREFILL: i64 = 10_000;
+/// One UPDATE and one INSERT per transaction (W2, W3).
+const PGBENCH_SCRIPT: &str = "\\set aid random(1, 10000)
+BEGIN;
+UPDATE orders SET amount = amount + 1, paid = NOT paid, updated_at = now() WHERE id = :aid;
+INSERT INTO orders (id, customer, amount, paid, attrs) VALUES (nextval('orders_new_id'), 'walk-in customer', 12.50, false, '{\"sku\": \"SKU-1042\", \"qty\": 1, \"channel\": \"store\"}');
+END;
+";
+const SUBJECTS: &str = "wg.public.orders.>";
+/// The bare publisher's acks in flight (the best of 256..8192 here; walguard uses 1024).
+const CEILING_WINDOW: usize = 4096;
+
+#[derive(Default, serde::Serialize)]
+struct Row {
+    workload: String,
+    changes: u64,
+    /// Average stored event (payload and headers), bytes.
+    event_bytes: u64,
+    recvlogical_per_s: Option<f64>,
+    jetstream_per_s: Option<f64>,
+    walguard_per_s: Option<f64>,
+    /// walguard's seconds from process start to its first PubAck (connect, checks, tail).
+    walguard_startup_s: Option<f64>,
+    ratio: Option<f64>,
+    latency_ms_p50: Option<f64>,
+    latency_ms_p99: Option<f64>,
+    latency_ms_max: Option<f64>,
+    achieved_tx_per_s: Option<f64>,
+    peak_rss_mib: f64,
+    cpu_s: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |w: &str| args.is_empty() || args.iter().any(|a| a.eq_ignore_ascii_case(w));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        if wanted("w1") {
+            rows.push(catch_up("W1", Workload::OneBigTransaction).await);
+        }
+        if wanted("w2") {
+            rows.push(catch_up("W2", Workload::SmallTransactions).await);
+        }
+        if wanted("w3") {
+            rows.push(live("W3").await);
+        }
+        rows
+    });
+    print_table(&rows);
+    save(&rows);
+}
+
+enum Workload {
+    /// 1,000,000 rows inserted by one transaction.
+    OneBigTransaction,
+    /// 100,000 transactions of one UPDATE and one INSERT.
+    SmallTransactions,
+}
+
+fn settings() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("fsync", "on"),
+        ("shared_buffers", "256MB"),
+        ("max_wal_size", "8GB"),
+        ("checkpoint_timeout", "30min"),
+    ]
+}
+
+/// One workload's private servers, walguard's config, and the bench's own NATS client.
+struct Bench {
+    env: Env,
+    js: jetstream::Context,
+}
+
+impl std::ops::Deref for Bench {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+async fn env() -> Bench {
+    let pg = Postgres::start_with(&settings()).expect("start PostgreSQL");
+    let nats = Nats::start().expect("start nats-server");
+    let env = Env::start_with(pg, nats, SCHEMA, TABLE, "").await;
+    eprintln!(
+        "PostgreSQL {} on port {}, {} at {}",
+        env.pg.version,
+        env.pg.port(),
+        env.nats.version,
+        env.nats.url()
+    );
+    let js = env.js().await;
+    Bench { env, js }
+}
+
+/// Runs walguard once so that it creates its publication, slot and stream and publishes the
+/// baseline of `prefill` rows, then stops it; creates the second slot for pg_recvlogical.
+async fn prepare(env: &Bench, prefill: i64) {
+    if prefill > 0 {
+        env.db
+            .batch_execute(&format!(
+                "INSERT INTO orders SELECT g, 'customer ' || g, g % 1000 + 0.5, g % 2 = 0, \
+                 jsonb_build_object('sku', 'SKU-' || g % 5000, 'qty', g % 7), now() FROM generate_series(1, {prefill}) g"
+            ))
+            .await
+            .unwrap();
+    }
+    let mut wg = env.spawn_ready().await;
+    wait_count(env, "snapshot", prefill as u64, Duration::from_secs(120)).await;
+    assert_eq!(
+        wg.stop(Duration::from_secs(30)),
+        Some(0),
+        "walguard stops cleanly:\n{}",
+        wg.output()
+    );
+    env.db
+        .batch_execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput'); CHECKPOINT;")
+        .await
+        .unwrap();
+}
+
+/// W1/W2: the workload commits while walguard is down, then each reader drains its WAL.
+async fn catch_up(name: &str, workload: Workload) -> Row {
+    let env = env().await;
+    let prefill = match workload {
+        Workload::OneBigTransaction => 0,
+        Workload::SmallTransactions => PREFILL,
+    };
+    prepare(&env, prefill).await;
+    let base = table_events(&env).await;
+    let started = Instant::now();
+    let changes = match workload {
+        Workload::OneBigTransaction => {
+            env.db
+                .batch_execute(
+                    "INSERT INTO orders SELECT g, 'customer ' || g, g % 100000 / 100.0, g % 2 = 0, \
+                     jsonb_build_object('sku', 'SKU-' || g % 5000, 'qty', g % 7, 'channel', 'web'), now() \
+                     FROM generate_series(1000001, 2000000) g",
+                )
+                .await
+                .unwrap();
+            1_000_000
+        }
+        Workload::SmallTransactions => {
+            pgbench(&env, &["-c", "8", "-j", "2", "-t", "12500"]);
+            200_000
+        }
+    };
+    eprintln!("{name}: {changes} changes committed in {:.1?}", started.elapsed());
+    let end = current_lsn(&env).await;
+
+    let recv = drain_recvlogical(&env, &end);
+    let recv_rate = changes as f64 / recv.as_secs_f64();
+    eprintln!("{name}: pg_recvlogical drained them in {recv:.2?}: {recv_rate:.0}/s");
+
+    let run = run_walguard(&env, base, changes).await;
+    let wg_rate = changes as f64 / run.elapsed.as_secs_f64();
+    eprintln!(
+        "{name}: walguard published them in {:.2?} (first PubAck after {:.2?}): {wg_rate:.0}/s",
+        run.elapsed, run.startup
+    );
+
+    let event_bytes = average_event_bytes(&env, changes).await;
+    let ceiling = jetstream_ceiling(&env, changes, event_bytes).await;
+    let js_rate = changes as f64 / ceiling.as_secs_f64();
+    eprintln!("{name}: bare JetStream publisher, {event_bytes}-byte messages: {js_rate:.0}/s");
+
+    verify(&env);
+    Row {
+        workload: name.into(),
+        changes,
+        event_bytes,
+        recvlogical_per_s: Some(recv_rate),
+        jetstream_per_s: Some(js_rate),
+        walguard_per_s: Some(wg_rate),
+        walguard_startup_s: Some(run.startup.as_secs_f64()),
+        ratio: Some(wg_rate / recv_rate.min(js_rate)),
+        peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
+        cpu_s: run.cpu_s,
+        ..Row::default()
+    }
+}
+
+/// W3: pgbench at a fixed rate while walguard streams; latency from the stored messages.
+async fn live(name: &str) -> Row {
+    let seconds: u64 = std::env::var("BENCH_W3_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let env = env().await;
+    prepare(&env, PREFILL).await;
+    let base_seq = env.stream_messages().await;
+    let base = table_events(&env).await;
+    let mut wg = Walguard::spawn_logging(&env.config, env.dir.path(), "info");
+    wait_streaming(&env, &mut wg, base_seq).await;
+    let started = Instant::now();
+    pgbench(&env, &["-c", "4", "-j", "2", "-R", "2000", "-T", &seconds.to_string()]);
+    let elapsed = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = committed_transactions(&env).await;
+    while table_events(&env).await < base + committed * 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = wg.peak_rss_kib();
+    let cpu = wg.cpu_seconds();
+    assert_eq!(
+        wg.stop(Duration::from_secs(30)),
+        Some(0),
+        "walguard stops cleanly:\n{}",
+        wg.output()
+    );
+    let mut latencies = latencies_ms(&env, base_seq + 1).await;
+    assert_eq!(
+        latencies.len() as u64,
+        committed * 2,
+        "every committed change of W3 is in the stream"
+    );
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let event_bytes = average_event_bytes(&env, committed * 2).await;
+    eprintln!(
+        "{name}: {committed} transactions in {elapsed:.1?}; commit-to-PubAck p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    verify(&env);
+    Row {
+        workload: name.into(),
+        changes: committed * 2,
+        event_bytes,
+        latency_ms_p50: Some(pct(0.5)),
+        latency_ms_p99: Some(pct(0.99)),
+        latency_ms_max: Some(pct(1.0)),
+        achieved_tx_per_s: Some(committed as f64 / elapsed.as_secs_f64()),
+        peak_rss_mib: peak as f64 / 1024.0,
+        cpu_s: cpu,
+        ..Row::default()
+    }
+}
+
+struct Run {
+    elapsed: Duration,
+    startup: Duration,
+    peak_rss_kib: u64,
+    cpu_s: f64,
+}
+
+/// Starts walguard on the slot's backlog and times it until the stream holds `changes` more
+/// table events than `base` (the server's own per-subject counts).
+async fn run_walguard(env: &Bench, base: u64, changes: u64) -> Run {
+    let started = Instant::now();
+    let mut wg = Walguard::spawn_logging(&env.config, env.dir.path(), "info");
+    let profiler = profile(wg.pid());
+    let mut first = None;
+    let deadline = started + Duration::from_secs(1800);
+    loop {
+        let n = table_events(env).await - base;
+        if n > 0 && first.is_none() {
+            first = Some(started.elapsed());
+        }
+        if n >= changes {
+            break;
+        }
+        if let Some(code) = wg.wait_exit(Duration::ZERO) {
+            panic!("walguard exited with {code}:\n{}", wg.output());
+        }
+        assert!(Instant::now() < deadline, "walguard did not catch up:\n{}", wg.output());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let run = Run {
+        elapsed,
+        startup: first.unwrap_or(elapsed),
+        peak_rss_kib: wg.peak_rss_kib(),
+        cpu_s: wg.cpu_seconds(),
+    };
+    if let Some(mut perf) = profiler {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = perf.wait();
+    }
+    assert_eq!(
+        wg.stop(Duration::from_secs(30)),
+        Some(0),
+        "walguard stops cleanly:\n{}",
+        wg.output()
+    );
+    run
+}
+
+/// With `BENCH_PERF=FILE`: `perf record` of the walguard process into FILE (call graphs,
+/// software clock, so it works where hardware counters are not exposed) while it drains the
+/// backlog.
+fn profile(pid: u32) -> Option<std::process::Child> {
+    let out = std::env::var("BENCH_PERF").ok()?;
+    // BENCH_PERF_SYSTEM=1: every process on the machine, without call graphs (who uses the
+    // CPUs while walguard runs: walsender, nats-server, walguard).
+    let target = match std::env::var("BENCH_PERF_SYSTEM") {
+        Ok(_) => vec!["-a".to_owned()],
+        Err(_) => ["--call-graph", "dwarf,16384", "-p", &pid.to_string()]
+            .map(str::to_owned)
+            .to_vec(),
+    };
+    let child = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "1999", "-o", &out])
+        .args(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run perf (BENCH_PERF is set)");
+    std::thread::sleep(Duration::from_millis(200));
+    Some(child)
+}
+
+async fn wait_streaming(env: &Bench, wg: &mut Walguard, base_seq: u64) {
+    // walguard publishes a watermark once it streams and the server has moved on; a no-op
+    // transaction on another table moves the server.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.stream_messages().await <= base_seq {
+        env.db.batch_execute("SELECT txid_current()").await.unwrap();
+        if let Some(code) = wg.wait_exit(Duration::ZERO) {
+            panic!("walguard exited with {code}:\n{}", wg.output());
+        }
+        assert!(Instant::now() < deadline, "walguard did not stream:\n{}", wg.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The table's events in the stream (all ops), from the server's per-subject counts.
+async fn table_events(env: &Bench) -> u64 {
+    subject_counts(env).await.iter().map(|(_, n)| n).sum()
+}
+
+async fn wait_count(env: &Bench, op: &str, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let have: u64 = subject_counts(env)
+            .await
+            .iter()
+            .filter(|(s, _)| s.ends_with(&format!(".{op}")))
+            .map(|(_, n)| n)
+            .sum();
+        if have >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {have} of {n} {op} events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn subject_counts(env: &Bench) -> Vec<(String, u64)> {
+    let js = &env.js;
+    let stream = js.get_stream(&env.stream).await.expect("the stream exists");
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(SUBJECTS)
+        .await
+        .expect("stream info")
+        .try_collect()
+        .await
+        .expect("subject counts");
+    counts.into_iter().map(|(s, n)| (s, n as u64)).collect()
+}
+
+async fn current_lsn(env: &Bench) -> String {
+    env.db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn committed_transactions(env: &Bench) -> u64 {
+    let n: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM orders WHERE id > 2000000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    n as u64
+}
+
+fn pgbench(env: &Bench, args: &[&str]) {
+    let script = env.dir.path().join("w.sql");
+    std::fs::write(&script, PGBENCH_SCRIPT).unwrap();
+    let out = Command::new(env.pg.bin_dir().join("pgbench"))
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-f",
+        ])
+        .arg(&script)
+        .args(args)
+        .arg("postgres")
+        .output()
+        .expect("run pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("latency") || l.starts_with("tps"))
+    {
+        eprintln!("  pgbench: {line}");
+    }
+}
+
+/// `pg_recvlogical` from the bench slot up to `end` into a file; its wall time.
+fn drain_recvlogical(env: &Bench, end: &str) -> Duration {
+    let out: PathBuf = env.dir.path().join("recvlogical.out");
+    let started = Instant::now();
+    let status = Command::new(env.pg.bin_dir().join("pg_recvlogical"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["--slot", "bench_recv", "--start", "--no-loop", "--endpos", end, "-f"])
+        .arg(&out)
+        .args(["-o", "proto_version=1", "-o", "publication_names=wg_pub"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run pg_recvlogical");
+    let elapsed = started.elapsed();
+    assert!(status.success(), "pg_recvlogical failed: {status}");
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 0, "pg_recvlogical wrote nothing");
+    elapsed
+}
+
+/// The average size of walguard's messages (payload and headers), sampled across the run.
+async fn average_event_bytes(env: &Bench, changes: u64) -> u64 {
+    let js = &env.js;
+    let stream = js.get_stream(&env.stream).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let first = last.saturating_sub(changes + 16).max(1);
+    let samples = 200u64.min(last - first + 1);
+    let mut total = 0u64;
+    for i in 0..samples {
+        let seq = first + i * (last - first) / samples.max(1);
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let headers: usize = msg
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| k.to_string().len() + v.as_str().len() + 4))
+            .sum();
+        total += (msg.payload.len() + headers) as u64;
+    }
+    total / samples.max(1)
+}
+
+/// A bare publisher on the same server: `n` messages of `size` bytes into a file-storage
+/// stream, acks pipelined; its wall time from first publish to last ack.
+async fn jetstream_ceiling(env: &Bench, n: u64, size: u64) -> Duration {
+    let js = &env.js;
+    let _ = js.delete_stream("CEILING").await;
+    js.create_stream(stream::Config {
+        name: "CEILING".into(),
+        subjects: vec!["ceiling.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create the ceiling stream");
+    let payload = Bytes::from(vec![b'x'; size as usize]);
+    let mut in_flight = FuturesOrdered::new();
+    let started = Instant::now();
+    for _ in 0..n {
+        if in_flight.len() >= CEILING_WINDOW {
+            let ack: Result<_, _> = in_flight.next().await.expect("an ack in flight");
+            ack.expect("the server acknowledges");
+        }
+        let ack = js
+            .send_publish("ceiling.bench", PublishMessage::build().payload(payload.clone()))
+            .await
+            .expect("publish");
+        in_flight.push_back(std::future::IntoFuture::into_future(ack));
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack.expect("the server acknowledges");
+    }
+    let elapsed = started.elapsed();
+    js.delete_stream("CEILING").await.expect("delete the ceiling stream");
+    elapsed
+}
+
+/// For each table event from `from_seq` on: the time the server stored it minus the commit
+/// time the event carries, in milliseconds.
+async fn latencies_ms(env: &Bench, from_seq: u64) -> Vec<f64> {
+    let js = &env.js;
+    let stream = js.get_stream(&env.stream).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_seq,
+            },
+            filter_subject: SUBJECTS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+        let msg = msg.unwrap();
+        let info = msg.info().unwrap();
+        let stored: SystemTime = info.published.into();
+        let seq = info.stream_sequence;
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            time: &'a str,
+        }
+        let event: Event = serde_json::from_slice(&msg.payload).expect("an event");
+        let committed = humantime::parse_rfc3339(event.time).expect("an RFC 3339 time");
+        let ms = stored
+            .duration_since(committed)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or_else(|e| -e.duration().as_secs_f64() * 1e3);
+        out.push(ms);
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+fn verify(env: &Bench) {
+    let (code, stdout, stderr) = env.command(&["verify", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "walguard verify:\n{stdout}{stderr}");
+    eprintln!("  walguard verify: {}", stdout.trim());
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{:.0}", r))
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{r:.1}"))
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<4} {:>9} {:>6} {:>14} {:>14} {:>12} {:>6} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "",
+        "changes",
+        "bytes",
+        "recvlogical/s",
+        "jetstream/s",
+        "walguard/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "RSS MiB",
+        "CPU s"
+    );
+    for r in rows {
+        println!(
+            "{:<4} {:>9} {:>6} {:>14} {:>14} {:>12} {:>6} {:>9} {:>9} {:>9} {:>8.1} {:>6.1}",
+            r.workload,
+            r.changes,
+            r.event_bytes,
+            fmt_rate(r.recvlogical_per_s),
+            fmt_rate(r.jetstream_per_s),
+            fmt_rate(r.walguard_per_s),
+            r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
+            fmt_ms(r.latency_ms_p50),
+            fmt_ms(r.latency_ms_p99),
+            fmt_ms(r.latency_ms_max),
+            r.peak_rss_mib,
+            r.cpu_s
+        );
+    }
+}
+
+fn save(rows: &[Row]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let machine = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "commit": Command::new("git").args(["rev-parse", "--short", "HEAD"]).output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+    });
+    let doc = json!({ "time": stamp, "machine": machine, "workloads": rows });
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    let path = dir.join(format!("{now}.json"));
+    std::fs::write(&path, &text).unwrap();
+    std::fs::write(dir.join("latest.json"), &text).unwrap();
+    println!("\nresults: {}", path.display());
+}
