@@ -56,6 +56,8 @@ struct Row {
     event_bytes: u64,
     recvlogical_per_s: Option<f64>,
     jetstream_per_s: Option<f64>,
+    /// The bare publisher again with the headers every walguard event carries.
+    jetstream_spec_headers_per_s: Option<f64>,
     walguard_per_s: Option<f64>,
     /// walguard's seconds from process start to its first PubAck (connect, checks, tail).
     walguard_startup_s: Option<f64>,
@@ -63,6 +65,15 @@ struct Row {
     latency_ms_p50: Option<f64>,
     latency_ms_p99: Option<f64>,
     latency_ms_max: Option<f64>,
+    /// Commit to delivery for pg_recvlogical on a second slot during W3: what PostgreSQL's
+    /// walsender alone takes to hand a committed transaction to a client.
+    recvlogical_ms_p50: Option<f64>,
+    recvlogical_ms_p99: Option<f64>,
+    recvlogical_ms_max: Option<f64>,
+    /// PostgreSQL's own latency for the same transactions, as pgbench saw it.
+    pgbench_ms_p50: Option<f64>,
+    pgbench_ms_p99: Option<f64>,
+    pgbench_ms_max: Option<f64>,
     achieved_tx_per_s: Option<f64>,
     peak_rss_mib: f64,
     cpu_s: f64,
@@ -101,8 +112,13 @@ enum Workload {
 }
 
 fn settings() -> Vec<(&'static str, &'static str)> {
+    // BENCH_FSYNC=off separates what the disk's WAL flushes add to W3's latency.
+    let fsync = match std::env::var("BENCH_FSYNC").as_deref() {
+        Ok("off") => "off",
+        _ => "on",
+    };
     vec![
-        ("fsync", "on"),
+        ("fsync", fsync),
         ("shared_buffers", "256MB"),
         ("max_wal_size", "8GB"),
         ("checkpoint_timeout", "30min"),
@@ -204,10 +220,14 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
         run.elapsed, run.startup
     );
 
-    let event_bytes = average_event_bytes(&env, changes).await;
-    let ceiling = jetstream_ceiling(&env, changes, event_bytes).await;
+    let (payload_bytes, header_bytes) = average_event_bytes(&env, changes).await;
+    let event_bytes = payload_bytes + header_bytes;
+    let ceiling = jetstream_ceiling(&env, changes, event_bytes, false).await;
     let js_rate = changes as f64 / ceiling.as_secs_f64();
     eprintln!("{name}: bare JetStream publisher, {event_bytes}-byte messages: {js_rate:.0}/s");
+    let with_headers = jetstream_ceiling(&env, changes, payload_bytes, true).await;
+    let js_headers_rate = changes as f64 / with_headers.as_secs_f64();
+    eprintln!("{name}: the same with SPEC's headers (Nats-Msg-Id, Nats-Expected-Last-Sequence, Content-Type): {js_headers_rate:.0}/s");
 
     verify(&env);
     Row {
@@ -216,6 +236,7 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
         event_bytes,
         recvlogical_per_s: Some(recv_rate),
         jetstream_per_s: Some(js_rate),
+        jetstream_spec_headers_per_s: Some(js_headers_rate),
         walguard_per_s: Some(wg_rate),
         walguard_startup_s: Some(run.startup.as_secs_f64()),
         ratio: Some(wg_rate / recv_rate.min(js_rate)),
@@ -237,9 +258,19 @@ async fn live(name: &str) -> Row {
     let base = table_events(&env).await;
     let mut wg = Walguard::spawn_logging(&env.config, env.dir.path(), "info");
     wait_streaming(&env, &mut wg, base_seq).await;
+    let baseline = LiveRecvlogical::start(&env).await;
     let started = Instant::now();
-    pgbench(&env, &["-c", "4", "-j", "2", "-R", "2000", "-T", &seconds.to_string()]);
+    let log_prefix = format!("--log-prefix={}", env.dir.path().join("pgbench_log").display());
+    let seconds = seconds.to_string();
+    pgbench(
+        &env,
+        &["-c", "4", "-j", "2", "-R", "2000", "-T", &seconds, "-l", &log_prefix],
+    );
     let elapsed = started.elapsed();
+    let mut recv = baseline.stop();
+    recv.sort_by(f64::total_cmp);
+    let mut commits = pgbench_latencies_ms(env.dir.path());
+    commits.sort_by(f64::total_cmp);
     let deadline = Instant::now() + Duration::from_secs(60);
     let committed = committed_transactions(&env).await;
     while table_events(&env).await < base + committed * 2 && Instant::now() < deadline {
@@ -247,6 +278,10 @@ async fn live(name: &str) -> Row {
     }
     let peak = wg.peak_rss_kib();
     let cpu = wg.cpu_seconds();
+    // BENCH_SHOW_METRICS=1: walguard's own view (walguard_publish_ack_seconds and the rest).
+    if std::env::var("BENCH_SHOW_METRICS").is_ok() {
+        eprintln!("{}", scrape_metrics(env.listen_port));
+    }
     assert_eq!(
         wg.stop(Duration::from_secs(30)),
         Some(0),
@@ -260,22 +295,42 @@ async fn live(name: &str) -> Row {
         "every committed change of W3 is in the stream"
     );
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-    let event_bytes = average_event_bytes(&env, committed * 2).await;
+    let pct = |p: f64| percentile(&latencies, p);
+    let (payload_bytes, header_bytes) = average_event_bytes(&env, committed * 2).await;
+    let event_bytes = payload_bytes + header_bytes;
     eprintln!(
         "{name}: {committed} transactions in {elapsed:.1?}; commit-to-PubAck p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pct(0.5),
         pct(0.99),
         pct(1.0)
     );
+    eprintln!(
+        "{name}: PostgreSQL's own transaction latency (pgbench, BEGIN to COMMIT returned, including the WAL flush): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&commits, 0.5),
+        percentile(&commits, 0.99),
+        percentile(&commits, 1.0)
+    );
+    eprintln!(
+        "{name}: pg_recvlogical on a second pgoutput slot at the same time (commit to Commit message read): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} transactions",
+        percentile(&recv, 0.5),
+        percentile(&recv, 0.99),
+        percentile(&recv, 1.0),
+        recv.len()
+    );
     verify(&env);
     Row {
         workload: name.into(),
         changes: committed * 2,
+        recvlogical_ms_p50: Some(percentile(&recv, 0.5)),
+        recvlogical_ms_p99: Some(percentile(&recv, 0.99)),
+        recvlogical_ms_max: Some(percentile(&recv, 1.0)),
         event_bytes,
         latency_ms_p50: Some(pct(0.5)),
         latency_ms_p99: Some(pct(0.99)),
         latency_ms_max: Some(pct(1.0)),
+        pgbench_ms_p50: Some(percentile(&commits, 0.5)),
+        pgbench_ms_p99: Some(percentile(&commits, 0.99)),
+        pgbench_ms_max: Some(percentile(&commits, 1.0)),
         achieved_tx_per_s: Some(committed as f64 / elapsed.as_secs_f64()),
         peak_rss_mib: peak as f64 / 1024.0,
         cpu_s: cpu,
@@ -459,6 +514,135 @@ fn pgbench(env: &Bench, args: &[&str]) {
     }
 }
 
+/// walguard's /metrics text.
+fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Per-transaction latencies from pgbench's logs (`-l`) in `dir`, without the schedule lag
+/// that `--rate` adds: from the transaction's actual start to its COMMIT returning.
+fn pgbench_latencies_ms(dir: &Path) -> Vec<f64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("pgbench_log") {
+            continue;
+        }
+        // client_id transaction_no time script_no time_epoch time_us schedule_lag
+        for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+            let f: Vec<f64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            if f.len() >= 7 {
+                out.push((f[2] - f[6]) / 1e3);
+            }
+        }
+    }
+    out
+}
+
+/// pg_recvlogical streaming a second pgoutput slot (same publication) live: for each
+/// transaction, the time its Commit message was read minus the commit time it carries.
+struct LiveRecvlogical {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl LiveRecvlogical {
+    async fn start(env: &Bench) -> LiveRecvlogical {
+        env.db
+            .batch_execute("SELECT pg_create_logical_replication_slot('bench_live', 'pgoutput')")
+            .await
+            .unwrap();
+        let mut child = Command::new(env.pg.bin_dir().join("pg_recvlogical"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &env.pg.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["--slot", "bench_live", "--start", "-f", "-"])
+            .args(["-o", "proto_version=1", "-o", "publication_names=wg_pub"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run pg_recvlogical");
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut out = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stdout.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let now = SystemTime::now();
+                pending.extend_from_slice(&chunk[..n]);
+                let consumed = scan_commits(&pending, now, &mut out);
+                pending.drain(..consumed);
+            }
+            out
+        });
+        LiveRecvlogical { child, reader }
+    }
+
+    fn stop(mut self) -> Vec<f64> {
+        // Let it read what is committed, then stop it.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        self.reader.join().unwrap_or_default()
+    }
+}
+
+/// Finds pgoutput Commit messages in pg_recvlogical's output (each message followed by a
+/// newline): `C`, flags 0, commit LSN, end LSN, commit time (microseconds since 2000-01-01),
+/// `\n`, 27 bytes. The LSNs must be close and the time near `now`, so that row data that
+/// happens to contain the same bytes is not taken for a commit. Returns how many bytes of
+/// `buf` are done with (a possible commit cut at the end of the read is kept).
+fn scan_commits(buf: &[u8], now: SystemTime, out: &mut Vec<f64>) -> usize {
+    const LEN: usize = 27;
+    const PG_EPOCH: Duration = Duration::from_secs(946_684_800);
+    let u64_at = |b: &[u8], i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap());
+    let mut i = 0;
+    while i + LEN <= buf.len() {
+        let m = &buf[i..i + LEN];
+        let (commit, end) = (u64_at(m, 2), u64_at(m, 10));
+        if m[0] == b'C' && m[1] == 0 && m[26] == b'\n' && end > commit && end - commit < 4096 {
+            let at = UNIX_EPOCH + PG_EPOCH + Duration::from_micros(u64_at(m, 18));
+            if let Ok(d) = now.duration_since(at) {
+                if d < Duration::from_secs(600) {
+                    out.push(d.as_secs_f64() * 1e3);
+                    i += LEN;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    i
+}
+
 /// `pg_recvlogical` from the bench slot up to `end` into a file; its wall time.
 fn drain_recvlogical(env: &Bench, end: &str) -> Duration {
     let out: PathBuf = env.dir.path().join("recvlogical.out");
@@ -487,14 +671,14 @@ fn drain_recvlogical(env: &Bench, end: &str) -> Duration {
     elapsed
 }
 
-/// The average size of walguard's messages (payload and headers), sampled across the run.
-async fn average_event_bytes(env: &Bench, changes: u64) -> u64 {
+/// The average size of walguard's messages, sampled across the run: (payload, headers).
+async fn average_event_bytes(env: &Bench, changes: u64) -> (u64, u64) {
     let js = &env.js;
     let stream = js.get_stream(&env.stream).await.unwrap();
     let last = stream.cached_info().state.last_sequence;
     let first = last.saturating_sub(changes + 16).max(1);
     let samples = 200u64.min(last - first + 1);
-    let mut total = 0u64;
+    let (mut payloads, mut headers_total) = (0u64, 0u64);
     for i in 0..samples {
         let seq = first + i * (last - first) / samples.max(1);
         let msg = stream.get_raw_message(seq).await.unwrap();
@@ -503,14 +687,18 @@ async fn average_event_bytes(env: &Bench, changes: u64) -> u64 {
             .iter()
             .flat_map(|(k, vs)| vs.iter().map(move |v| k.to_string().len() + v.as_str().len() + 4))
             .sum();
-        total += (msg.payload.len() + headers) as u64;
+        payloads += msg.payload.len() as u64;
+        headers_total += headers as u64;
     }
-    total / samples.max(1)
+    (payloads / samples.max(1), headers_total / samples.max(1))
 }
 
 /// A bare publisher on the same server: `n` messages of `size` bytes into a file-storage
-/// stream, acks pipelined; its wall time from first publish to last ack.
-async fn jetstream_ceiling(env: &Bench, n: u64, size: u64) -> Duration {
+/// stream, acks pipelined; its wall time from first publish to last ack. With `spec_headers`,
+/// each message also carries the headers SPEC asks of every event (a unique `Nats-Msg-Id`,
+/// which the server deduplicates, `Nats-Expected-Last-Sequence`, which it checks, and
+/// `Content-Type`): the same server work per message as walguard's, minus signing.
+async fn jetstream_ceiling(env: &Bench, n: u64, size: u64, spec_headers: bool) -> Duration {
     let js = &env.js;
     let _ = js.delete_stream("CEILING").await;
     js.create_stream(stream::Config {
@@ -524,15 +712,19 @@ async fn jetstream_ceiling(env: &Bench, n: u64, size: u64) -> Duration {
     let payload = Bytes::from(vec![b'x'; size as usize]);
     let mut in_flight = FuturesOrdered::new();
     let started = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
         if in_flight.len() >= CEILING_WINDOW {
             let ack: Result<_, _> = in_flight.next().await.expect("an ack in flight");
             ack.expect("the server acknowledges");
         }
-        let ack = js
-            .send_publish("ceiling.bench", PublishMessage::build().payload(payload.clone()))
-            .await
-            .expect("publish");
+        let mut message = PublishMessage::build().payload(payload.clone());
+        if spec_headers {
+            message = message
+                .message_id(format!("ceiling-{i}"))
+                .expected_last_sequence(i)
+                .header("Content-Type", "application/cloudevents+json");
+        }
+        let ack = js.send_publish("ceiling.bench", message).await.expect("publish");
         in_flight.push_back(std::future::IntoFuture::into_future(ack));
     }
     while let Some(ack) = in_flight.next().await {
@@ -561,6 +753,10 @@ async fn latencies_ms(env: &Bench, from_seq: u64) -> Vec<f64> {
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
     let mut out = Vec::new();
+    // BENCH_LATENCY_DUMP=FILE: "sequence commit_unix_seconds latency_ms" per event.
+    let mut dump = std::env::var("BENCH_LATENCY_DUMP")
+        .ok()
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("create BENCH_LATENCY_DUMP")));
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
         let msg = msg.unwrap();
         let info = msg.info().unwrap();
@@ -577,6 +773,11 @@ async fn latencies_ms(env: &Bench, from_seq: u64) -> Vec<f64> {
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or_else(|e| -e.duration().as_secs_f64() * 1e3);
         out.push(ms);
+        if let Some(dump) = &mut dump {
+            use std::io::Write;
+            let at = committed.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let _ = writeln!(dump, "{seq} {at:.6} {ms:.3}");
+        }
         if seq >= last {
             break;
         }
@@ -600,12 +801,13 @@ fn fmt_ms(v: Option<f64>) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<4} {:>9} {:>6} {:>14} {:>14} {:>12} {:>6} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "\n{:<4} {:>9} {:>6} {:>13} {:>12} {:>13} {:>11} {:>6} {:>7} {:>7} {:>7} {:>8} {:>6}",
         "",
         "changes",
         "bytes",
         "recvlogical/s",
         "jetstream/s",
+        "js+headers/s",
         "walguard/s",
         "ratio",
         "p50 ms",
@@ -616,12 +818,13 @@ fn print_table(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<4} {:>9} {:>6} {:>14} {:>14} {:>12} {:>6} {:>9} {:>9} {:>9} {:>8.1} {:>6.1}",
+            "{:<4} {:>9} {:>6} {:>13} {:>12} {:>13} {:>11} {:>6} {:>7} {:>7} {:>7} {:>8.1} {:>6.1}",
             r.workload,
             r.changes,
             r.event_bytes,
             fmt_rate(r.recvlogical_per_s),
             fmt_rate(r.jetstream_per_s),
+            fmt_rate(r.jetstream_spec_headers_per_s),
             fmt_rate(r.walguard_per_s),
             r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
             fmt_ms(r.latency_ms_p50),
@@ -630,6 +833,36 @@ fn print_table(rows: &[Row]) {
             r.peak_rss_mib,
             r.cpu_s
         );
+    }
+    println!("ratio: walguard / min(recvlogical, jetstream); js+headers: the bare publisher with SPEC's headers");
+    for r in rows.iter().filter(|r| r.latency_ms_p99.is_some()) {
+        println!(
+            "\n{} latency, ms            {:>7} {:>7} {:>7}",
+            r.workload, "p50", "p99", "max"
+        );
+        let line = |what: &str, v: [Option<f64>; 3]| {
+            println!(
+                "  {what:<24} {:>7} {:>7} {:>7}",
+                fmt_ms(v[0]),
+                fmt_ms(v[1]),
+                fmt_ms(v[2])
+            );
+        };
+        line(
+            "walguard commit->PubAck",
+            [r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_max],
+        );
+        line(
+            "pg_recvlogical commit->read",
+            [r.recvlogical_ms_p50, r.recvlogical_ms_p99, r.recvlogical_ms_max],
+        );
+        line(
+            "pgbench transaction",
+            [r.pgbench_ms_p50, r.pgbench_ms_p99, r.pgbench_ms_max],
+        );
+        if let Some(tps) = r.achieved_tx_per_s {
+            println!("  at {tps:.0} transactions/s");
+        }
     }
 }
 
