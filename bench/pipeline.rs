@@ -248,6 +248,7 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
 
 /// W3: pgbench at a fixed rate while walguard streams; latency from the stored messages.
 async fn live(name: &str) -> Row {
+    let rate = std::env::var("BENCH_W3_RATE").unwrap_or_else(|_| "2000".into());
     let seconds: u64 = std::env::var("BENCH_W3_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -264,7 +265,7 @@ async fn live(name: &str) -> Row {
     let seconds = seconds.to_string();
     pgbench(
         &env,
-        &["-c", "4", "-j", "2", "-R", "2000", "-T", &seconds, "-l", &log_prefix],
+        &["-c", "4", "-j", "2", "-R", &rate, "-T", &seconds, "-l", &log_prefix],
     );
     let elapsed = started.elapsed();
     let mut recv = baseline.stop();
@@ -484,17 +485,8 @@ async fn committed_transactions(env: &Bench) -> u64 {
 fn pgbench(env: &Bench, args: &[&str]) {
     let script = env.dir.path().join("w.sql");
     std::fs::write(&script, PGBENCH_SCRIPT).unwrap();
-    let out = Command::new(env.pg.bin_dir().join("pgbench"))
-        .args([
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &env.pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-f",
-        ])
+    let out = pg_tool(env, "pgbench")
+        .args(["-n", "-f"])
         .arg(&script)
         .args(args)
         .arg("postgres")
@@ -565,19 +557,8 @@ impl LiveRecvlogical {
             .batch_execute("SELECT pg_create_logical_replication_slot('bench_live', 'pgoutput')")
             .await
             .unwrap();
-        let mut child = Command::new(env.pg.bin_dir().join("pg_recvlogical"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &env.pg.port().to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["--slot", "bench_live", "--start", "-f", "-"])
-            .args(["-o", "proto_version=1", "-o", "publication_names=wg_pub"])
+        let mut child = recvlogical(env, "bench_live")
+            .args(["-f", "-"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -643,24 +624,32 @@ fn scan_commits(buf: &[u8], now: SystemTime, out: &mut Vec<f64>) -> usize {
     i
 }
 
+/// A PostgreSQL client program of the server's version, connected to it as `postgres`.
+fn pg_tool(env: &Bench, name: &str) -> Command {
+    let mut cmd = Command::new(env.pg.bin_dir().join(name));
+    cmd.args(["-h", "127.0.0.1", "-p", &env.pg.port().to_string(), "-U", "postgres"]);
+    cmd
+}
+
+/// pg_recvlogical streaming `slot` with pgoutput v1 and walguard's publication.
+fn recvlogical(env: &Bench, slot: &str) -> Command {
+    let mut cmd = pg_tool(env, "pg_recvlogical");
+    cmd.args(["-d", "postgres", "--slot", slot, "--start"]).args([
+        "-o",
+        "proto_version=1",
+        "-o",
+        "publication_names=wg_pub",
+    ]);
+    cmd
+}
+
 /// `pg_recvlogical` from the bench slot up to `end` into a file; its wall time.
 fn drain_recvlogical(env: &Bench, end: &str) -> Duration {
     let out: PathBuf = env.dir.path().join("recvlogical.out");
     let started = Instant::now();
-    let status = Command::new(env.pg.bin_dir().join("pg_recvlogical"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &env.pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args(["--slot", "bench_recv", "--start", "--no-loop", "--endpos", end, "-f"])
+    let status = recvlogical(env, "bench_recv")
+        .args(["--no-loop", "--endpos", end, "-f"])
         .arg(&out)
-        .args(["-o", "proto_version=1", "-o", "publication_names=wg_pub"])
         .stdin(Stdio::null())
         .status()
         .expect("run pg_recvlogical");
