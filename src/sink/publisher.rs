@@ -134,64 +134,73 @@ impl Publisher {
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
             counters: HashMap::new(),
         };
-        if let Some(lsn) = genesis {
-            let wm = naming.watermark(lsn, now_micros());
-            ctx.publish(&mut chain, wm, true).await?;
-        }
-        let mut server_position = Lsn::ZERO;
-        let mut last_watermark = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut closing = false;
-        let mut held: Option<Draft> = None;
-        loop {
-            tokio::select! {
-                biased;
-                result = oldest_ack(&mut ctx.in_flight), if !ctx.in_flight.is_empty() => {
-                    ctx.on_ack(result)?;
-                }
-                item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => {
-                    match item {
-                        Some(Item::Event(draft)) => {
-                            // Another event is ready behind the held one, so it need not be
-                            // signed (unless the unsigned run is full).
-                            if let Some(prev) = held.replace(draft) {
-                                ctx.publish(&mut chain, prev, false).await?;
+        let outcome: Result<(), SinkError> = async {
+            if let Some(lsn) = genesis {
+                let wm = naming.watermark(lsn, now_micros());
+                ctx.publish(&mut chain, wm, true).await?;
+            }
+            let mut server_position = Lsn::ZERO;
+            let mut last_watermark = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut closing = false;
+            let mut held: Option<Draft> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    result = oldest_ack(&mut ctx.in_flight), if !ctx.in_flight.is_empty() => {
+                        ctx.on_ack(result)?;
+                    }
+                    item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => {
+                        match item {
+                            Some(Item::Event(draft)) => {
+                                // Another event is ready behind the held one, so it need not be
+                                // signed (unless the unsigned run is full).
+                                if let Some(prev) = held.replace(draft) {
+                                    ctx.publish(&mut chain, prev, false).await?;
+                                }
+                            }
+                            Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
+                            None => closing = true,
+                        }
+                        // No further event is ready: the held one is signed now, so no unsigned
+                        // tail remains while the publisher is idle.
+                        if rx.is_empty() || closing {
+                            if let Some(last) = held.take() {
+                                ctx.publish(&mut chain, last, true).await?;
                             }
                         }
-                        Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
-                        None => closing = true,
                     }
-                    // No further event is ready: the held one is signed now, so no unsigned
-                    // tail remains while the publisher is idle.
-                    if rx.is_empty() || closing {
-                        if let Some(last) = held.take() {
-                            ctx.publish(&mut chain, last, true).await?;
+                    _ = tick.tick() => {
+                        // The held draft takes the next sequence; it counts as re-derived.
+                        let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
+                        if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
+                            return Err(SinkError::Refused(format!(
+                                "stream messages {} to {} were not re-derived from the WAL up to {replay_end}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
+                                chain.next_sequence, ctx.compare_through
+                            )));
+                        }
+                        let quiet = !rederiving && ctx.in_flight.is_empty() && rx.is_empty();
+                        let moved = server_position > chain.last_end && server_position > chain.position.lsn;
+                        if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
+                            let wm = naming.watermark(server_position, now_micros());
+                            ctx.publish(&mut chain, wm, true).await?;
+                            last_watermark = Instant::now();
                         }
                     }
                 }
-                _ = tick.tick() => {
-                    // The held draft takes the next sequence; it counts as re-derived.
-                    let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
-                    if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
-                        return Err(SinkError::Refused(format!(
-                            "stream messages {} to {} were not re-derived from the WAL up to {replay_end}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
-                            chain.next_sequence, ctx.compare_through
-                        )));
-                    }
-                    let quiet = !rederiving && ctx.in_flight.is_empty() && rx.is_empty();
-                    let moved = server_position > chain.last_end && server_position > chain.position.lsn;
-                    if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
-                        let wm = naming.watermark(server_position, now_micros());
-                        ctx.publish(&mut chain, wm, true).await?;
-                        last_watermark = Instant::now();
-                    }
+                if closing && ctx.in_flight.is_empty() {
+                    return Ok(());
                 }
             }
-            if closing && ctx.in_flight.is_empty() {
-                return Ok(());
-            }
         }
+        .await;
+        if let Err(SinkError::Refused(_)) = &outcome {
+            // walguard stops here for good: at the refused event, not before it, so what was
+            // sent ahead of it is stored before the process exits.
+            ctx.settle().await;
+        }
+        outcome
     }
 }
 
@@ -312,6 +321,22 @@ impl Ctx<'_> {
             chain.last_end = chain.last_end.max(end);
         }
         Ok(())
+    }
+
+    /// Awaits the acks in flight, for at most `ACK_TIMEOUT` in all, on the way out after a
+    /// refusal. Outcomes are only logged: nothing unacknowledged was confirmed to PostgreSQL.
+    async fn settle(&mut self) {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let settled = tokio::time::timeout(ACK_TIMEOUT, async {
+            for pending in in_flight {
+                if let Err(e) = pending.ack.await {
+                    tracing::warn!(sequence = pending.sequence, error = %e, "no PubAck for an event sent before the refusal");
+                }
+            }
+        });
+        if settled.await.is_err() {
+            tracing::warn!("acks for events sent before the refusal did not all arrive");
+        }
     }
 
     /// The oldest publish's ack has arrived.
