@@ -260,6 +260,7 @@ async fn live(name: &str) -> Row {
     let mut wg = Walguard::spawn_logging(&env.config, env.dir.path(), "info");
     wait_streaming(&env, &mut wg, base_seq).await;
     let baseline = LiveRecvlogical::start(&env).await;
+    let profiler = profile(wg.pid());
     let started = Instant::now();
     let log_prefix = format!("--log-prefix={}", env.dir.path().join("pgbench_log").display());
     let seconds = seconds.to_string();
@@ -279,6 +280,7 @@ async fn live(name: &str) -> Row {
     }
     let peak = wg.peak_rss_kib();
     let cpu = wg.cpu_seconds();
+    stop_profile(profiler);
     // BENCH_SHOW_METRICS=1: walguard's own view (walguard_publish_ack_seconds and the rest).
     if std::env::var("BENCH_SHOW_METRICS").is_ok() {
         eprintln!("{}", scrape_metrics(env.listen_port));
@@ -375,13 +377,7 @@ async fn run_walguard(env: &Bench, base: u64, changes: u64) -> Run {
         peak_rss_kib: wg.peak_rss_kib(),
         cpu_s: wg.cpu_seconds(),
     };
-    if let Some(mut perf) = profiler {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(perf.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = perf.wait();
-    }
+    stop_profile(profiler);
     assert_eq!(
         wg.stop(Duration::from_secs(30)),
         Some(0),
@@ -413,6 +409,16 @@ fn profile(pid: u32) -> Option<std::process::Child> {
         .expect("run perf (BENCH_PERF is set)");
     std::thread::sleep(Duration::from_millis(200));
     Some(child)
+}
+
+fn stop_profile(profiler: Option<std::process::Child>) {
+    if let Some(mut perf) = profiler {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = perf.wait();
+    }
 }
 
 async fn wait_streaming(env: &Bench, wg: &mut Walguard, base_seq: u64) {
