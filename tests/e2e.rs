@@ -329,12 +329,21 @@ fn assert_confirmed_never_ahead(stream: &[Stored], samples: &[(std::time::System
     }
 }
 
-fn spawn_sampler(
-    env: &Env,
-) -> (
-    tokio::task::JoinHandle<Vec<(std::time::SystemTime, u64)>>,
-    tokio::sync::watch::Sender<bool>,
-) {
+/// Samples the slot's confirmed_flush_lsn every 100 ms until stopped.
+struct Sampler {
+    handle: tokio::task::JoinHandle<Vec<(std::time::SystemTime, u64)>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Sampler {
+    /// Stops sampling: (time, confirmed_flush_lsn) pairs, oldest first.
+    async fn finish(self) -> Vec<(std::time::SystemTime, u64)> {
+        let _ = self.stop.send(true);
+        self.handle.await.unwrap()
+    }
+}
+
+fn spawn_sampler(env: &Env) -> Sampler {
     let url = env.pg.url("postgres");
     let slot = env.slot.clone();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -370,7 +379,7 @@ fn spawn_sampler(
         }
         samples
     });
-    (handle, stop)
+    Sampler { handle, stop }
 }
 
 const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL);";
@@ -381,7 +390,7 @@ async fn survives_sigkill_at_random_moments() {
     use rand::Rng;
     let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let first = env.spawn_ready().await;
-    let (sampler, stop_sampler) = spawn_sampler(&env);
+    let sampler = spawn_sampler(&env);
 
     let writer_db = harness::connect_db(&env.pg.url("postgres")).await;
     let writer = tokio::spawn(async move {
@@ -414,8 +423,7 @@ async fn survives_sigkill_at_random_moments() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
-    let _ = stop_sampler.send(true);
-    let samples = sampler.await.unwrap();
+    let samples = sampler.finish().await;
 
     let stream = env.read_stream().await;
     assert_exactly_once_in_order(&stream, &committed);

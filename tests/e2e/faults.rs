@@ -3,10 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Env};
+use crate::harness::{self, Env, Walguard};
 
 const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL, note text);";
 const GUARD_LEDGER: &str = "[[tables]]\nname = \"public.ledger\"\n";
+
+/// The fault tests' verdict: every committed row arrived once, in order, nothing else did,
+/// the slot was never confirmed past what the stream held, and the stream verifies.
+async fn assert_every_write_once(env: &Env, wg: &Walguard, written: &[i64], sampler: crate::Sampler) {
+    env.wait_events(written.len(), Duration::from_secs(120)).await;
+    let samples = sampler.finish().await;
+    let stream = env.read_stream().await;
+    assert_eq!(classify(&stream, written), (0, 0, 0, 0), "{}", wg.output());
+    crate::assert_confirmed_never_ahead(&stream, &samples);
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
 
 /// What the stream says about the ids written: (lost, duplicated, out of order, unexpected).
 fn classify(stream: &[harness::Stored], written: &[i64]) -> (usize, usize, usize, usize) {
@@ -78,7 +90,7 @@ async fn write_through_restarts(url: &str, from: i64, n: i64) -> Vec<i64> {
 async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
     let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let wg = env.spawn_ready().await;
-    let (sampler, stop_sampler) = crate::spawn_sampler(&env);
+    let sampler = crate::spawn_sampler(&env);
     let url = env.pg.url("postgres");
     let writer = tokio::spawn({
         let url = url.clone();
@@ -90,14 +102,7 @@ async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
     }
     let written = writer.await.unwrap();
     env.db = harness::connect_db(&url).await;
-    env.wait_events(written.len(), Duration::from_secs(120)).await;
-    let _ = stop_sampler.send(true);
-    let samples = sampler.await.unwrap();
-    let stream = env.read_stream().await;
-    assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
-    crate::assert_confirmed_never_ahead(&stream, &samples);
-    let (code, out) = env.verify();
-    assert_eq!(code, 0, "{out}");
+    assert_every_write_once(&env, &wg, &written, sampler).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +218,7 @@ async fn connections_cut_and_stalled_in_both_directions() {
         .replace(&env.nats.url(), &format!("nats://127.0.0.1:{}", nats_proxy.port));
     std::fs::write(&env.config, config).unwrap();
     let wg = env.spawn_ready().await;
-    let (sampler, stop_sampler) = crate::spawn_sampler(&env);
+    let sampler = crate::spawn_sampler(&env);
     let writer = tokio::spawn({
         let url = env.pg.url("postgres");
         async move { write_through_restarts(&url, 1, 2000).await }
@@ -236,17 +241,9 @@ async fn connections_cut_and_stalled_in_both_directions() {
         }
     }
     let written = writer.await.unwrap();
-    env.wait_events(written.len(), Duration::from_secs(120)).await;
-    let _ = stop_sampler.send(true);
-    let samples = sampler.await.unwrap();
-    let stream = env.read_stream().await;
-    assert_eq!(classify(&stream, &written), (0, 0, 0, 0), "{}", wg.output());
-    crate::assert_confirmed_never_ahead(&stream, &samples);
-    let (code, out) = env.verify();
-    assert_eq!(code, 0, "{out}");
+    assert_every_write_once(&env, &wg, &written, sampler).await;
 }
 
-/// Peak resident memory of a process, from /proc (VmHWM), in KiB.
 /// The bound for a transaction of any size (G5): walguard streams it with one held event,
 /// a bounded channel and a bounded number of acks in flight.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
