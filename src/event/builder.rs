@@ -633,7 +633,6 @@ impl EventBuilder {
         let mut ce_subject = String::with_capacity(shape.qualified.len() + 24);
         ce_subject.push_str(&shape.qualified);
         ce_subject.push('/');
-        let key_json = &mut data;
         for (n, &i) in shape.key.iter().enumerate() {
             let value = new
                 .as_ref()
@@ -642,9 +641,9 @@ impl EventBuilder {
             let Some(value) = value else {
                 if new.as_ref().is_some_and(|t| t[i] == Datum::Null) {
                     // A NULL key value in a new row: legal for a configured key.
-                    key_json.extend_from_slice(if n == 0 { b"" } else { b"," });
-                    write_str(&shape.columns[i].name, key_json);
-                    key_json.extend_from_slice(b":null");
+                    data.extend_from_slice(if n == 0 { b"" } else { b"," });
+                    write_str(&shape.columns[i].name, &mut data);
+                    data.extend_from_slice(b":null");
                     if n > 0 {
                         ce_subject.push(',');
                     }
@@ -658,12 +657,12 @@ impl EventBuilder {
                 });
             };
             if n > 0 {
-                key_json.push(b',');
+                data.push(b',');
                 ce_subject.push(',');
             }
-            write_str(&shape.columns[i].name, key_json);
-            key_json.push(b':');
-            write_value(shape, i, &value, key_json)?;
+            write_str(&shape.columns[i].name, &mut data);
+            data.push(b':');
+            write_value(shape, i, &value, &mut data)?;
             ce_subject.push_str(&String::from_utf8_lossy(&value));
         }
         data.extend_from_slice(b"},\"before\":");

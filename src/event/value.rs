@@ -245,14 +245,8 @@ fn write_timestamptz(s: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// Formats microseconds since the Unix epoch as RFC 3339 UTC with microseconds.
-pub fn rfc3339_micros(unix_micros: i64) -> String {
-    let mut out = Vec::with_capacity(27);
-    write_rfc3339_micros(unix_micros, &mut out);
-    String::from_utf8(out).expect("ASCII")
-}
-
-/// [`rfc3339_micros`] appended to `out`, without an intermediate string.
+/// Appends microseconds since the Unix epoch as RFC 3339 UTC with microseconds
+/// (`2026-11-28T09:48:11.767852Z`).
 pub fn write_rfc3339_micros(unix_micros: i64, out: &mut Vec<u8>) {
     use std::io::Write;
     let secs = unix_micros.div_euclid(1_000_000);
@@ -539,6 +533,12 @@ mod tests {
         assert!(fails(1007, "{{{{{{{{1}}}}}}}}"));
         let mut out = Vec::new();
         assert!(ValueKind::Text.write_json(&[0xff, 0xfe], &mut out).is_err());
+    }
+
+    fn rfc3339_micros(unix_micros: i64) -> String {
+        let mut out = Vec::new();
+        write_rfc3339_micros(unix_micros, &mut out);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]

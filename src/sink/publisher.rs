@@ -283,20 +283,19 @@ impl Ctx<'_> {
                     sequence,
                     reason: e.to_string(),
                 })?;
-            let counter = match self.counters.get(&(draft.table.clone(), draft.op)) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = telemetry::metrics()
+            let counter = self
+                .counters
+                .entry((draft.table.clone(), draft.op))
+                .or_insert_with(|| {
+                    telemetry::metrics()
                         .events_published
                         .get_or_create(&telemetry::TableOp {
                             table: draft.table.to_string(),
                             op: draft.op.as_str().to_owned(),
                         })
-                        .clone();
-                    self.counters.insert((draft.table.clone(), draft.op), c.clone());
-                    c
-                }
-            };
+                        .clone()
+                })
+                .clone();
             let sent = Instant::now();
             self.in_flight.push_back(InFlight {
                 sequence,
