@@ -269,10 +269,8 @@ async fn live(name: &str) -> Row {
         &["-c", "4", "-j", "2", "-R", &rate, "-T", &seconds, "-l", &log_prefix],
     );
     let elapsed = started.elapsed();
-    let mut recv = baseline.stop();
-    recv.sort_by(f64::total_cmp);
-    let mut commits = pgbench_latencies_ms(env.dir.path());
-    commits.sort_by(f64::total_cmp);
+    let recv = summary(baseline.stop());
+    let commits = summary(pgbench_latencies_ms(env.dir.path()));
     let deadline = Instant::now() + Duration::from_secs(60);
     let committed = committed_transactions(&env).await;
     while table_events(&env).await < base + committed * 2 && Instant::now() < deadline {
@@ -291,49 +289,32 @@ async fn live(name: &str) -> Row {
         "walguard stops cleanly:\n{}",
         wg.output()
     );
-    let mut latencies = latencies_ms(&env, base_seq + 1).await;
+    let latencies = latencies_ms(&env, base_seq + 1).await;
     assert_eq!(
         latencies.len() as u64,
         committed * 2,
         "every committed change of W3 is in the stream"
     );
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| percentile(&latencies, p);
+    let latency = summary(latencies);
     let (payload_bytes, header_bytes) = average_event_bytes(&env, committed * 2).await;
     let event_bytes = payload_bytes + header_bytes;
     eprintln!(
-        "{name}: {committed} transactions in {elapsed:.1?}; commit-to-PubAck p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
-    eprintln!(
-        "{name}: PostgreSQL's own transaction latency (pgbench, BEGIN to COMMIT returned, including the WAL flush): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&commits, 0.5),
-        percentile(&commits, 0.99),
-        percentile(&commits, 1.0)
-    );
-    eprintln!(
-        "{name}: pg_recvlogical on a second pgoutput slot at the same time (commit to Commit message read): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} transactions",
-        percentile(&recv, 0.5),
-        percentile(&recv, 0.99),
-        percentile(&recv, 1.0),
-        recv.len()
+        "{name}: {committed} transactions in {elapsed:.1?}; p50/p99/max ms: walguard commit-to-PubAck {latency:.2?}, pg_recvlogical on a second pgoutput slot {recv:.2?}, pgbench transactions {commits:.2?}"
     );
     verify(&env);
     Row {
         workload: name.into(),
         changes: committed * 2,
-        recvlogical_ms_p50: Some(percentile(&recv, 0.5)),
-        recvlogical_ms_p99: Some(percentile(&recv, 0.99)),
-        recvlogical_ms_max: Some(percentile(&recv, 1.0)),
+        recvlogical_ms_p50: Some(recv[0]),
+        recvlogical_ms_p99: Some(recv[1]),
+        recvlogical_ms_max: Some(recv[2]),
         event_bytes,
-        latency_ms_p50: Some(pct(0.5)),
-        latency_ms_p99: Some(pct(0.99)),
-        latency_ms_max: Some(pct(1.0)),
-        pgbench_ms_p50: Some(percentile(&commits, 0.5)),
-        pgbench_ms_p99: Some(percentile(&commits, 0.99)),
-        pgbench_ms_max: Some(percentile(&commits, 1.0)),
+        latency_ms_p50: Some(latency[0]),
+        latency_ms_p99: Some(latency[1]),
+        latency_ms_max: Some(latency[2]),
+        pgbench_ms_p50: Some(commits[0]),
+        pgbench_ms_p99: Some(commits[1]),
+        pgbench_ms_max: Some(commits[2]),
         achieved_tx_per_s: Some(committed as f64 / elapsed.as_secs_f64()),
         peak_rss_mib: peak as f64 / 1024.0,
         cpu_s: cpu,
@@ -524,11 +505,16 @@ fn scrape_metrics(port: u16) -> String {
     text
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
+/// p50, p99 and max of `values` (NaN when empty).
+fn summary(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        values
+            .get(((values.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    [at(0.5), at(0.99), at(1.0)]
 }
 
 /// Per-transaction latencies from pgbench's logs (`-l`) in `dir`, without the schedule lag
