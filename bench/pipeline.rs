@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
-use harness::{Env, Walguard};
+use harness::{process_cpu_seconds, Env, Walguard};
 use serde_json::json;
 use walguard::testkit::{Nats, Postgres};
 
@@ -77,6 +77,11 @@ struct Row {
     achieved_tx_per_s: Option<f64>,
     peak_rss_mib: f64,
     cpu_s: f64,
+    /// nats-server's CPU seconds while walguard published, and while the bare publisher did
+    /// (without and with SPEC's headers): the server's work per message for each.
+    nats_cpu_s_walguard: Option<f64>,
+    nats_cpu_s_jetstream: Option<f64>,
+    nats_cpu_s_jetstream_spec_headers: Option<f64>,
 }
 
 fn main() {
@@ -209,41 +214,66 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
     eprintln!("{name}: {changes} changes committed in {:.1?}", started.elapsed());
     let end = current_lsn(&env).await;
 
-    let recv = drain_recvlogical(&env, &end);
-    let recv_rate = changes as f64 / recv.as_secs_f64();
-    eprintln!("{name}: pg_recvlogical drained them in {recv:.2?}: {recv_rate:.0}/s");
+    // BENCH_QUICK=1: walguard alone, no ceilings (for comparing walguard builds quickly).
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let recv_rate = if quick {
+        None
+    } else {
+        let recv = drain_recvlogical(&env, &end);
+        let rate = changes as f64 / recv.as_secs_f64();
+        eprintln!("{name}: pg_recvlogical drained them in {recv:.2?}: {rate:.0}/s");
+        Some(rate)
+    };
 
+    let nats_cpu = || process_cpu_seconds(env.nats.pid().expect("nats-server runs"));
+    let before = nats_cpu();
     let run = run_walguard(&env, base, changes).await;
+    let nats_cpu_walguard = nats_cpu() - before;
     let wg_rate = changes as f64 / run.elapsed.as_secs_f64();
     eprintln!(
         "{name}: walguard published them in {:.2?} (first PubAck after {:.2?}): {wg_rate:.0}/s",
         run.elapsed, run.startup
     );
 
+    eprintln!("{name}: nats-server used {nats_cpu_walguard:.1} CPU seconds meanwhile");
     let (payload_bytes, header_bytes) = average_event_bytes(&env, changes).await;
     let event_bytes = payload_bytes + header_bytes;
+    let mut row = Row {
+        workload: name.into(),
+        changes,
+        event_bytes,
+        recvlogical_per_s: recv_rate,
+        walguard_per_s: Some(wg_rate),
+        walguard_startup_s: Some(run.startup.as_secs_f64()),
+        peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
+        cpu_s: run.cpu_s,
+        nats_cpu_s_walguard: Some(nats_cpu_walguard),
+        ..Row::default()
+    };
+    let Some(recv_rate) = recv_rate else {
+        return row;
+    };
+    let before = nats_cpu();
     let ceiling = jetstream_ceiling(&env, changes, event_bytes, false).await;
+    let nats_cpu_jetstream = nats_cpu() - before;
     let js_rate = changes as f64 / ceiling.as_secs_f64();
     eprintln!("{name}: bare JetStream publisher, {event_bytes}-byte messages: {js_rate:.0}/s");
+    let before = nats_cpu();
     let with_headers = jetstream_ceiling(&env, changes, payload_bytes, true).await;
+    let nats_cpu_headers = nats_cpu() - before;
+    eprintln!(
+        "{name}: nats-server CPU seconds: {nats_cpu_walguard:.1} for walguard, {nats_cpu_jetstream:.1} for the bare publisher, {nats_cpu_headers:.1} with SPEC's headers"
+    );
     let js_headers_rate = changes as f64 / with_headers.as_secs_f64();
     eprintln!("{name}: the same with SPEC's headers (Nats-Msg-Id, Nats-Expected-Last-Sequence, Content-Type): {js_headers_rate:.0}/s");
 
     verify(&env);
-    Row {
-        workload: name.into(),
-        changes,
-        event_bytes,
-        recvlogical_per_s: Some(recv_rate),
-        jetstream_per_s: Some(js_rate),
-        jetstream_spec_headers_per_s: Some(js_headers_rate),
-        walguard_per_s: Some(wg_rate),
-        walguard_startup_s: Some(run.startup.as_secs_f64()),
-        ratio: Some(wg_rate / recv_rate.min(js_rate)),
-        peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
-        cpu_s: run.cpu_s,
-        ..Row::default()
-    }
+    row.jetstream_per_s = Some(js_rate);
+    row.jetstream_spec_headers_per_s = Some(js_headers_rate);
+    row.ratio = Some(wg_rate / recv_rate.min(js_rate));
+    row.nats_cpu_s_jetstream = Some(nats_cpu_jetstream);
+    row.nats_cpu_s_jetstream_spec_headers = Some(nats_cpu_headers);
+    row
 }
 
 /// W3: pgbench at a fixed rate while walguard streams; latency from the stored messages.

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
-use crate::sink::publisher::{Publisher, MAX_IN_FLIGHT};
+use crate::sink::publisher::{Batcher, Item, Publisher, QUEUED_BATCHES};
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
@@ -227,7 +227,8 @@ async fn session(
                 .await?,
         );
     }
-    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 4);
+    let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+    let mut tx = Batcher::new(tx);
     let mut publisher = tokio::spawn(publisher.run(rx));
     let mut out = Vec::new();
     if let Some((lsn, idx)) = close {
@@ -235,11 +236,21 @@ async fn session(
         builder.begin_snapshot_group(lsn, idx, snapshot::unix_micros())?;
         builder.end_snapshot_group(progress.data(), &mut out)?;
         for d in out.drain(..) {
-            let _ = tx.send(crate::sink::publisher::Item::Event(d)).await;
+            let _ = tx.push(Item::Event(d)).await;
         }
+        let _ = tx.flush().await;
     }
     if let Some(reader) = snapshot_reader {
-        progress = snapshot::initial(reader.client(), &catalog, &mut builder, &mut types, &tables, &tx, start).await?;
+        progress = snapshot::initial(
+            reader.client(),
+            &catalog,
+            &mut builder,
+            &mut types,
+            &tables,
+            &mut tx,
+            start,
+        )
+        .await?;
         let _ = reader.client().batch_execute("COMMIT").await;
     }
 

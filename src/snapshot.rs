@@ -23,14 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::decode::pgoutput::Relation;
 use crate::error::Error;
 use crate::event::builder::TableSpec;
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
-use crate::sink::publisher::Item;
+use crate::sink::publisher::{Batcher, Item};
 use crate::source::catalog::{Catalog, CatalogError};
 use crate::source::conn::{quote_ident, quote_literal};
 
@@ -209,13 +209,12 @@ impl Meter {
     }
 }
 
-async fn send_all(tx: &mpsc::Sender<Item>, out: &mut Vec<Draft>) -> Result<(), Error> {
+async fn send_all(tx: &mut Batcher, out: &mut Vec<Draft>) -> Result<(), Error> {
+    let gone = |_| Error::Refused("the publisher stopped during the snapshot".into());
     for d in out.drain(..) {
-        tx.send(Item::Event(d))
-            .await
-            .map_err(|_| Error::Refused("the publisher stopped during the snapshot".into()))?;
+        tx.push(Item::Event(d)).await.map_err(gone)?;
     }
-    Ok(())
+    tx.flush().await.map_err(gone)
 }
 
 /// The initial snapshot under the slot's exported snapshot (already imported into `client`'s
@@ -226,7 +225,7 @@ pub async fn initial(
     builder: &mut EventBuilder,
     types: &mut HashMap<u32, crate::event::value::ValueKind>,
     specs: &[TableSpec],
-    tx: &mpsc::Sender<Item>,
+    tx: &mut Batcher,
     lsn: Lsn,
 ) -> Result<Progress, Error> {
     let mut out = Vec::new();

@@ -265,6 +265,8 @@ pub struct EventBuilder {
     tx: Option<Tx>,
     resume: Position,
     skipped: u64,
+    /// The size of the last row's `data`, so the next one is allocated once.
+    data_hint: usize,
 }
 
 impl EventBuilder {
@@ -280,6 +282,7 @@ impl EventBuilder {
             tx: None,
             resume,
             skipped: 0,
+            data_hint: 256,
         }
     }
 
@@ -622,7 +625,7 @@ impl EventBuilder {
             Datum::Text(b) => Some(b.clone()),
             _ => None,
         };
-        let mut data = Vec::with_capacity(256);
+        let mut data = Vec::with_capacity(self.data_hint);
         data.extend_from_slice(b"{\"op\":\"");
         data.extend_from_slice(op.as_str().as_bytes());
         data.push(b'"');
@@ -694,6 +697,7 @@ impl EventBuilder {
         data.extend_from_slice(b"],\"actor\":");
         self.write_actor(&mut data);
         data.push(b'}');
+        self.data_hint = (data.len() + 64).clamp(256, 64 * 1024);
         self.push(oid, op, ce_subject, data, out)
     }
 

@@ -3,21 +3,26 @@
 //! bounded number of acks in flight, and reports acks in stream order to the checkpoint.
 //! When nothing is pending and the server has moved on, it publishes a watermark.
 //!
+//! Events are published as plain NATS messages whose reply subject is
+//! `{inbox}.{stream sequence}`, and one subscription to `{inbox}.*` receives the PubAcks: the
+//! reply subject says which event an ack is for, and one timer (the publisher's tick) bounds
+//! the oldest ack's wait. This is what JetStream publishing is on the wire; the client's
+//! request API would add a channel, an inbox string, a map entry and a timer per event.
+//!
 //! After a restart, drafts whose sequence is at or below the stream's last sequence are not
 //! published: they are serialized and compared with the stored message, byte for byte. A
 //! mismatch means the stream holds something walguard did not write from this WAL (another
 //! publisher, a changed slot); walguard stops and names the sequence.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
-use async_nats::{HeaderMap, HeaderValue};
+use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, HeaderValue, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
+use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
@@ -35,9 +40,10 @@ use crate::telemetry;
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// At most this many unsigned events precede a signed one (SPEC section 2).
 pub const MAX_UNSIGNED_RUN: u32 = 255;
-/// How long a PubAck may take once its predecessors are acknowledged (set on the JetStream
-/// context, which bounds every awaited ack).
+/// How long a PubAck may take once its predecessors are acknowledged.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// JetStream's error code for a failed `Nats-Expected-Last-Sequence` check.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
 
 /// What the WAL reader hands the publisher, in WAL order.
 #[derive(Debug)]
@@ -47,12 +53,134 @@ pub enum Item {
     Position(Lsn),
 }
 
-type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
-type AckFuture = Pin<Box<dyn Future<Output = AckResult> + Send>>;
+/// Items per batch at most.
+pub const MAX_BATCH: usize = 64;
+/// Batches waiting in the channel at most: with `MAX_BATCH`, the drafts between the WAL
+/// reader and the publisher stay bounded (G5).
+pub const QUEUED_BATCHES: usize = 64;
 
-/// A publish awaiting its PubAck. Acks are awaited oldest first: the JetStream server stores
-/// and acknowledges one publisher's messages in order, and only the oldest one's outcome
-/// decides what happens next.
+/// Items on their way to the publisher, sent in batches: the reader flushes whenever it would
+/// wait for the socket, so the publisher sees every item as soon as it would have one by one,
+/// with one channel operation and at most one wake-up per socket read instead of per event.
+pub struct Batcher {
+    tx: mpsc::Sender<Vec<Item>>,
+    items: Vec<Item>,
+}
+
+/// The publisher has stopped; it says why.
+#[derive(Debug)]
+pub struct PublisherGone;
+
+impl Batcher {
+    pub fn new(tx: mpsc::Sender<Vec<Item>>) -> Batcher {
+        Batcher {
+            tx,
+            items: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    pub async fn push(&mut self, item: Item) -> Result<(), PublisherGone> {
+        self.items.push(item);
+        if self.items.len() >= MAX_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands over what is batched (waiting while the channel is full).
+    pub async fn flush(&mut self) -> Result<(), PublisherGone> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::replace(&mut self.items, Vec::with_capacity(MAX_BATCH));
+        self.tx.send(items).await.map_err(|_| PublisherGone)
+    }
+}
+
+/// A PubAck as JetStream sends it: a stored message's stream and sequence, or an error.
+#[derive(Debug, serde::Deserialize)]
+struct PubAck {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    duplicate: bool,
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// What came back for one publish.
+#[derive(Debug)]
+enum Reply {
+    Ack(PubAck),
+    /// Nothing listens on the subject: no stream captures it (any more).
+    NoResponders,
+    Unreadable(String),
+}
+
+impl Reply {
+    fn parse(message: &async_nats::Message) -> Reply {
+        if message.status == Some(StatusCode::NO_RESPONDERS) {
+            return Reply::NoResponders;
+        }
+        match serde_json::from_slice(&message.payload) {
+            Ok(ack) => Reply::Ack(ack),
+            Err(e) => Reply::Unreadable(format!(
+                "unreadable PubAck {:?}: {e}",
+                String::from_utf8_lossy(&message.payload)
+            )),
+        }
+    }
+}
+
+/// The acks' reply subjects: `{prefix}{sequence}`, one subscription to `{prefix}*`.
+struct Inbox {
+    prefix: String,
+    subscriber: Subscriber,
+}
+
+impl Inbox {
+    async fn open(client: &async_nats::Client) -> Result<Inbox, SinkError> {
+        let prefix = format!("{}.", client.new_inbox());
+        let subscriber = client
+            .subscribe(format!("{prefix}*"))
+            .await
+            .map_err(|e| SinkError::Request(format!("cannot subscribe to the PubAck inbox: {e}")))?;
+        Ok(Inbox { prefix, subscriber })
+    }
+
+    fn reply_to(&self, sequence: u64) -> Subject {
+        Subject::from(format!("{}{sequence}", self.prefix))
+    }
+
+    /// The next reply and the sequence its subject names.
+    async fn next(&mut self) -> Result<(u64, Reply), SinkError> {
+        loop {
+            let message = self
+                .subscriber
+                .next()
+                .await
+                .ok_or_else(|| SinkError::Request("the NATS connection closed the PubAck subscription".into()))?;
+            let sequence = message
+                .subject
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|token| token.parse::<u64>().ok());
+            match sequence {
+                Some(sequence) => return Ok((sequence, Reply::parse(&message))),
+                None => tracing::debug!(subject = %message.subject, "ignoring a message on the PubAck inbox"),
+            }
+        }
+    }
+}
+
+/// A publish awaiting its PubAck. Acks are taken in stream order: the oldest one's outcome
+/// decides what happens next, and a later one that arrives first waits in its slot.
 struct InFlight {
     sequence: u64,
     end: Option<Lsn>,
@@ -63,7 +191,7 @@ struct InFlight {
     bytes: usize,
     commit_micros: i64,
     sent: Instant,
-    ack: AckFuture,
+    reply: Option<Reply>,
 }
 
 pub struct Publisher {
@@ -101,7 +229,7 @@ fn now_micros() -> i64 {
 impl Publisher {
     /// Publishes until the WAL reader closes the channel (on shutdown or failure), then
     /// drains the acks in flight.
-    pub async fn run(self, mut rx: mpsc::Receiver<Item>) -> Result<(), SinkError> {
+    pub async fn run(self, mut rx: mpsc::Receiver<Vec<Item>>) -> Result<(), SinkError> {
         let Publisher {
             js,
             stream,
@@ -122,8 +250,12 @@ impl Publisher {
             last_end: tail.confirmed.unwrap_or(Lsn::ZERO),
             unsigned_run: 0,
         };
+        let client = js.client();
+        let inbox = Inbox::open(&client).await?;
         let mut ctx = Ctx {
-            js: &js,
+            client: &client,
+            inbox,
+            oldest_since: Instant::now(),
             stream: &stream,
             envelope: &envelope,
             signer: &signer,
@@ -145,33 +277,23 @@ impl Publisher {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut closing = false;
             let mut held: Option<Draft> = None;
+            // Items of the batch last received, taken while acks in flight are below the bound.
+            let mut pending: VecDeque<Item> = VecDeque::with_capacity(MAX_BATCH);
             loop {
                 tokio::select! {
                     biased;
-                    result = oldest_ack(&mut ctx.in_flight), if !ctx.in_flight.is_empty() => {
-                        ctx.on_ack(result)?;
+                    reply = ctx.inbox.next(), if !ctx.in_flight.is_empty() => {
+                        let (sequence, reply) = reply?;
+                        ctx.on_reply(sequence, reply)?;
                     }
-                    item = rx.recv(), if !closing && ctx.in_flight.len() < MAX_IN_FLIGHT => {
-                        match item {
-                            Some(Item::Event(draft)) => {
-                                // Another event is ready behind the held one, so it need not be
-                                // signed (unless the unsigned run is full).
-                                if let Some(prev) = held.replace(draft) {
-                                    ctx.publish(&mut chain, prev, false).await?;
-                                }
-                            }
-                            Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
+                    batch = rx.recv(), if !closing && pending.is_empty() && ctx.in_flight.len() < MAX_IN_FLIGHT => {
+                        match batch {
+                            Some(items) => pending.extend(items),
                             None => closing = true,
-                        }
-                        // No further event is ready: the held one is signed now, so no unsigned
-                        // tail remains while the publisher is idle.
-                        if rx.is_empty() || closing {
-                            if let Some(last) = held.take() {
-                                ctx.publish(&mut chain, last, true).await?;
-                            }
                         }
                     }
                     _ = tick.tick() => {
+                        ctx.check_ack_timeout()?;
                         // The held draft takes the next sequence; it counts as re-derived.
                         let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
                         if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
@@ -180,13 +302,33 @@ impl Publisher {
                                 chain.next_sequence, ctx.compare_through
                             )));
                         }
-                        let quiet = !rederiving && ctx.in_flight.is_empty() && rx.is_empty();
+                        let quiet = !rederiving && ctx.in_flight.is_empty() && pending.is_empty() && rx.is_empty();
                         let moved = server_position > chain.last_end && server_position > chain.position.lsn;
                         if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
                             let wm = naming.watermark(server_position, now_micros());
                             ctx.publish(&mut chain, wm, true).await?;
                             last_watermark = Instant::now();
                         }
+                    }
+                }
+                while ctx.in_flight.len() < MAX_IN_FLIGHT {
+                    match pending.pop_front() {
+                        Some(Item::Event(draft)) => {
+                            // Another event is ready behind the held one, so it need not be
+                            // signed (unless the unsigned run is full).
+                            if let Some(prev) = held.replace(draft) {
+                                ctx.publish(&mut chain, prev, false).await?;
+                            }
+                        }
+                        Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
+                        None => break,
+                    }
+                }
+                // No further event is ready: the held one is signed now, so no unsigned tail
+                // remains while the publisher is idle.
+                if pending.is_empty() && (rx.is_empty() || closing) {
+                    if let Some(last) = held.take() {
+                        ctx.publish(&mut chain, last, true).await?;
                     }
                 }
                 if closing && ctx.in_flight.is_empty() {
@@ -208,17 +350,11 @@ fn js_max_payload(js: &jetstream::Context) -> usize {
     js.client().server_info().max_payload
 }
 
-/// The oldest publish's ack (the queue is not empty).
-async fn oldest_ack(in_flight: &mut VecDeque<InFlight>) -> AckResult {
-    std::future::poll_fn(|cx| {
-        let oldest = in_flight.front_mut().expect("awaited only when acks are in flight");
-        oldest.ack.as_mut().poll(cx)
-    })
-    .await
-}
-
 struct Ctx<'a> {
-    js: &'a jetstream::Context,
+    client: &'a async_nats::Client,
+    inbox: Inbox,
+    /// When the oldest publish in flight became the oldest: its ack is due `ACK_TIMEOUT` later.
+    oldest_since: Instant,
     stream: &'a stream::Stream,
     envelope: &'a Envelope,
     signer: &'a Signer,
@@ -272,12 +408,13 @@ impl Ctx<'_> {
                     draft.table, draft.pglsn, draft.id, self.buf.len(), self.max_payload
                 )));
             }
-            let publish = PublishMessage::build()
-                .payload(Bytes::copy_from_slice(&self.buf))
-                .headers(headers);
-            let ack = self
-                .js
-                .send_publish(draft.nats_subject.clone(), publish)
+            self.client
+                .publish_with_reply_and_headers(
+                    draft.nats_subject.clone(),
+                    self.inbox.reply_to(sequence),
+                    headers,
+                    Bytes::copy_from_slice(&self.buf),
+                )
                 .await
                 .map_err(|e| SinkError::Publish {
                     sequence,
@@ -306,9 +443,10 @@ impl Ctx<'_> {
                 bytes: self.buf.len(),
                 commit_micros: draft.time_micros,
                 sent,
-                ack: ack.into_future(),
+                reply: None,
             });
             if self.in_flight.len() == 1 {
+                self.oldest_since = sent;
                 telemetry::health().oldest_unacked(Some(sent));
             }
             telemetry::metrics().acks_in_flight.set(self.in_flight.len() as i64);
@@ -325,21 +463,62 @@ impl Ctx<'_> {
     /// Awaits the acks in flight, for at most `ACK_TIMEOUT` in all, on the way out after a
     /// refusal. Outcomes are only logged: nothing unacknowledged was confirmed to PostgreSQL.
     async fn settle(&mut self) {
-        let in_flight = std::mem::take(&mut self.in_flight);
+        let mut pending: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|f| f.reply.is_none())
+            .map(|f| f.sequence)
+            .collect();
         let settled = tokio::time::timeout(ACK_TIMEOUT, async {
-            for pending in in_flight {
-                if let Err(e) = pending.ack.await {
-                    tracing::warn!(sequence = pending.sequence, error = %e, "no PubAck for an event sent before the refusal");
+            while !pending.is_empty() {
+                let Ok((sequence, reply)) = self.inbox.next().await else {
+                    return;
+                };
+                pending.retain(|&s| s != sequence);
+                if !matches!(&reply, Reply::Ack(PubAck { error: None, .. })) {
+                    tracing::warn!(sequence, ?reply, "no PubAck for an event sent before the refusal");
                 }
             }
         });
         if settled.await.is_err() {
             tracing::warn!("acks for events sent before the refusal did not all arrive");
         }
+        self.in_flight.clear();
     }
 
-    /// The oldest publish's ack has arrived.
-    fn on_ack(&mut self, result: AckResult) -> Result<(), SinkError> {
+    /// Fails when the oldest publish has waited `ACK_TIMEOUT` since it became the oldest.
+    fn check_ack_timeout(&self) -> Result<(), SinkError> {
+        match self.in_flight.front() {
+            Some(oldest) if self.oldest_since.elapsed() >= ACK_TIMEOUT => Err(SinkError::Publish {
+                sequence: oldest.sequence,
+                reason: format!("no PubAck within {ACK_TIMEOUT:?}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A reply has arrived; the acks now complete at the front are taken, in stream order.
+    fn on_reply(&mut self, sequence: u64, reply: Reply) -> Result<(), SinkError> {
+        let Some(first) = self.in_flight.front().map(|f| f.sequence) else {
+            return Ok(());
+        };
+        // Replies for sequences no longer (or never) in flight are a previous session's.
+        let Some(slot) = sequence
+            .checked_sub(first)
+            .and_then(|i| self.in_flight.get_mut(i as usize))
+        else {
+            tracing::debug!(sequence, "ignoring a reply for an event not in flight");
+            return Ok(());
+        };
+        slot.reply = Some(reply);
+        while self.in_flight.front().is_some_and(|f| f.reply.is_some()) {
+            self.on_ack()?;
+        }
+        Ok(())
+    }
+
+    /// The oldest publish's reply is in.
+    fn on_ack(&mut self) -> Result<(), SinkError> {
         let InFlight {
             sequence,
             end,
@@ -349,13 +528,15 @@ impl Ctx<'_> {
             bytes,
             commit_micros,
             sent,
-            ack: _,
+            reply,
         } = self.in_flight.pop_front().expect("an ack was awaited");
+        self.oldest_since = Instant::now();
         telemetry::health().oldest_unacked(self.in_flight.front().map(|f| f.sent));
         let m = telemetry::metrics();
         m.acks_in_flight.set(self.in_flight.len() as i64);
-        match result {
-            Ok(ack) if ack.sequence == sequence => {
+        let reason = match reply.expect("taken once its reply is in") {
+            // A duplicate PubAck for this very sequence counts (SPEC G1).
+            Reply::Ack(PubAck { seq, error: None, .. }) if seq == sequence => {
                 self.checkpoint.acked(end, signed, Instant::now());
                 m.publish_ack_seconds.observe(sent.elapsed().as_secs_f64());
                 m.bytes_published.inc_by(bytes as u64);
@@ -366,26 +547,23 @@ impl Ctx<'_> {
                     ((now_micros() - commit_micros) as f64 / 1e6).max(0.0)
                 };
                 m.replication_lag_seconds.set(lag);
-                Ok(())
+                return Ok(());
             }
-            Ok(ack) => Err(SinkError::Publish {
-                sequence,
-                reason: format!(
-                    "the stream stored it as sequence {} (duplicate: {}); re-reading the stream's tail",
-                    ack.sequence, ack.duplicate
-                ),
-            }),
-            Err(e) => Err(SinkError::Publish {
-                sequence,
-                reason: match e.kind() {
-                    PublishErrorKind::WrongLastSequence => format!(
-                        "the stream's last sequence is not {}: another publisher wrote into the stream ({e})",
-                        sequence - 1
-                    ),
-                    _ => e.to_string(),
-                },
-            }),
-        }
+            Reply::Ack(PubAck { error: Some(e), .. }) if e.err_code == WRONG_LAST_SEQUENCE => format!(
+                "the stream's last sequence is not {}: another publisher wrote into the stream ({})",
+                sequence - 1,
+                e.description
+            ),
+            Reply::Ack(PubAck { error: Some(e), .. }) => {
+                format!("JetStream refused it: {} (error code {})", e.description, e.err_code)
+            }
+            Reply::Ack(PubAck { seq, duplicate, .. }) => {
+                format!("the stream stored it as sequence {seq} (duplicate: {duplicate}); re-reading the stream's tail")
+            }
+            Reply::NoResponders => "no stream captures its subject (no responders): was the stream deleted?".into(),
+            Reply::Unreadable(reason) => reason,
+        };
+        Err(SinkError::Publish { sequence, reason })
     }
 }
 

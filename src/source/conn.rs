@@ -69,13 +69,17 @@ pub enum SourceError {
     Protocol(String),
     #[error("PostgreSQL sent a malformed replication message: {0}")]
     Decode(#[from] crate::decode::DecodeError),
+    /// The walsender ended the copy (CopyDone): what it does when the server shuts down after
+    /// everything sent was confirmed.
+    #[error("PostgreSQL ended the replication stream (server shutting down?)")]
+    Ended,
 }
 
 impl SourceError {
     /// Whether retrying later can succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Connect { .. } | SourceError::Io(_) => true,
+            SourceError::Connect { .. } | SourceError::Io(_) | SourceError::Ended => true,
             SourceError::Server(e) => {
                 e.code.starts_with("08")
                     || e.code.starts_with("53")
@@ -101,9 +105,19 @@ enum Backend {
     Other(backend::Message),
 }
 
+/// Room for at least this much in each socket read: a catch-up read takes dozens of changes.
+const READ_CHUNK: usize = 64 * 1024;
+
 struct Framed<R> {
     io: R,
     buf: BytesMut,
+}
+
+impl<R> Framed<R> {
+    /// Whether a whole message is already read from the socket.
+    fn has_buffered(&self) -> bool {
+        matches!(backend::Header::parse(&self.buf), Ok(Some(h)) if self.buf.len() > h.len() as usize)
+    }
 }
 
 impl<R: AsyncRead + Unpin> Framed<R> {
@@ -136,9 +150,9 @@ impl<R: AsyncRead + Unpin> Framed<R> {
                         }
                     }
                 }
-                self.buf.reserve(total - self.buf.len());
+                self.buf.reserve((total - self.buf.len()).max(READ_CHUNK));
             } else {
-                self.buf.reserve(8 * 1024);
+                self.buf.reserve(READ_CHUNK);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(SourceError::Io(io::Error::new(
@@ -527,6 +541,11 @@ pub struct ReplicationReader {
 }
 
 impl ReplicationReader {
+    /// Whether the next message is already read: `next` will not wait for the server.
+    pub fn has_buffered(&self) -> bool {
+        self.framed.has_buffered()
+    }
+
     /// The next CopyData payload; `None` once the server ends the copy.
     pub async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
         loop {
@@ -614,5 +633,6 @@ mod tests {
         assert!(server("57P01").is_transient());
         assert!(!server("42704").is_transient());
         assert!(!SourceError::Protocol("x".into()).is_transient());
+        assert!(SourceError::Ended.is_transient());
     }
 }

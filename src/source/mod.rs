@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::frame::{standby_status_update, ServerFrame};
@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::event::value::ValueKind;
 use crate::event::EventBuilder;
 use crate::lsn::Lsn;
-use crate::sink::publisher::Item;
+use crate::sink::publisher::{Batcher, Item};
 use catalog::Catalog;
 use conn::{ReplicationReader, ReplicationWriter, SourceError};
 
@@ -45,18 +45,22 @@ impl WalReader {
     /// socket, and the server simply waits.
     pub async fn run(
         mut self,
-        tx: mpsc::Sender<Item>,
+        mut tx: Batcher,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<ReplicationReader, Error> {
         let mut out = Vec::new();
         loop {
+            // Whatever is batched goes to the publisher before the reader waits for the server.
+            if !self.reader.has_buffered() && tx.flush().await.is_err() {
+                return Ok(self.reader);
+            }
             let payload = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ok(self.reader),
                 p = self.reader.next() => p?,
             };
             let Some(payload) = payload else {
-                return Err(SourceError::Protocol("the server ended the replication stream".into()).into());
+                return Err(SourceError::Ended.into());
             };
             match ServerFrame::parse(payload).map_err(SourceError::from)? {
                 ServerFrame::XLogData { wal_end, data, .. } => {
@@ -78,7 +82,7 @@ impl WalReader {
                                 self.catalog.resolve_types(missing, &mut self.types).await?;
                                 chunk.publish(&mut self.builder, &self.types, *lsn, unix_micros(), &mut out)?;
                                 for draft in out.drain(..) {
-                                    if tx.send(Item::Event(draft)).await.is_err() {
+                                    if tx.push(Item::Event(draft)).await.is_err() {
                                         return Ok(self.reader);
                                     }
                                 }
@@ -100,12 +104,14 @@ impl WalReader {
                     self.builder.handle(msg, &self.types, &mut out)?;
                     for draft in out.drain(..) {
                         self.chunks.observe(&draft);
-                        if tx.send(Item::Event(draft)).await.is_err() {
+                        if tx.push(Item::Event(draft)).await.is_err() {
                             return Ok(self.reader);
                         }
                     }
                     if let Some(end) = commit_end {
-                        let _ = tx.send(Item::Position(end)).await;
+                        if tx.push(Item::Position(end)).await.is_err() {
+                            return Ok(self.reader);
+                        }
                     }
                 }
                 ServerFrame::Keepalive {
@@ -113,7 +119,7 @@ impl WalReader {
                     reply_requested,
                 } => {
                     self.checkpoint.received(wal_end);
-                    if !self.builder.in_transaction() && tx.send(Item::Position(wal_end)).await.is_err() {
+                    if !self.builder.in_transaction() && tx.push(Item::Position(wal_end)).await.is_err() {
                         return Ok(self.reader);
                     }
                     if reply_requested {
