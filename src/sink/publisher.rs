@@ -129,12 +129,13 @@ impl Reply {
         if message.status == Some(StatusCode::NO_RESPONDERS) {
             return Reply::NoResponders;
         }
-        match serde_json::from_slice(&message.payload) {
+        Reply::from_payload(&message.payload)
+    }
+
+    fn from_payload(payload: &[u8]) -> Reply {
+        match serde_json::from_slice(payload) {
             Ok(ack) => Reply::Ack(ack),
-            Err(e) => Reply::Unreadable(format!(
-                "unreadable PubAck {:?}: {e}",
-                String::from_utf8_lossy(&message.payload)
-            )),
+            Err(e) => Reply::Unreadable(format!("unreadable PubAck {:?}: {e}", String::from_utf8_lossy(payload))),
         }
     }
 }
@@ -534,37 +535,41 @@ impl Ctx<'_> {
         telemetry::health().oldest_unacked(self.in_flight.front().map(|f| f.sent));
         let m = telemetry::metrics();
         m.acks_in_flight.set(self.in_flight.len() as i64);
-        let reason = match reply.expect("taken once its reply is in") {
-            // A duplicate PubAck for this very sequence counts (SPEC G1).
-            Reply::Ack(PubAck { seq, error: None, .. }) if seq == sequence => {
-                self.checkpoint.acked(end, signed, Instant::now());
-                m.publish_ack_seconds.observe(sent.elapsed().as_secs_f64());
-                m.bytes_published.inc_by(bytes as u64);
-                counter.inc();
-                let lag = if op == Op::Watermark {
-                    0.0
-                } else {
-                    ((now_micros() - commit_micros) as f64 / 1e6).max(0.0)
-                };
-                m.replication_lag_seconds.set(lag);
-                return Ok(());
-            }
-            Reply::Ack(PubAck { error: Some(e), .. }) if e.err_code == WRONG_LAST_SEQUENCE => format!(
-                "the stream's last sequence is not {}: another publisher wrote into the stream ({})",
-                sequence - 1,
-                e.description
-            ),
-            Reply::Ack(PubAck { error: Some(e), .. }) => {
-                format!("JetStream refused it: {} (error code {})", e.description, e.err_code)
-            }
-            Reply::Ack(PubAck { seq, duplicate, .. }) => {
-                format!("the stream stored it as sequence {seq} (duplicate: {duplicate}); re-reading the stream's tail")
-            }
-            Reply::NoResponders => "no stream captures its subject (no responders): was the stream deleted?".into(),
-            Reply::Unreadable(reason) => reason,
+        verdict(sequence, reply.expect("taken once its reply is in"))
+            .map_err(|reason| SinkError::Publish { sequence, reason })?;
+        self.checkpoint.acked(end, signed, Instant::now());
+        m.publish_ack_seconds.observe(sent.elapsed().as_secs_f64());
+        m.bytes_published.inc_by(bytes as u64);
+        counter.inc();
+        let lag = if op == Op::Watermark {
+            0.0
+        } else {
+            ((now_micros() - commit_micros) as f64 / 1e6).max(0.0)
         };
-        Err(SinkError::Publish { sequence, reason })
+        m.replication_lag_seconds.set(lag);
+        Ok(())
     }
+}
+
+/// Whether the reply to the publish of `sequence` says it is stored there; else why not.
+fn verdict(sequence: u64, reply: Reply) -> Result<(), String> {
+    Err(match reply {
+        // A duplicate PubAck for this very sequence counts (SPEC G1).
+        Reply::Ack(PubAck { seq, error: None, .. }) if seq == sequence => return Ok(()),
+        Reply::Ack(PubAck { error: Some(e), .. }) if e.err_code == WRONG_LAST_SEQUENCE => format!(
+            "the stream's last sequence is not {}: another publisher wrote into the stream ({})",
+            sequence - 1,
+            e.description
+        ),
+        Reply::Ack(PubAck { error: Some(e), .. }) => {
+            format!("JetStream refused it: {} (error code {})", e.description, e.err_code)
+        }
+        Reply::Ack(PubAck { seq, duplicate, .. }) => {
+            format!("the stream stored it as sequence {seq} (duplicate: {duplicate}); re-reading the stream's tail")
+        }
+        Reply::NoResponders => "no stream captures its subject (no responders): was the stream deleted?".into(),
+        Reply::Unreadable(reason) => reason,
+    })
 }
 
 /// The headers of an event's message (SPEC section 2); signed when `signer` is given.
@@ -584,4 +589,80 @@ pub fn headers(draft: &Draft, sequence: u64, signer: Option<&Signer>, payload: &
         headers.insert(SIGNATURE_HEADER, signer.sign(payload));
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PubAcks as nats-server 2.14 sends them.
+    const STORED: &[u8] = br#"{"stream":"WG","seq":5}"#;
+    const DUPLICATE: &[u8] = br#"{"stream":"WG","seq":5,"duplicate":true}"#;
+    const ELSEWHERE: &[u8] = br#"{"stream":"WG","seq":9,"duplicate":true}"#;
+    const WRONG_LAST: &[u8] =
+        br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 7"},"stream":"WG","seq":0}"#;
+    const FULL: &[u8] =
+        br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"WG","seq":0}"#;
+
+    fn verdict_of(sequence: u64, payload: &[u8]) -> Result<(), String> {
+        verdict(sequence, Reply::from_payload(payload))
+    }
+
+    #[test]
+    fn a_puback_for_the_sequence_counts_even_as_a_duplicate() {
+        assert_eq!(verdict_of(5, STORED), Ok(()));
+        assert_eq!(verdict_of(5, DUPLICATE), Ok(()));
+    }
+
+    #[test]
+    fn any_other_reply_is_a_failure_that_names_the_cause() {
+        let elsewhere = verdict_of(5, ELSEWHERE).unwrap_err();
+        assert!(
+            elsewhere.contains("stored it as sequence 9 (duplicate: true)"),
+            "{elsewhere}"
+        );
+        let stored_later = verdict_of(4, STORED).unwrap_err();
+        assert!(stored_later.contains("sequence 5"), "{stored_later}");
+        let wrong = verdict_of(5, WRONG_LAST).unwrap_err();
+        assert!(
+            wrong.contains("last sequence is not 4: another publisher wrote into the stream (wrong last sequence: 7)"),
+            "{wrong}"
+        );
+        let full = verdict_of(5, FULL).unwrap_err();
+        assert_eq!(
+            full,
+            "JetStream refused it: maximum messages exceeded (error code 10077)"
+        );
+        let garbage = verdict_of(5, b"nope").unwrap_err();
+        assert!(garbage.starts_with("unreadable PubAck \"nope\""), "{garbage}");
+        assert!(verdict(5, Reply::NoResponders).unwrap_err().contains("no responders"));
+    }
+
+    #[tokio::test]
+    async fn the_batcher_hands_over_full_batches_and_on_flush_in_order() {
+        let (tx, mut rx) = mpsc::channel(QUEUED_BATCHES);
+        let mut batcher = Batcher::new(tx);
+        for i in 0..(MAX_BATCH as u64 + 3) {
+            batcher.push(Item::Position(Lsn(i))).await.unwrap();
+        }
+        let full = rx.try_recv().expect("a full batch goes at once");
+        assert_eq!(full.len(), MAX_BATCH);
+        assert!(rx.try_recv().is_err(), "the rest waits for a flush");
+        batcher.flush().await.unwrap();
+        batcher.flush().await.unwrap();
+        let rest = rx.try_recv().unwrap();
+        assert!(rx.try_recv().is_err(), "an empty flush sends nothing");
+        let lsns: Vec<u64> = full
+            .iter()
+            .chain(&rest)
+            .map(|item| match item {
+                Item::Position(lsn) => lsn.0,
+                Item::Event(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(lsns, (0..MAX_BATCH as u64 + 3).collect::<Vec<_>>());
+        drop(rx);
+        batcher.push(Item::Position(Lsn(0))).await.unwrap();
+        assert!(batcher.flush().await.is_err(), "a stopped publisher is reported");
+    }
 }

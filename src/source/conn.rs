@@ -622,6 +622,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_counts_as_buffered_only_once_whole() {
+        // CopyData ('d', length 4 + 3) with a 3-byte payload.
+        let frame = [b'd', 0, 0, 0, 7, 1, 2, 3];
+        let framed = |bytes: &[u8]| Framed {
+            io: tokio::io::empty(),
+            buf: BytesMut::from(bytes),
+        };
+        assert!(!framed(&[]).has_buffered());
+        assert!(!framed(&frame[..4]).has_buffered());
+        assert!(!framed(&frame[..7]).has_buffered());
+        assert!(framed(&frame).has_buffered());
+        assert!(framed(&[&frame[..], &frame[..2]].concat()).has_buffered());
+    }
+
+    #[test]
     fn transient_errors() {
         let server = |code: &str| {
             SourceError::Server(ServerError {
