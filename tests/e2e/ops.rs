@@ -27,10 +27,15 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 async fn wait_status(port: u16, path: &str, want: u16, within: Duration) -> (u16, String) {
+    wait_state(port, path, want, "", within).await
+}
+
+/// Polls until `path` answers `want` with a body containing `body_has` (or the time is up).
+async fn wait_state(port: u16, path: &str, want: u16, body_has: &str, within: Duration) -> (u16, String) {
     let deadline = Instant::now() + within;
     loop {
         let got = get(port, path).await.unwrap_or((0, String::new()));
-        if got.0 == want || Instant::now() > deadline {
+        if (got.0 == want && got.1.contains(body_has)) || Instant::now() > deadline {
             return got;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -194,9 +199,10 @@ async fn a_standby_takes_over_when_the_active_walguard_dies() {
     )
     .unwrap();
     let mut standby = Walguard::spawn(&standby_cfg, env.dir.path());
-    let (status, body) = wait_status(standby_port, "/readyz", 503, Duration::from_secs(20)).await;
+    // 503 "starting" first, then 503 "standby" once it waits for the slot.
+    let (status, body) = wait_state(standby_port, "/readyz", 503, "standby", Duration::from_secs(20)).await;
     assert_eq!(status, 503);
-    assert!(body.contains("standby"), "{body}");
+    assert!(body.contains("standby"), "{body}\n{}", standby.output());
     let writer = tokio::spawn(load(env.pg.url("postgres"), 1, 2000));
     tokio::time::sleep(Duration::from_millis(700)).await;
     active.kill();
