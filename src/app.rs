@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
-use crate::sink::publisher::{Batcher, Item, Publisher, QUEUED_BATCHES};
+use crate::sink::publisher::{Batcher, Publisher, QUEUED_BATCHES};
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
@@ -235,10 +235,8 @@ async fn session(
         tracing::info!(%lsn, "closing the snapshot group a previous run left open; the rest follows incrementally");
         builder.begin_snapshot_group(lsn, idx, snapshot::unix_micros())?;
         builder.end_snapshot_group(progress.data(), &mut out)?;
-        for d in out.drain(..) {
-            let _ = tx.push(Item::Event(d)).await;
-        }
-        let _ = tx.flush().await;
+        // A stopped publisher reports its own failure below.
+        let _ = snapshot::send_all(&mut tx, &mut out).await;
     }
     if let Some(reader) = snapshot_reader {
         progress = snapshot::initial(

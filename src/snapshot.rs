@@ -209,7 +209,8 @@ impl Meter {
     }
 }
 
-async fn send_all(tx: &mut Batcher, out: &mut Vec<Draft>) -> Result<(), Error> {
+/// Hands `out`'s drafts to the publisher, then flushes.
+pub async fn send_all(tx: &mut Batcher, out: &mut Vec<Draft>) -> Result<(), Error> {
     let gone = |_| Error::Refused("the publisher stopped during the snapshot".into());
     for d in out.drain(..) {
         tx.push(Item::Event(d)).await.map_err(gone)?;

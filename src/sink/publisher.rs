@@ -243,7 +243,6 @@ impl Publisher {
             genesis,
             replay_end,
         } = self;
-        let max_payload = js_max_payload(&js);
         let mut chain = Chain {
             next_sequence: tail.next_sequence,
             prev_hash: tail.prev_hash,
@@ -252,6 +251,7 @@ impl Publisher {
             unsigned_run: 0,
         };
         let client = js.client();
+        let max_payload = client.server_info().max_payload;
         let inbox = Inbox::open(&client).await?;
         let mut ctx = Ctx {
             client: &client,
@@ -279,7 +279,7 @@ impl Publisher {
             let mut closing = false;
             let mut held: Option<Draft> = None;
             // Items of the batch last received, taken while acks in flight are below the bound.
-            let mut pending: VecDeque<Item> = VecDeque::with_capacity(MAX_BATCH);
+            let mut pending = Vec::new().into_iter();
             loop {
                 tokio::select! {
                     biased;
@@ -287,9 +287,9 @@ impl Publisher {
                         let (sequence, reply) = reply?;
                         ctx.on_reply(sequence, reply)?;
                     }
-                    batch = rx.recv(), if !closing && pending.is_empty() && ctx.in_flight.len() < MAX_IN_FLIGHT => {
+                    batch = rx.recv(), if !closing && pending.as_slice().is_empty() && ctx.in_flight.len() < MAX_IN_FLIGHT => {
                         match batch {
-                            Some(items) => pending.extend(items),
+                            Some(items) => pending = items.into_iter(),
                             None => closing = true,
                         }
                     }
@@ -303,7 +303,7 @@ impl Publisher {
                                 chain.next_sequence, ctx.compare_through
                             )));
                         }
-                        let quiet = !rederiving && ctx.in_flight.is_empty() && pending.is_empty() && rx.is_empty();
+                        let quiet = !rederiving && ctx.in_flight.is_empty() && pending.as_slice().is_empty() && rx.is_empty();
                         let moved = server_position > chain.last_end && server_position > chain.position.lsn;
                         if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
                             let wm = naming.watermark(server_position, now_micros());
@@ -313,7 +313,7 @@ impl Publisher {
                     }
                 }
                 while ctx.in_flight.len() < MAX_IN_FLIGHT {
-                    match pending.pop_front() {
+                    match pending.next() {
                         Some(Item::Event(draft)) => {
                             // Another event is ready behind the held one, so it need not be
                             // signed (unless the unsigned run is full).
@@ -327,7 +327,7 @@ impl Publisher {
                 }
                 // No further event is ready: the held one is signed now, so no unsigned tail
                 // remains while the publisher is idle.
-                if pending.is_empty() && (rx.is_empty() || closing) {
+                if pending.as_slice().is_empty() && (rx.is_empty() || closing) {
                     if let Some(last) = held.take() {
                         ctx.publish(&mut chain, last, true).await?;
                     }
@@ -345,10 +345,6 @@ impl Publisher {
         }
         outcome
     }
-}
-
-fn js_max_payload(js: &jetstream::Context) -> usize {
-    js.client().server_info().max_payload
 }
 
 struct Ctx<'a> {
