@@ -13,6 +13,25 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 }
 
+impl Lsn {
+    /// Appends the LSN as [`Display`](fmt::Display) prints it (`16/B374D848`), without the
+    /// formatting machinery: it is written into every event.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        write_hex((self.0 >> 32) as u32, out);
+        out.push(b'/');
+        write_hex(self.0 as u32, out);
+    }
+}
+
+/// Uppercase hexadecimal without leading zeros, as PostgreSQL prints LSN halves.
+fn write_hex(v: u32, out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let nibbles = (32 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(DIGITS[(v >> (i * 4)) as usize & 0xF]);
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
@@ -47,6 +66,25 @@ mod tests {
         assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
         assert_eq!(Lsn(0x16B_3748).to_string(), "0/16B3748");
         assert_eq!(Lsn::ZERO.to_string(), "0/0");
+    }
+
+    #[test]
+    fn writes_as_it_displays() {
+        for v in [
+            0,
+            1,
+            0xF,
+            0x10,
+            0x16_B374_D848,
+            0x16B_3748,
+            0xFFFF_FFFF,
+            1 << 32,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            Lsn(v).write_to(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), Lsn(v).to_string(), "{v:#x}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::builder::Draft;
-use super::value::{write_rfc3339_micros, write_str};
+use super::value::{write_padded, write_rfc3339_micros, write_str, write_uint};
 use crate::lsn::Lsn;
 
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -40,19 +40,22 @@ pub fn sha256(payload: &[u8]) -> Hash {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     source: String,
+    /// `source` as a JSON string, escaped once rather than for every event.
+    source_json: Vec<u8>,
 }
 
 impl Envelope {
     /// `source` names the cluster (system identifier), the database and the slot.
     pub fn new(system_identifier: &str, database: &str, slot: &str) -> Self {
-        Envelope {
-            source: format!(
-                "/walguard/{}/{}/{}",
-                subject_token(system_identifier),
-                subject_token(database),
-                subject_token(slot)
-            ),
-        }
+        let source = format!(
+            "/walguard/{}/{}/{}",
+            subject_token(system_identifier),
+            subject_token(database),
+            subject_token(slot)
+        );
+        let mut source_json = Vec::new();
+        write_str(&source, &mut source_json);
+        Envelope { source, source_json }
     }
 
     pub fn source(&self) -> &str {
@@ -62,7 +65,6 @@ impl Envelope {
     /// Serializes `draft` at stream `sequence`, chained to the payload whose hash is `prev`.
     pub fn write(&self, draft: &Draft, sequence: u64, prev: &Hash, out: &mut Vec<u8>) {
         use base64::Engine;
-        use std::io::Write;
         out.clear();
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
         out.extend_from_slice(
@@ -73,30 +75,33 @@ impl Envelope {
                 .as_bytes(),
         );
         out.extend_from_slice(b"\",\"source\":");
-        write_str(&self.source, out);
+        out.extend_from_slice(&self.source_json);
         out.extend_from_slice(b",\"type\":");
         write_str(&draft.ce_type, out);
         out.extend_from_slice(b",\"subject\":");
         write_str(&draft.ce_subject, out);
         out.extend_from_slice(b",\"time\":\"");
         write_rfc3339_micros(draft.time_micros, out);
-        // Writes into a Vec<u8> cannot fail.
-        let _ = write!(
-            out,
-            "\",\"datacontenttype\":\"application/json\",\"sequence\":\"{sequence:020}\",\"prevhash\":\""
-        );
+        out.extend_from_slice(b"\",\"datacontenttype\":\"application/json\",\"sequence\":\"");
+        write_padded(sequence, 20, out);
+        out.extend_from_slice(b"\",\"prevhash\":\"");
         let mut b64 = [0u8; 44];
         let n = base64::engine::general_purpose::STANDARD
             .encode_slice(prev, &mut b64)
             .expect("32 bytes encode to 44");
         out.extend_from_slice(&b64[..n]);
-        let _ = write!(
-            out,
-            "\",\"pglsn\":\"{}\",\"pgxid\":{},\"pgtxidx\":{}",
-            draft.pglsn, draft.pgxid, draft.pgtxidx
-        );
+        out.extend_from_slice(b"\",\"pglsn\":\"");
+        draft.pglsn.write_to(out);
+        out.extend_from_slice(b"\",\"pgxid\":");
+        write_uint(draft.pgxid.into(), out);
+        out.extend_from_slice(b",\"pgtxidx\":");
+        write_uint(draft.pgtxidx.into(), out);
         if let Some(end) = draft.end {
-            let _ = write!(out, ",\"pgtxcnt\":{},\"pgendlsn\":\"{end}\"", draft.pgtxidx);
+            out.extend_from_slice(b",\"pgtxcnt\":");
+            write_uint(draft.pgtxidx.into(), out);
+            out.extend_from_slice(b",\"pgendlsn\":\"");
+            end.write_to(out);
+            out.push(b'"');
         }
         out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(&draft.data);
