@@ -157,7 +157,12 @@ impl Inbox {
     }
 
     fn reply_to(&self, sequence: u64) -> Subject {
-        Subject::from(format!("{}{sequence}", self.prefix))
+        let mut itoa = itoa::Buffer::new();
+        let token = itoa.format(sequence);
+        let mut subject = String::with_capacity(self.prefix.len() + token.len());
+        subject.push_str(&self.prefix);
+        subject.push_str(token);
+        Subject::from(subject)
     }
 
     /// The next reply and the sequence its subject names.
