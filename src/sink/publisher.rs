@@ -92,7 +92,10 @@ impl Batcher {
         if self.items.is_empty() {
             return Ok(());
         }
-        let items = std::mem::replace(&mut self.items, Vec::with_capacity(MAX_BATCH));
+        // The next batch is allocated at this one's size: full batches while catching up, a
+        // few items at a time when live (not MAX_BATCH slots for every commit).
+        let next = Vec::with_capacity(self.items.len());
+        let items = std::mem::replace(&mut self.items, next);
         self.tx.send(items).await.map_err(|_| PublisherGone)
     }
 }

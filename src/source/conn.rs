@@ -114,24 +114,28 @@ struct Framed<R> {
 }
 
 impl<R> Framed<R> {
+    /// The length of the first message in the buffer, tag included, once its header is read.
+    fn first_len(&self) -> Result<Option<usize>, SourceError> {
+        Ok(backend::Header::parse(&self.buf)?.map(|h| h.len() as usize + 1))
+    }
+
     /// Whether a whole message is already read from the socket.
     fn has_buffered(&self) -> bool {
-        matches!(backend::Header::parse(&self.buf), Ok(Some(h)) if self.buf.len() > h.len() as usize)
+        matches!(self.first_len(), Ok(Some(total)) if self.buf.len() >= total)
     }
 }
 
 impl<R: AsyncRead + Unpin> Framed<R> {
     async fn next(&mut self) -> Result<Backend, SourceError> {
         loop {
-            if let Some(header) = backend::Header::parse(&self.buf)? {
-                let total = header.len() as usize + 1;
+            if let Some(total) = self.first_len()? {
                 if total > MAX_MESSAGE {
                     return Err(SourceError::Protocol(format!(
                         "message of {total} bytes exceeds the limit"
                     )));
                 }
                 if self.buf.len() >= total {
-                    match header.tag() {
+                    match self.buf[0] {
                         // postgres-protocol does not know CopyBothResponse and would consume
                         // it as an error, so it is framed here.
                         b'W' => {
