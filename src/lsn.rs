@@ -11,9 +11,7 @@ pub struct Lsn(pub u64);
 
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
-}
 
-impl Lsn {
     /// Appends the LSN as [`Display`](fmt::Display) prints it (`16/B374D848`), without the
     /// formatting machinery: it is written into every event.
     pub fn write_to(self, out: &mut Vec<u8>) {
