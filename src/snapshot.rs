@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::event::builder::TableSpec;
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
-use crate::sink::publisher::{Batcher, Item};
+use crate::sink::publisher::{Batcher, PublisherGone};
 use crate::source::catalog::{Catalog, CatalogError};
 use crate::source::conn::{quote_ident, quote_literal};
 
@@ -209,12 +209,13 @@ impl Meter {
     }
 }
 
+fn gone(_: PublisherGone) -> Error {
+    Error::Refused("the publisher stopped during the snapshot".into())
+}
+
 /// Hands `out`'s drafts to the publisher, then flushes.
 pub async fn send_all(tx: &mut Batcher, out: &mut Vec<Draft>) -> Result<(), Error> {
-    let gone = |_| Error::Refused("the publisher stopped during the snapshot".into());
-    for d in out.drain(..) {
-        tx.push(Item::Event(d)).await.map_err(gone)?;
-    }
+    tx.push_events(out).await.map_err(gone)?;
     tx.flush().await.map_err(gone)
 }
 
@@ -246,8 +247,10 @@ pub async fn initial(
             }
             for row in rows {
                 builder.snapshot_row(rel.oid, row, &mut out)?;
-                send_all(tx, &mut out).await?;
+                tx.push_events(&mut out).await.map_err(gone)?;
             }
+            // Handed over before the next chunk's query waits on PostgreSQL.
+            tx.flush().await.map_err(gone)?;
             meter.add(n);
             if n < CHUNK_ROWS {
                 break;

@@ -87,6 +87,14 @@ impl Batcher {
         Ok(())
     }
 
+    /// Takes all of `drafts`, in order, as events.
+    pub async fn push_events(&mut self, drafts: &mut Vec<Draft>) -> Result<(), PublisherGone> {
+        for draft in drafts.drain(..) {
+            self.push(Item::Event(draft)).await?;
+        }
+        Ok(())
+    }
+
     /// Hands over what is batched (waiting while the channel is full).
     pub async fn flush(&mut self) -> Result<(), PublisherGone> {
         if self.items.is_empty() {

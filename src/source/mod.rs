@@ -81,10 +81,8 @@ impl WalReader {
                                     EventBuilder::unresolved_types(&chunk.relation, &self.types).collect();
                                 self.catalog.resolve_types(missing, &mut self.types).await?;
                                 chunk.publish(&mut self.builder, &self.types, *lsn, unix_micros(), &mut out)?;
-                                for draft in out.drain(..) {
-                                    if tx.push(Item::Event(draft)).await.is_err() {
-                                        return Ok(self.reader);
-                                    }
+                                if tx.push_events(&mut out).await.is_err() {
+                                    return Ok(self.reader);
                                 }
                             }
                             continue;
@@ -102,11 +100,11 @@ impl WalReader {
                         _ => None,
                     };
                     self.builder.handle(msg, &self.types, &mut out)?;
-                    for draft in out.drain(..) {
-                        self.chunks.observe(&draft);
-                        if tx.push(Item::Event(draft)).await.is_err() {
-                            return Ok(self.reader);
-                        }
+                    for draft in &out {
+                        self.chunks.observe(draft);
+                    }
+                    if tx.push_events(&mut out).await.is_err() {
+                        return Ok(self.reader);
                     }
                     if let Some(end) = commit_end {
                         if tx.push(Item::Position(end)).await.is_err() {
