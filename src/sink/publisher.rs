@@ -476,27 +476,31 @@ impl Ctx<'_> {
     /// Awaits the acks in flight, for at most `ACK_TIMEOUT` in all, on the way out after a
     /// refusal. Outcomes are only logged: nothing unacknowledged was confirmed to PostgreSQL.
     async fn settle(&mut self) {
-        let mut pending: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|f| f.reply.is_none())
-            .map(|f| f.sequence)
-            .collect();
         let settled = tokio::time::timeout(ACK_TIMEOUT, async {
-            while !pending.is_empty() {
+            while self.in_flight.iter().any(|f| f.reply.is_none()) {
                 let Ok((sequence, reply)) = self.inbox.next().await else {
                     return;
                 };
-                pending.retain(|&s| s != sequence);
+                let Some(slot) = self.slot(sequence) else {
+                    continue;
+                };
                 if !matches!(&reply, Reply::Ack(PubAck { error: None, .. })) {
                     tracing::warn!(sequence, ?reply, "no PubAck for an event sent before the refusal");
                 }
+                slot.reply = Some(reply);
             }
         });
         if settled.await.is_err() {
             tracing::warn!("acks for events sent before the refusal did not all arrive");
         }
         self.in_flight.clear();
+    }
+
+    /// The publish in flight at `sequence`, if any.
+    fn slot(&mut self, sequence: u64) -> Option<&mut InFlight> {
+        let first = self.in_flight.front()?.sequence;
+        let index = sequence.checked_sub(first)?;
+        self.in_flight.get_mut(usize::try_from(index).ok()?)
     }
 
     /// Fails when the oldest publish has waited `ACK_TIMEOUT` since it became the oldest.
@@ -512,14 +516,8 @@ impl Ctx<'_> {
 
     /// A reply has arrived; the acks now complete at the front are taken, in stream order.
     fn on_reply(&mut self, sequence: u64, reply: Reply) -> Result<(), SinkError> {
-        let Some(first) = self.in_flight.front().map(|f| f.sequence) else {
-            return Ok(());
-        };
         // Replies for sequences no longer (or never) in flight are a previous session's.
-        let Some(slot) = sequence
-            .checked_sub(first)
-            .and_then(|i| self.in_flight.get_mut(i as usize))
-        else {
+        let Some(slot) = self.slot(sequence) else {
             tracing::debug!(sequence, "ignoring a reply for an event not in flight");
             return Ok(());
         };
