@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::check::{self, Report};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Recovery};
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
@@ -47,6 +47,20 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
         streamed_once |= reached_streaming;
         match result {
             Ok(()) => return Ok(()),
+            Err(e) if e.recovery() == Recovery::Blocked => {
+                // An event cannot go out: stay up, say why, and try it again (SPEC G3). The
+                // next session connects anew, so it learns a raised max_payload.
+                telemetry::metrics().error(e.kind());
+                telemetry::metrics().restarts.inc();
+                telemetry::health().blocked(format!("{}: {e}", e.kind()), e.blocked_at());
+                tracing::error!(error = %e, kind = e.kind(), retry_in = ?backoff, "progress is blocked at an event that cannot be published; nothing after it is published, retrying");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
             Err(e) if e.is_slot_in_use() => {
                 telemetry::health().not_streaming("standby: the slot is active for another process");
                 // Another walguard streams from the slot: wait as its standby and take over
@@ -239,7 +253,7 @@ async fn session(
         let _ = snapshot::send_all(&mut tx, &mut out).await;
     }
     if let Some(reader) = snapshot_reader {
-        progress = snapshot::initial(
+        let initial = snapshot::initial(
             reader.client(),
             &catalog,
             &mut builder,
@@ -248,7 +262,19 @@ async fn session(
             &mut tx,
             start,
         )
-        .await?;
+        .await;
+        progress = match initial {
+            Ok(progress) => progress,
+            // The snapshot stopped because the publisher did: its error is the one that
+            // counts (an oversized snapshot row blocks, it does not stop walguard).
+            Err(e) if publisher.is_finished() => {
+                return Err(match publisher.await {
+                    Ok(Err(failure)) => failure.into(),
+                    _ => e,
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let _ = reader.client().batch_execute("COMMIT").await;
     }
 

@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::event::Position;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableOp {
     pub table: String,
@@ -36,6 +38,7 @@ pub struct Table {
 
 pub struct Metrics {
     pub events_published: Family<TableOp, Counter>,
+    pub markers_published: Family<Kind, Counter>,
     pub bytes_published: Counter,
     pub publish_ack_seconds: Histogram,
     pub acks_in_flight: Gauge,
@@ -53,6 +56,7 @@ impl Metrics {
     fn new() -> Self {
         let m = Metrics {
             events_published: Family::default(),
+            markers_published: Family::default(),
             bytes_published: Counter::default(),
             publish_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             acks_in_flight: Gauge::default(),
@@ -68,8 +72,13 @@ impl Metrics {
         let mut r = Registry::default();
         r.register(
             "walguard_events_published",
-            "Events published and acknowledged, by table and op",
+            "Row events published and acknowledged, by table and op",
             m.events_published.clone(),
+        );
+        r.register(
+            "walguard_markers_published",
+            "walguard's own markers published and acknowledged (watermarks, snapshot progress, resync records), by kind",
+            m.markers_published.clone(),
         );
         r.register(
             "walguard_published_bytes",
@@ -117,6 +126,12 @@ impl Metrics {
             "Snapshot rows read, by table",
             m.snapshot_rows.clone(),
         );
+        for kind in crate::error::ERROR_KINDS {
+            let _ = m.errors.get_or_create(&Kind { kind: kind.to_owned() });
+        }
+        for kind in MARKER_KINDS {
+            let _ = m.markers_published.get_or_create(&Kind { kind: kind.to_owned() });
+        }
         Metrics { registry: r, ..m }
     }
 
@@ -130,6 +145,9 @@ impl Metrics {
         self.errors.get_or_create(&Kind { kind: kind.to_owned() }).inc();
     }
 }
+
+/// The `kind` label of `walguard_markers_published_total`: `Op::as_str` of each marker.
+const MARKER_KINDS: [&str; 3] = ["watermark", "resync", "snapshot_progress"];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -146,12 +164,16 @@ pub struct Health {
     reason: Mutex<String>,
     /// When the oldest publish still waiting for its ack was sent.
     oldest_unacked: Mutex<Option<Instant>>,
+    /// An event that cannot go out (SPEC G3), and where it stands: not ready until an event
+    /// at or past it is published, across the sessions that retry it.
+    blocked: Mutex<Option<(String, Option<Position>)>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
     streaming: AtomicBool::new(false),
     reason: Mutex::new("starting".into()),
     oldest_unacked: Mutex::new(None),
+    blocked: Mutex::new(None),
 });
 
 pub fn health() -> &'static Health {
@@ -170,11 +192,33 @@ impl Health {
         *self.oldest_unacked.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Progress is blocked for `reason` (which names the table, the size and the limit), at
+    /// `at` when the blocking event was built.
+    pub fn blocked(&self, reason: impl Into<String>, at: Option<Position>) {
+        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason.into(), at));
+    }
+
+    /// `Some` while blocked: where, when known.
+    pub fn blocked_at(&self) -> Option<Option<Position>> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, at)| *at)
+    }
+
+    pub fn unblocked(&self) {
+        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     pub fn oldest_unacked(&self, since: Option<Instant>) {
         *self.oldest_unacked.lock().unwrap_or_else(|p| p.into_inner()) = since;
     }
 
     pub fn ready(&self) -> Result<(), String> {
+        if let Some((reason, _)) = &*self.blocked.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(format!("blocked: {reason}"));
+        }
         if !self.streaming.load(Ordering::SeqCst) {
             let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
             return Err(if reason.is_empty() {
@@ -249,6 +293,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::builder::Op;
 
     #[test]
     fn metric_names_are_the_documented_ones() {
@@ -280,6 +325,7 @@ mod tests {
             streaming: AtomicBool::new(false),
             reason: Mutex::new("starting".into()),
             oldest_unacked: Mutex::new(None),
+            blocked: Mutex::new(None),
         };
         assert_eq!(h.ready(), Err("starting".into()));
         h.streaming();
@@ -288,5 +334,38 @@ mod tests {
         assert!(h.ready().unwrap_err().contains("waited"));
         h.not_streaming("nats: connection refused");
         assert_eq!(h.ready(), Err("nats: connection refused".into()));
+        // Blocked at an event: not ready even while a new session streams, until it is sent.
+        let at = Position {
+            lsn: crate::lsn::Lsn(0x100),
+            idx: 2,
+        };
+        h.blocked(
+            "event for table public.t is 9000 bytes, over max_payload of 4096",
+            Some(at),
+        );
+        h.streaming();
+        assert!(h.ready().unwrap_err().contains("public.t is 9000 bytes"));
+        assert_eq!(h.blocked_at(), Some(Some(at)));
+        h.unblocked();
+        assert_eq!(h.ready(), Ok(()));
+    }
+
+    #[test]
+    fn every_error_kind_and_no_marker_table_is_exported_from_start_up() {
+        let text = metrics().encode();
+        for kind in crate::error::ERROR_KINDS {
+            assert!(
+                text.contains(&format!("walguard_errors_total{{kind=\"{kind}\"}}")),
+                "{kind} missing from:\n{text}"
+            );
+        }
+        for op in [Op::Watermark, Op::Resync, Op::SnapshotProgress] {
+            assert!(op.is_marker() && MARKER_KINDS.contains(&op.as_str()));
+            let line = format!("walguard_markers_published_total{{kind=\"{}\"}}", op.as_str());
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Snapshot] {
+            assert!(!op.is_marker());
+        }
     }
 }

@@ -26,6 +26,13 @@ ALTER TABLE public.orders REPLICA IDENTITY FULL;";
 
 const GUARD_TWO: &str = "[[tables]]\nname = \"public.customers\"\n\n[[tables]]\nname = \"public.orders\"\ntype_prefix = \"com.acme.order\"\n";
 
+fn stream_xids_are_digit_strings(events: &[Stored]) -> bool {
+    events.iter().all(|m| {
+        let xid = m.json["pgxid"].as_str().unwrap_or("");
+        !xid.is_empty() && xid.bytes().all(|b| b.is_ascii_digit()) && (!m.is_marker() || xid == "0")
+    })
+}
+
 fn rows(events: &[Stored]) -> Vec<&Stored> {
     events.iter().filter(|m| !m.is_marker()).collect()
 }
@@ -62,9 +69,16 @@ async fn committed_changes_arrive_once_in_order_and_verify() {
         .batch_execute("BEGIN; INSERT INTO customers VALUES (99, 'ghost@x', NULL); DELETE FROM customers; ROLLBACK;")
         .await
         .unwrap();
-    env.db
-        .batch_execute("UPDATE customers SET plan = 'team' WHERE id = 3")
+    let xid = env
+        .db
+        .simple_query("BEGIN; UPDATE customers SET plan = 'team' WHERE id = 3; SELECT txid_current()::text; COMMIT;")
         .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
         .unwrap();
 
     let all = env.wait_events(10, Duration::from_secs(30)).await;
@@ -121,6 +135,9 @@ async fn committed_changes_arrive_once_in_order_and_verify() {
     assert!(tx.iter().all(|m| m.json["pglsn"] == tx[0].json["pglsn"]));
     assert!(tx[5].json["pgendlsn"].is_string());
     assert!(events.iter().all(|m| m.json["data"]["actor"].is_null()));
+    // pgxid is the transaction id as a string of digits (SPEC section 2), "0" on markers.
+    assert_eq!(events[9].json["pgxid"], json!(xid), "{:?}", events[9]);
+    assert!(stream_xids_are_digit_strings(&all), "{all:#?}");
     // Deterministic, unique ids, also used as Nats-Msg-Id.
     let mut ids: Vec<&str> = events.iter().map(|m| m.json["id"].as_str().unwrap()).collect();
     ids.sort();

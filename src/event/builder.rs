@@ -57,6 +57,11 @@ impl Op {
         }
     }
 
+    /// walguard's own markers, which carry no row change: counted apart from row events.
+    pub fn is_marker(self) -> bool {
+        matches!(self, Op::Watermark | Op::Resync | Op::SnapshotProgress)
+    }
+
     fn past_tense(self) -> &'static str {
         match self {
             Op::Insert => "created",

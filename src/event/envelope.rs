@@ -92,9 +92,10 @@ impl Envelope {
         out.extend_from_slice(&b64[..n]);
         out.extend_from_slice(b"\",\"pglsn\":\"");
         draft.pglsn.write_to(out);
-        out.extend_from_slice(b"\",\"pgxid\":");
+        // A string: CloudEvents integers are 32-bit signed, transaction ids are not (SPEC 2).
+        out.extend_from_slice(b"\",\"pgxid\":\"");
         write_uint(draft.pgxid.into(), out);
-        out.extend_from_slice(b",\"pgtxidx\":");
+        out.extend_from_slice(b"\",\"pgtxidx\":");
         write_uint(draft.pgtxidx.into(), out);
         if let Some(end) = draft.end {
             out.extend_from_slice(b",\"pgtxcnt\":");
@@ -123,6 +124,7 @@ pub struct Attributes {
     pub prevhash: String,
     #[serde(deserialize_with = "de_lsn")]
     pub pglsn: Lsn,
+    #[serde(deserialize_with = "de_xid")]
     pub pgxid: u64,
     pub pgtxidx: u32,
     pub pgtxcnt: Option<u32>,
@@ -143,6 +145,27 @@ pub struct DataHead {
 fn de_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
     let s = <&str>::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+/// `pgxid` is a string of decimal digits (SPEC section 2); streams written before walguard
+/// followed that carry it as a JSON number, and their signed events stay readable.
+fn de_xid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Xid<'a> {
+        Text(&'a str),
+        Number(u32),
+    }
+    match Xid::deserialize(d)? {
+        Xid::Number(n) => Ok(n.into()),
+        Xid::Text(s) if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse::<u32>()
+            .map(u64::from)
+            .map_err(|_| serde::de::Error::custom(format!("pgxid {s:?} is beyond a 32-bit transaction id"))),
+        Xid::Text(s) => Err(serde::de::Error::custom(format!(
+            "pgxid {s:?} is not a string of decimal digits"
+        ))),
+    }
 }
 
 fn de_opt_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
@@ -217,12 +240,13 @@ mod tests {
             r#""subject":"public.customers/42","time":"2026-11-28T09:48:11.767852Z","#,
             r#""datacontenttype":"application/json","sequence":"00000000000000000007","#,
             r#""prevhash":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","pglsn":"16/B374D848","#,
-            r#""pgxid":731,"pgtxidx":2,"pgtxcnt":2,"pgendlsn":"16/B374D900","data":{"op":"update"}}"#
+            r#""pgxid":"731","pgtxidx":2,"pgtxcnt":2,"pgendlsn":"16/B374D900","data":{"op":"update"}}"#
         );
         assert_eq!(std::str::from_utf8(&out).unwrap(), want);
         let attrs = Attributes::parse(&out).unwrap();
         assert_eq!(attrs.pgendlsn, Some(Lsn(0x16_B374_D900)));
         assert_eq!(attrs.sequence_number(), Some(7));
+        assert_eq!(attrs.pgxid, 731);
         assert_eq!(
             attrs.position(),
             crate::event::Position {
@@ -230,5 +254,42 @@ mod tests {
                 idx: 2
             }
         );
+    }
+
+    #[test]
+    fn pgxid_is_a_string_past_the_signed_32_bit_range_and_old_numbers_still_read() {
+        let env = Envelope::new("7441234567890123456", "app", "walguard");
+        let draft = Draft {
+            op: Op::Insert,
+            nats_subject: "walguard.public.t.insert".into(),
+            id: uuid::Uuid::nil(),
+            ce_type: "public.t.created".into(),
+            ce_subject: "public.t/1".into(),
+            time_micros: 0,
+            pglsn: Lsn(0x100),
+            pgxid: u32::MAX,
+            pgtxidx: 1,
+            end: Some(Lsn(0x200)),
+            data: br#"{"op":"insert"}"#.to_vec(),
+            table: "public.t".into(),
+        };
+        let mut out = Vec::new();
+        env.write(&draft, 1, &[0; 32], &mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains(r#""pgxid":"4294967295","#), "{text}");
+        assert_eq!(Attributes::parse(&out).unwrap().pgxid, u64::from(u32::MAX));
+        // A stream written before pgxid became a string.
+        let old = text.replace(r#""pgxid":"4294967295""#, r#""pgxid":731"#);
+        assert_eq!(Attributes::parse(old.as_bytes()).unwrap().pgxid, 731);
+        for bad in [
+            r#""pgxid":"""#,
+            r#""pgxid":"-1""#,
+            r#""pgxid":"4294967296""#,
+            r#""pgxid":"7e3""#,
+            r#""pgxid":-1"#,
+        ] {
+            let payload = text.replace(r#""pgxid":"4294967295""#, bad);
+            assert!(Attributes::parse(payload.as_bytes()).is_err(), "{bad} was accepted");
+        }
     }
 }

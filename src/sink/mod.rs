@@ -16,6 +16,17 @@ pub enum SinkError {
     Request(String),
     #[error("publish of stream sequence {sequence} failed: {reason}")]
     Publish { sequence: u64, reason: String },
+    /// An event larger than the NATS server accepts. Progress stops at it (nothing is
+    /// skipped) and the session is retried, so a raised `max_payload` is picked up by the
+    /// next connection without a restart.
+    #[error("event for table {table} at {} (event id {id}) is {size} bytes, over the NATS server's max_payload of {limit} bytes: raise max_payload in the nats-server configuration (walguard retries and goes on by itself; nothing is skipped)", .at.lsn)]
+    PayloadTooLarge {
+        table: std::sync::Arc<str>,
+        at: crate::event::Position,
+        id: uuid::Uuid,
+        size: usize,
+        limit: usize,
+    },
     /// Something only the operator can fix; the message says how.
     #[error("{0}")]
     Refused(String),
@@ -23,7 +34,7 @@ pub enum SinkError {
 
 impl SinkError {
     pub fn is_transient(&self) -> bool {
-        !matches!(self, SinkError::Refused(_))
+        !matches!(self, SinkError::Refused(_) | SinkError::PayloadTooLarge { .. })
     }
 }
 

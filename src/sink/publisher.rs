@@ -44,6 +44,9 @@ pub const MAX_UNSIGNED_RUN: u32 = 255;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// JetStream's error code for a failed `Nats-Expected-Last-Sequence` check.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// Room kept under `max_payload` for an event's headers (message id, expected sequence,
+/// content type, key id and signature: under 300 bytes) and the protocol line.
+const HEADROOM: usize = 512;
 
 /// What the WAL reader hands the publisher, in WAL order.
 #[derive(Debug)]
@@ -279,6 +282,14 @@ impl Publisher {
             checkpoint: &checkpoint,
             compare_through: tail.last_sequence,
             max_payload,
+            // Blocked where no event was built (a value with no JSON form): the first event
+            // past the stored tail shows the way is clear.
+            blocked_after: telemetry::health().blocked_at().map(|at| {
+                at.unwrap_or(Position {
+                    idx: tail.position.idx + 1,
+                    ..tail.position
+                })
+            }),
             buf: Vec::with_capacity(4096),
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
             counters: HashMap::new(),
@@ -354,9 +365,9 @@ impl Publisher {
             }
         }
         .await;
-        if let Err(SinkError::Refused(_)) = &outcome {
-            // walguard stops here for good: at the refused event, not before it, so what was
-            // sent ahead of it is stored before the process exits.
+        if let Err(SinkError::Refused(_) | SinkError::PayloadTooLarge { .. }) = &outcome {
+            // walguard stops here (for good, or until the limit is raised): at the refused
+            // event, not before it, so what was sent ahead of it is stored first.
             ctx.settle().await;
         }
         outcome
@@ -375,6 +386,9 @@ struct Ctx<'a> {
     /// Sequences up to here are already stored and must equal what is derived now.
     compare_through: u64,
     max_payload: usize,
+    /// Where an earlier session was blocked (an oversized event): readiness stays down
+    /// until an event at or past it is sent.
+    blocked_after: Option<Position>,
     buf: Vec<u8>,
     /// Oldest first.
     in_flight: VecDeque<InFlight>,
@@ -407,19 +421,27 @@ impl Ctx<'_> {
                 draft.op,
                 Op::Watermark | Op::Resync | Op::Snapshot | Op::SnapshotProgress
             );
+            let size = self.buf.len() + HEADROOM;
+            if size > self.max_payload {
+                return Err(SinkError::PayloadTooLarge {
+                    table: draft.table.clone(),
+                    at: draft.position(),
+                    id: draft.id,
+                    size: self.buf.len(),
+                    limit: self.max_payload,
+                });
+            }
+            if self.blocked_after.is_some_and(|at| draft.position() >= at) {
+                // The event an earlier session was blocked at goes out now.
+                self.blocked_after = None;
+                telemetry::health().unblocked();
+            }
             let sign = idle || always || chain.unsigned_run >= MAX_UNSIGNED_RUN;
             let headers = headers(&draft, sequence, sign.then_some(self.signer), &self.buf);
             if sign {
                 chain.unsigned_run = 0;
             } else {
                 chain.unsigned_run += 1;
-            }
-            let size = self.buf.len() + 512;
-            if size > self.max_payload {
-                return Err(SinkError::Refused(format!(
-                    "event for table {} at {} (event id {}) is {} bytes, over the NATS server's max_payload of {} bytes: raise max_payload in the nats-server configuration; walguard stops here and skips nothing",
-                    draft.table, draft.pglsn, draft.id, self.buf.len(), self.max_payload
-                )));
             }
             self.client
                 .publish_with_reply_and_headers(
@@ -433,19 +455,7 @@ impl Ctx<'_> {
                     sequence,
                     reason: e.to_string(),
                 })?;
-            let counter = self
-                .counters
-                .entry((draft.table.clone(), draft.op))
-                .or_insert_with(|| {
-                    telemetry::metrics()
-                        .events_published
-                        .get_or_create(&telemetry::TableOp {
-                            table: draft.table.to_string(),
-                            op: draft.op.as_str().to_owned(),
-                        })
-                        .clone()
-                })
-                .clone();
+            let counter = self.counter(&draft);
             let sent = Instant::now();
             self.in_flight.push_back(InFlight {
                 sequence,
@@ -471,6 +481,32 @@ impl Ctx<'_> {
             chain.last_end = chain.last_end.max(end);
         }
         Ok(())
+    }
+
+    /// The counter this event's ack increments: `walguard_events_published_total` for row
+    /// events, `walguard_markers_published_total` for walguard's own markers (SPEC section 5:
+    /// no table `_walguard` among the row counts).
+    fn counter(&mut self, draft: &Draft) -> Counter {
+        self.counters
+            .entry((draft.table.clone(), draft.op))
+            .or_insert_with(|| {
+                let m = telemetry::metrics();
+                if draft.op.is_marker() {
+                    m.markers_published
+                        .get_or_create(&telemetry::Kind {
+                            kind: draft.op.as_str().to_owned(),
+                        })
+                        .clone()
+                } else {
+                    m.events_published
+                        .get_or_create(&telemetry::TableOp {
+                            table: draft.table.to_string(),
+                            op: draft.op.as_str().to_owned(),
+                        })
+                        .clone()
+                }
+            })
+            .clone()
     }
 
     /// Awaits the acks in flight, for at most `ACK_TIMEOUT` in all, on the way out after a

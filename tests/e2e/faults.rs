@@ -149,12 +149,12 @@ async fn a_full_stream_stops_publishing_and_resumes_when_raised() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
+async fn an_event_over_max_payload_blocks_walguard_until_the_limit_is_raised() {
     let dir = tempfile::tempdir().unwrap();
-    let small = dir.path().join("small.conf");
-    std::fs::write(&small, "max_payload: 4096\n").unwrap();
-    let nats = walguard::testkit::Nats::start_with(&["-c", small.to_str().unwrap()]).unwrap();
-    let mut env = Env::start_with(
+    let nats_conf = dir.path().join("nats.conf");
+    std::fs::write(&nats_conf, "max_payload: 4096\n").unwrap();
+    let nats = walguard::testkit::Nats::start_with(&["-c", nats_conf.to_str().unwrap()]).unwrap();
+    let env = Env::start_with(
         walguard::testkit::Postgres::start().unwrap(),
         nats,
         LEDGER,
@@ -163,6 +163,7 @@ async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
     )
     .await;
     let mut wg = env.spawn_ready().await;
+    let port = env.listen_port;
     env.db
         .batch_execute("INSERT INTO ledger VALUES (1, 0, 0, 'small')")
         .await
@@ -175,7 +176,30 @@ async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
         .batch_execute("INSERT INTO ledger VALUES (3, 0, 0, 'after')")
         .await
         .unwrap();
-    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+    // Blocked, not gone: /readyz names the table, the event's size and the limit.
+    let (status, body) =
+        crate::ops::wait_state(port, "/readyz", 503, "max_payload of 4096", Duration::from_secs(30)).await;
+    assert_eq!(status, 503, "{body}\n{}", wg.output());
+    assert!(body.contains("public.ledger") && body.contains("bytes"), "{body}");
+    assert!(!body.contains("xxxxxxxxxx"), "the row value must not be shown: {body}");
+    let (_, text) = crate::ops::get(port, "/metrics").await.unwrap();
+    assert!(
+        crate::ops::metric(&text, "walguard_errors_total{kind=\"payload_too_large\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    // It keeps retrying (a new session each time) and stays up, blocked at the same event.
+    let retries_before = crate::ops::metric(&text, "walguard_restarts_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = crate::ops::get(port, "/metrics").await.unwrap();
+        if crate::ops::metric(&text, "walguard_restarts_total").unwrap_or(0.0) > retries_before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry:\n{}", wg.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "{}", wg.output());
+    assert_eq!(crate::ops::get(port, "/readyz").await.unwrap().0, 503);
     let log = wg.output();
     assert!(
         log.contains("public.ledger") && log.contains("max_payload of 4096"),
@@ -191,14 +215,22 @@ async fn an_event_over_max_payload_stops_walguard_until_the_limit_is_raised() {
         .map(|m| m.data()["key"]["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![1]);
-    // The operator raises the limit; walguard resumes with the same row.
-    let big = dir.path().join("big.conf");
-    std::fs::write(&big, "max_payload: 1048576\n").unwrap();
-    env.nats.restart_with(&["-c", big.to_str().unwrap()]).unwrap();
-    let _wg = env.spawn_ready().await;
-    let events = env.wait_events(3, Duration::from_secs(30)).await;
+    // The operator raises the limit and reloads nats-server; the same walguard process goes
+    // on by itself with the same row.
+    std::fs::write(&nats_conf, "max_payload: 1048576\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(env.nats.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let events = env.wait_events(3, Duration::from_secs(60)).await;
     let ids: Vec<i64> = events.iter().map(|m| m.data()["key"]["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, vec![1, 2, 3]);
+    let (status, body) = crate::ops::wait_state(port, "/readyz", 200, "", Duration::from_secs(30)).await;
+    assert_eq!(status, 200, "{body}\n{}", wg.output());
+    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "{}", wg.output());
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }

@@ -11,7 +11,7 @@ const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int 
 const GUARD_LEDGER: &str = "[[tables]]\nname = \"public.ledger\"\n";
 
 /// A plain HTTP/1.0 GET: (status, body).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
@@ -31,7 +31,7 @@ async fn wait_status(port: u16, path: &str, want: u16, within: Duration) -> (u16
 }
 
 /// Polls until `path` answers `want` with a body containing `body_has` (or the time is up).
-async fn wait_state(port: u16, path: &str, want: u16, body_has: &str, within: Duration) -> (u16, String) {
+pub(crate) async fn wait_state(port: u16, path: &str, want: u16, body_has: &str, within: Duration) -> (u16, String) {
     let deadline = Instant::now() + within;
     loop {
         let got = get(port, path).await.unwrap_or((0, String::new()));
@@ -42,7 +42,7 @@ async fn wait_state(port: u16, path: &str, want: u16, body_has: &str, within: Du
     }
 }
 
-fn metric(text: &str, line_start: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -115,6 +115,20 @@ async fn metrics_count_what_was_written_and_readiness_follows_nats() {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     assert!(metric(&text, "walguard_confirmed_lsn").unwrap_or(0.0) > 0.0, "{text}");
+    // Every error kind is there at 0 before its first error, so increase() sees the first one.
+    for kind in ["payload_too_large", "nats", "postgres", "encode", "refused"] {
+        assert_eq!(
+            metric(&text, &format!("walguard_errors_total{{kind=\"{kind}\"}}")),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    // Row events only under a table; walguard's own markers are counted apart.
+    assert!(!text.contains("table=\"_walguard\""), "{text}");
+    assert!(
+        metric(&text, "walguard_markers_published_total{kind=\"watermark\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     assert_eq!(get(port, "/healthz").await.unwrap().0, 200);
     assert_eq!(wait_status(port, "/readyz", 200, Duration::from_secs(10)).await.0, 200);
 
