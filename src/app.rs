@@ -19,6 +19,7 @@ use crate::error::{Error, Recovery};
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
+use crate::pipeline::start::{decide_start, Names, Start};
 use crate::sink::publisher::{Batcher, Publisher, QUEUED_BATCHES};
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
@@ -132,8 +133,13 @@ async fn session(
     let slot = catalog.slot(slot_name).await?;
     let mut genesis = None;
     let mut exported = None;
-    let start = match (&slot, tail.is_empty()) {
-        (None, true) => {
+    let names = Names {
+        slot: slot_name,
+        stream: &cfg.nats.stream,
+        database: &system.dbname,
+    };
+    let start = match decide_start(slot.as_ref(), tail.is_empty(), tail.confirmed, names)? {
+        Start::CreateSlot => {
             let failover = failover_slot(cfg, &repl)?;
             let (point, snapshot) = repl.create_slot(slot_name, true, failover).await?;
             tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
@@ -141,43 +147,12 @@ async fn session(
             exported = snapshot;
             point
         }
-        (None, false) => {
-            return Err(Error::Refused(format!(
-                "replication slot {slot_name} does not exist, but stream {} holds events up to LSN {}: changes committed after {} may be missing from the stream. Investigate, then start over explicitly with `walguard resync`",
-                cfg.nats.stream,
-                tail.confirmed.unwrap_or(Lsn::ZERO),
-                tail.confirmed.unwrap_or(Lsn::ZERO)
-            )))
+        Start::NewStream { at } => {
+            tracing::warn!(slot = %slot_name, confirmed_flush = %at, "the slot exists but the stream is empty: events start at the slot's confirmed position");
+            genesis = Some(at);
+            at
         }
-        (Some(info), empty) => {
-            if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(system.dbname.as_str()) {
-                return Err(Error::Refused(format!(
-                    "replication slot {slot_name} is not a pgoutput slot of database {} (plugin {:?}, database {:?}): choose another postgres.slot",
-                    system.dbname, info.plugin, info.database
-                )));
-            }
-            if info.wal_status.as_deref() == Some("lost") {
-                return Err(Error::Refused(format!(
-                    "replication slot {slot_name} has lost required WAL (wal_status lost): changes after {} are gone from the server; start over explicitly with `walguard resync`",
-                    tail.confirmed.unwrap_or(Lsn::ZERO)
-                )));
-            }
-            let slot_at = info.confirmed_flush.unwrap_or(Lsn::ZERO);
-            if empty {
-                tracing::warn!(slot = %slot_name, confirmed_flush = %slot_at, "the slot exists but the stream is empty: events start at the slot's confirmed position");
-                genesis = Some(slot_at);
-                slot_at
-            } else {
-                let stream_at = tail.confirmed.unwrap_or(Lsn::ZERO);
-                if slot_at > stream_at {
-                    return Err(Error::Refused(format!(
-                        "replication slot {slot_name} has confirmed up to {slot_at}, but stream {} only proves events up to {stream_at}: changes committed between {stream_at} and {slot_at} may be missing. Investigate (was the stream replaced or another consumer using the slot?), then start over explicitly with `walguard resync`",
-                        cfg.nats.stream
-                    )));
-                }
-                stream_at
-            }
-        }
+        Start::Resume { at } => at,
     };
 
     // The exported snapshot must be imported before the next command on the replication

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod event;
 pub mod lsn;
+pub mod pipeline;
 pub mod resync;
 pub mod sink;
 pub mod snapshot;
