@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::event::builder::TableSpec;
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
-use crate::sink::publisher::{Batcher, PublisherGone};
+use crate::pipeline::handoff::{Batcher, PublisherGone};
 use crate::source::catalog::{Catalog, CatalogError};
 use crate::source::conn::{quote_ident, quote_literal};
 

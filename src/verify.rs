@@ -8,11 +8,11 @@
 
 use async_nats::jetstream;
 
+use crate::event::chain::MAX_UNSIGNED_RUN;
 use crate::event::envelope::{sha256, Attributes, Hash};
 use crate::event::signing::SignatureError;
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
-use crate::sink::publisher::MAX_UNSIGNED_RUN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -1,4 +1,6 @@
 //! The stages that run on a started stream and the decisions a session makes before it
 //! starts one. `start`: where to start, from the slot and the stream's tail (pure).
+//! `handoff`: the bounded channel of batches from the producers of drafts to the publisher.
 
+pub mod handoff;
 pub mod start;

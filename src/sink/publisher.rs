@@ -30,16 +30,16 @@ use super::stream::{message, Tail};
 use super::SinkError;
 use crate::checkpoint::Checkpoint;
 use crate::event::builder::{Naming, Op};
+use crate::event::chain::MAX_UNSIGNED_RUN;
 use crate::event::envelope::{sha256, Hash, CONTENT_TYPE, HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::{Draft, Envelope, Position, Signer};
 use crate::lsn::Lsn;
+use crate::pipeline::handoff::Item;
 use crate::telemetry;
 
 /// Acks awaited at once; beyond it the publisher stops taking drafts, the channel fills,
 /// and the WAL reader stops reading (backpressure, G5).
 pub const MAX_IN_FLIGHT: usize = 1024;
-/// At most this many unsigned events precede a signed one (SPEC section 2).
-pub const MAX_UNSIGNED_RUN: u32 = 255;
 /// How long a PubAck may take once its predecessors are acknowledged.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// JetStream's error code for a failed `Nats-Expected-Last-Sequence` check.
@@ -47,69 +47,6 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// Room kept under `max_payload` for an event's headers (message id, expected sequence,
 /// content type, key id and signature: under 300 bytes) and the protocol line.
 const HEADROOM: usize = 512;
-
-/// What the WAL reader hands the publisher, in WAL order.
-#[derive(Debug)]
-pub enum Item {
-    Event(Draft),
-    /// The server has sent everything before this LSN and no transaction is open.
-    Position(Lsn),
-}
-
-/// Items per batch at most.
-pub const MAX_BATCH: usize = 64;
-/// Batches waiting in the channel at most: with `MAX_BATCH`, the drafts between the WAL
-/// reader and the publisher stay bounded (G5).
-pub const QUEUED_BATCHES: usize = 64;
-
-/// Items on their way to the publisher, sent in batches: the reader flushes whenever it would
-/// wait for the socket, so the publisher sees every item as soon as it would have one by one,
-/// with one channel operation and at most one wake-up per socket read instead of per event.
-pub struct Batcher {
-    tx: mpsc::Sender<Vec<Item>>,
-    items: Vec<Item>,
-}
-
-/// The publisher has stopped; it says why.
-#[derive(Debug)]
-pub struct PublisherGone;
-
-impl Batcher {
-    pub fn new(tx: mpsc::Sender<Vec<Item>>) -> Batcher {
-        Batcher {
-            tx,
-            items: Vec::with_capacity(MAX_BATCH),
-        }
-    }
-
-    pub async fn push(&mut self, item: Item) -> Result<(), PublisherGone> {
-        self.items.push(item);
-        if self.items.len() >= MAX_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Takes all of `drafts`, in order, as events.
-    pub async fn push_events(&mut self, drafts: &mut Vec<Draft>) -> Result<(), PublisherGone> {
-        for draft in drafts.drain(..) {
-            self.push(Item::Event(draft)).await?;
-        }
-        Ok(())
-    }
-
-    /// Hands over what is batched (waiting while the channel is full).
-    pub async fn flush(&mut self) -> Result<(), PublisherGone> {
-        if self.items.is_empty() {
-            return Ok(());
-        }
-        // The next batch is allocated at this one's size: full batches while catching up, a
-        // few items at a time when live (not MAX_BATCH slots for every commit).
-        let next = Vec::with_capacity(self.items.len());
-        let items = std::mem::replace(&mut self.items, next);
-        self.tx.send(items).await.map_err(|_| PublisherGone)
-    }
-}
 
 /// A PubAck as JetStream sends it: a stored message's stream and sequence, or an error.
 #[derive(Debug, serde::Deserialize)]
@@ -682,33 +619,5 @@ mod tests {
         let garbage = verdict_of(5, b"nope").unwrap_err();
         assert!(garbage.starts_with("unreadable PubAck \"nope\""), "{garbage}");
         assert!(verdict(5, Reply::NoResponders).unwrap_err().contains("no responders"));
-    }
-
-    #[tokio::test]
-    async fn the_batcher_hands_over_full_batches_and_on_flush_in_order() {
-        let (tx, mut rx) = mpsc::channel(QUEUED_BATCHES);
-        let mut batcher = Batcher::new(tx);
-        for i in 0..(MAX_BATCH as u64 + 3) {
-            batcher.push(Item::Position(Lsn(i))).await.unwrap();
-        }
-        let full = rx.try_recv().expect("a full batch goes at once");
-        assert_eq!(full.len(), MAX_BATCH);
-        assert!(rx.try_recv().is_err(), "the rest waits for a flush");
-        batcher.flush().await.unwrap();
-        batcher.flush().await.unwrap();
-        let rest = rx.try_recv().unwrap();
-        assert!(rx.try_recv().is_err(), "an empty flush sends nothing");
-        let lsns: Vec<u64> = full
-            .iter()
-            .chain(&rest)
-            .map(|item| match item {
-                Item::Position(lsn) => lsn.0,
-                Item::Event(_) => unreachable!(),
-            })
-            .collect();
-        assert_eq!(lsns, (0..MAX_BATCH as u64 + 3).collect::<Vec<_>>());
-        drop(rx);
-        batcher.push(Item::Position(Lsn(0))).await.unwrap();
-        assert!(batcher.flush().await.is_err(), "a stopped publisher is reported");
     }
 }

@@ -8,13 +8,10 @@ use async_nats::jetstream::{self, stream};
 
 use super::SinkError;
 use crate::config::NatsConfig;
+use crate::event::chain::SIGNED_WINDOW;
 use crate::event::envelope::{sha256, Attributes, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
-
-/// How far back from the newest message a signed one must be found: at most 255 unsigned
-/// events precede a signed one, so a longer unsigned run was not written by walguard.
-const SIGNED_WINDOW: u64 = 256;
 
 pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
     stream::Config {

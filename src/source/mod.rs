@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::event::value::ValueKind;
 use crate::event::EventBuilder;
 use crate::lsn::Lsn;
-use crate::sink::publisher::{Batcher, Item};
+use crate::pipeline::handoff::{Batcher, Item};
 use catalog::Catalog;
 use conn::{ReplicationReader, ReplicationWriter, SourceError};
 
