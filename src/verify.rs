@@ -104,7 +104,24 @@ impl<'k> Verifier<'k> {
         }
         s.messages += 1;
         s.last_sequence = sequence;
-        let hash = sha256(payload);
+        let expected_prev = self.check_link(sequence, sha256(payload));
+        self.check_signature(sequence, signature, payload);
+        let attrs = match Attributes::parse(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                self.problem(sequence, format!("not a walguard event: {e}"));
+                return;
+            }
+        };
+        self.check_attributes(sequence, &attrs, expected_prev);
+        self.check_order(sequence, &attrs);
+        self.count(&attrs);
+        self.check_group(sequence, &attrs);
+    }
+
+    /// Sequence continuity; returns the hash the message must name as `prevhash` (unknown for
+    /// the first message of a partial range).
+    fn check_link(&mut self, sequence: u64, hash: Hash) -> Option<Hash> {
         let expected_prev = match self.prev {
             None if sequence == 1 => Some([0u8; 32]),
             None if self.partial => None,
@@ -135,7 +152,11 @@ impl<'k> Verifier<'k> {
             }
         };
         self.prev = Some((sequence, hash));
+        expected_prev
+    }
 
+    /// The signature, when there is one, and the unsigned run (SPEC's group rule).
+    fn check_signature(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) {
         match signature {
             Some((kid, sig)) => match self.keyring.verify(kid, sig, payload) {
                 Ok(()) => {
@@ -158,14 +179,10 @@ impl<'k> Verifier<'k> {
                 }
             }
         }
+    }
 
-        let attrs = match Attributes::parse(payload) {
-            Ok(a) => a,
-            Err(e) => {
-                self.problem(sequence, format!("not a walguard event: {e}"));
-                return;
-            }
-        };
+    /// The spec version, the sequence the event names and its `prevhash`.
+    fn check_attributes(&mut self, sequence: u64, attrs: &Attributes, expected_prev: Option<Hash>) {
         if attrs.specversion != "1.0" {
             self.problem(
                 sequence,
@@ -187,6 +204,10 @@ impl<'k> Verifier<'k> {
                 self.problem(sequence, "broken chain: prevhash does not match the previous message (a message was removed, inserted, reordered or altered)");
             }
         }
+    }
+
+    /// `(pglsn, pgtxidx)` only grows along the stream.
+    fn check_order(&mut self, sequence: u64, attrs: &Attributes) {
         let position = attrs.position();
         if let Some(prev) = self.position {
             if position <= prev {
@@ -200,26 +221,30 @@ impl<'k> Verifier<'k> {
             }
         }
         self.position = Some(self.position.map_or(position, |p| p.max(position)));
-        self.summary.last_lsn = self.summary.last_lsn.max(attrs.pglsn);
-        self.summary.first_lsn.get_or_insert(attrs.pglsn);
+    }
+
+    fn count(&mut self, attrs: &Attributes) {
+        let s = &mut self.summary;
+        s.last_lsn = s.last_lsn.max(attrs.pglsn);
+        s.first_lsn.get_or_insert(attrs.pglsn);
         if attrs.is_watermark() {
-            self.summary.watermarks += 1;
+            s.watermarks += 1;
         } else {
-            self.summary.events += 1;
+            s.events += 1;
         }
         let table = match (&attrs.data.schema, &attrs.data.table) {
-            (Some(s), Some(t)) => format!("{s}.{t}"),
+            (Some(schema), Some(table)) => format!("{schema}.{table}"),
             _ => "(walguard)".to_owned(),
         };
-        *self
-            .summary
-            .tables
+        *s.tables
             .entry(table)
             .or_default()
             .entry(attrs.data.op.clone())
             .or_default() += 1;
+    }
 
-        // Transaction completeness.
+    /// Transaction completeness: `pgtxidx` 1..n, `pgtxcnt` = n with `pgendlsn` on the last.
+    fn check_group(&mut self, sequence: u64, attrs: &Attributes) {
         let continues = self
             .group
             .as_ref()
@@ -240,14 +265,13 @@ impl<'k> Verifier<'k> {
             if attrs.pgtxidx != 1 {
                 self.problem(sequence, format!("a transaction starts at pgtxidx {}", attrs.pgtxidx));
             }
-            self.group = Some(OpenGroup {
-                lsn: attrs.pglsn,
-                xid: attrs.pgxid,
-                next_idx: attrs.pgtxidx,
-                first_sequence: sequence,
-            });
         }
-        let g = self.group.as_mut().expect("set above");
+        let g = self.group.get_or_insert(OpenGroup {
+            lsn: attrs.pglsn,
+            xid: attrs.pgxid,
+            next_idx: attrs.pgtxidx,
+            first_sequence: sequence,
+        });
         g.next_idx = attrs.pgtxidx + 1;
         match (attrs.pgtxcnt, attrs.pgendlsn) {
             (Some(cnt), Some(_)) => {
