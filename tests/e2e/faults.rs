@@ -4,18 +4,21 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{self, Env, Walguard};
+use crate::ledger::{
+    assert_confirmed_never_ahead, assert_exactly_once_in_order, spawn_sampler, write_ledger, Committed, Sampler,
+};
 
 const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL, note text);";
 const GUARD_LEDGER: &str = "[[tables]]\nname = \"public.ledger\"\n";
 
 /// The fault tests' verdict: every committed row arrived once, in order, nothing else did,
 /// the slot was never confirmed past what the stream held, and the stream verifies.
-async fn assert_every_write_once(env: &Env, wg: &Walguard, written: &[i64], sampler: crate::Sampler) {
+async fn assert_every_write_once(env: &Env, wg: &Walguard, written: &[i64], sampler: Sampler) {
     env.wait_events(written.len(), Duration::from_secs(120)).await;
     let samples = sampler.finish().await;
     let stream = env.read_stream().await;
     assert_eq!(classify(&stream, written), (0, 0, 0, 0), "{}", wg.output());
-    crate::assert_confirmed_never_ahead(&stream, &samples);
+    assert_confirmed_never_ahead(&stream, &samples);
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
@@ -90,7 +93,7 @@ async fn write_through_restarts(url: &str, from: i64, n: i64) -> Vec<i64> {
 async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
     let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
     let wg = env.spawn_ready().await;
-    let sampler = crate::spawn_sampler(&env);
+    let sampler = spawn_sampler(&env);
     let url = env.pg.url("postgres");
     let writer = tokio::spawn({
         let url = url.clone();
@@ -250,7 +253,7 @@ async fn connections_cut_and_stalled_in_both_directions() {
         .replace(&env.nats.url(), &format!("nats://127.0.0.1:{}", nats_proxy.port));
     std::fs::write(&env.config, config).unwrap();
     let wg = env.spawn_ready().await;
-    let sampler = crate::spawn_sampler(&env);
+    let sampler = spawn_sampler(&env);
     let writer = tokio::spawn({
         let url = env.pg.url("postgres");
         async move { write_through_restarts(&url, 1, 2000).await }
@@ -429,4 +432,92 @@ async fn a_jetstream_cluster_loses_its_stream_leader() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_at_random_moments() {
+    use rand::Rng;
+    let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let first = env.spawn_ready().await;
+    let sampler = spawn_sampler(&env);
+
+    let writer_db = harness::connect_db(&env.pg.url("postgres")).await;
+    let writer = tokio::spawn(async move {
+        let mut log = Committed::new();
+        let mut next_id = 0;
+        write_ledger(&writer_db, 1, 20_000, &mut next_id, &mut log).await;
+        log
+    });
+    let mut wg = first;
+    let mut kills = 0;
+    // The short form kills 10 times; the long form (RELIABILITY.md) sets WALGUARD_FAULT_CYCLES.
+    let cycles: u32 = std::env::var("WALGUARD_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    while kills < cycles || !writer.is_finished() {
+        let wait = rand::thread_rng().gen_range(200..2500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        wg.kill();
+        kills += 1;
+        let pause = rand::thread_rng().gen_range(0..300);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        wg = env.spawn();
+    }
+    let committed = writer.await.unwrap();
+    let total: usize = committed.iter().map(Vec::len).sum();
+    let events = env.wait_events(total, Duration::from_secs(180)).await;
+    assert_eq!(events.len(), total, "walguard log:\n{}", wg.output());
+    // Let the last acks be confirmed, then stop cleanly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    let samples = sampler.finish().await;
+
+    let stream = env.read_stream().await;
+    assert_exactly_once_in_order(&stream, &committed);
+    assert!(
+        samples.len() > 50,
+        "only {} samples of confirmed_flush_lsn",
+        samples.len()
+    );
+    assert_confirmed_never_ahead(&stream, &samples);
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "{kills} SIGKILLs, {} transactions, {total} events, {} messages; {out}",
+        committed.len(),
+        stream.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_loses_and_doubles_nothing() {
+    let mut env = Env::start(LEDGER, GUARD_LEDGER, "").await;
+    let mut wg = env.spawn_ready().await;
+    let db = harness::connect_db(&env.pg.url("postgres")).await;
+    let mut log = Committed::new();
+    let mut next_id = 0;
+    write_ledger(&db, 1, 300, &mut next_id, &mut log).await;
+    env.nats.stop();
+    // Writers go on while NATS is down; PostgreSQL keeps the WAL for the slot.
+    write_ledger(&db, 301, 300, &mut next_id, &mut log).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.nats.start_again().unwrap();
+    write_ledger(&db, 601, 300, &mut next_id, &mut log).await;
+    let total: usize = log.iter().map(Vec::len).sum();
+    let events = env.wait_events(total, Duration::from_secs(90)).await;
+    assert_eq!(events.len(), total, "{}", wg.output());
+    assert_eq!(
+        wg.wait_exit(Duration::from_millis(10)),
+        None,
+        "walguard must keep running:\n{}",
+        wg.output()
+    );
+    let stream = env.read_stream().await;
+    assert_exactly_once_in_order(&stream, &log);
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
 }

@@ -26,7 +26,7 @@ pub(crate) async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-async fn wait_status(port: u16, path: &str, want: u16, within: Duration) -> (u16, String) {
+pub(crate) async fn wait_status(port: u16, path: &str, want: u16, within: Duration) -> (u16, String) {
     wait_state(port, path, want, "", within).await
 }
 

@@ -120,7 +120,7 @@ async fn nats_tls_with_an_nkey_user() {
     let extra = format!("tls_ca_file = \"{}\"\nnkey_file = \"user.nk\"", ca.display());
     env.write_config(GUARD_T, &extra);
     let wg = env.spawn();
-    let (status, body) = crate::ops_wait_ready(env.listen_port).await;
+    let (status, body) = crate::ops::wait_status(env.listen_port, "/readyz", 200, Duration::from_secs(30)).await;
     assert_eq!(status, 200, "{body}\n{}", wg.output());
 
     // A wrong credential fails clearly.
