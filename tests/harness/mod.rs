@@ -254,21 +254,45 @@ impl Env {
         out
     }
 
-    /// The change events (no markers, no snapshot rows) once at least `n` are in the stream.
+    /// The change events (no markers, no snapshot rows) once at least `n` are in the stream;
+    /// fails the test, saying how many arrived, when they are not there `within`.
     pub async fn wait_events(&self, n: usize, within: Duration) -> Vec<Stored> {
-        let deadline = Instant::now() + within;
-        loop {
-            let events: Vec<Stored> = self
-                .read_stream()
-                .await
-                .into_iter()
-                .filter(|m| !m.is_marker() && !m.is_snapshot())
-                .collect();
-            if events.len() >= n || Instant::now() > deadline {
-                return events;
+        let seen = std::cell::Cell::new(0);
+        eventually(within, &format!("{n} change events in the stream"), || {
+            let (read, seen) = (self.read_stream(), &seen);
+            async move {
+                let events: Vec<Stored> = read
+                    .await
+                    .into_iter()
+                    .filter(|m| !m.is_marker() && !m.is_snapshot())
+                    .collect();
+                seen.set(events.len());
+                (events.len() >= n).then_some(events)
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "only {} of {n} change events arrived within {within:?}; the newest walguard log ends:\n{}",
+                seen.get(),
+                self.newest_log_tail()
+            )
+        })
+    }
+
+    /// The last lines of the newest walguard log in the test's folder, for failure messages.
+    pub fn newest_log_tail(&self) -> String {
+        let newest = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("walguard-"))
+            .max_by_key(|e| e.file_name());
+        let text = newest
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .unwrap_or_else(|| "(no walguard log)".into());
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// How many messages the stream holds now.
@@ -301,6 +325,26 @@ impl Env {
 }
 
 /// A walguard process; killed with SIGKILL on drop.
+/// Polls `check` every 100 ms until it yields `Some`, for at most `within`; `None` then, so
+/// the caller fails with what it was waiting for (`what`, also printed to stderr).
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if Instant::now() > deadline {
+            eprintln!("gave up waiting for {what} after {within:?}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub struct Walguard {
     child: Option<Child>,
     pub log: PathBuf,
