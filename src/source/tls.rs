@@ -82,14 +82,18 @@ impl Deref for PgConfig {
     }
 }
 
+/// `%XX` decoding of a URL query value, as libpq does. It works on bytes, so a `%` before a
+/// multibyte character is kept as written instead of slicing the string inside a character.
 fn percent_decode(s: &str) -> String {
+    let hex = |c: &u8| char::from(*c).to_digit(16);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+        if b[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) {
+                // Two hex digits make one byte (at most 0xff).
+                out.push((hi << 4 | lo) as u8);
                 i += 3;
                 continue;
             }
@@ -335,6 +339,20 @@ mod tests {
         assert!(PgConfig::parse("postgres://u@db/app?sslmode=sometimes")
             .unwrap_err()
             .contains("sslmode"));
+    }
+
+    #[test]
+    fn percent_decoding_never_slices_inside_a_character() {
+        assert_eq!(percent_decode("%2Fetc%2fca.pem"), "/etc/ca.pem");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+        // A `%` before a multibyte character, or too close to the end, stays as written.
+        assert_eq!(percent_decode("%aé"), "%aé");
+        assert_eq!(percent_decode("%é1"), "%é1");
+        assert_eq!(percent_decode("a%4"), "a%4");
+        assert_eq!(percent_decode("%"), "%");
+        // Only hex digits: `from_str_radix` would have read `+1` as 1.
+        assert_eq!(percent_decode("%+1"), "%+1");
+        assert!(PgConfig::parse("postgres://u@db/app?sslrootcert=%aé").is_ok());
     }
 
     #[test]
