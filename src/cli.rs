@@ -44,7 +44,8 @@ pub enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
-    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
+    /// Write a new Ed25519 signing key (PKCS#8 v1 PEM, as `openssl genpkey -algorithm ed25519`
+    /// writes it; mode 0600) and print its public key.
     Keygen {
         /// Where to write the private key; an existing file is never overwritten.
         #[arg(long)]

@@ -1,7 +1,9 @@
 //! Configuration (SPEC section 4): a TOML file, then `WALGUARD__SECTION__KEY` environment
 //! overrides, loaded with the `config` crate into types that refuse unknown keys, validated
 //! once. Errors name the key, the file and what is expected. The PostgreSQL URL may hold a
-//! password, so it is kept in a type whose Debug never prints it.
+//! password (in the URL's user info, as `?password=`, or as `password = ...`), so it is kept
+//! in a type whose Debug never prints it, and it is described from the parsed configuration,
+//! never from the string: no message, Debug output or log line holds it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -60,7 +62,7 @@ pub struct PostgresConfig {
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(self.url.expose()))
+            .field("url", &PostgresUrl(&self.url))
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("failover_slot", &self.failover_slot)
@@ -86,26 +88,41 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A connection URL with its password replaced, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
+/// `postgres.url` for Debug: what the parsed configuration says (host, port, user, database,
+/// TLS, whether a password is set), so no form of writing the password can slip through.
+struct PostgresUrl<'a>(&'a Secret);
+
+impl std::fmt::Debug for PostgresUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::source::tls::PgConfig::parse(self.0.expose()) {
+            Ok(pg) => pg.fmt(f),
+            Err(_) => f.write_str("<invalid>"),
         }
     }
-    // key=value form: hide password=...
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***"
-            } else {
-                kv
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+}
+
+/// A NATS server URL (or a comma-separated list of them) with the user info's password, or a
+/// token given as the whole user info, replaced, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one_url).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let Some(at) = url[authority_start..authority_end]
+        .rfind('@')
+        .map(|i| authority_start + i)
+    else {
+        return url.to_owned();
+    };
+    let hidden = match url[authority_start..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{hidden}{}", &url[..authority_start], &url[at..])
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,7 +137,7 @@ pub struct TableConfig {
     pub hash_columns: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     #[serde(default = "default_nats_url")]
@@ -144,6 +161,26 @@ pub struct NatsConfig {
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("replicas", &self.replicas)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("durability_delay", &self.durability_delay)
+            .field("watermark_interval", &self.watermark_interval)
+            .field("allow_unsafe_stream", &self.allow_unsafe_stream)
+            .field("creds_file", &self.creds_file)
+            .field("nkey_file", &self.nkey_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -350,7 +387,7 @@ impl Config {
                     .separator("__"),
             )
             .build()
-            .map_err(|e| invalid(file, e.to_string()))?;
+            .map_err(|e| invalid(file, without_source_lines(&e.to_string())))?;
         let mut cfg: Config = raw.try_deserialize().map_err(|e| invalid(file, describe(e)))?;
         cfg.file = file.to_owned();
         cfg.validate()?;
@@ -360,10 +397,11 @@ impl Config {
     fn validate(&mut self) -> Result<(), ConfigError> {
         let file = self.file.clone();
         let e = |m: String| invalid(&file, m);
+        // The message names the problem but never quotes the URL: any part of it may be the
+        // password.
         crate::source::tls::PgConfig::parse(self.postgres.url.expose()).map_err(|err| {
             e(format!(
-                "postgres.url {:?} is not a valid libpq URL or key=value string ({err})",
-                redact_url(self.postgres.url.expose())
+                "postgres.url is not a valid libpq URL or key=value string: {err}"
             ))
         })?;
         let slot_ok = !self.postgres.slot.is_empty()
@@ -500,6 +538,22 @@ fn describe(e: config::ConfigError) -> String {
     }
 }
 
+/// A TOML syntax error without the file's line that toml quotes under it (`3 | url = ...`):
+/// that line may be `postgres.url` with its password. The line and column numbers stay.
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        let rest = line.trim_start().trim_start_matches(|c: char| c.is_ascii_digit());
+        rest.trim_start().starts_with('|')
+    };
+    message
+        .lines()
+        .filter(|line| !quoted(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,8 +649,88 @@ key_file = "walguard.key"
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:pw@h:5/db"), "postgres://u:***@h:5/db");
-        assert_eq!(redact_url("host=h password=pw user=u"), "host=h password=*** user=u");
+    fn redacts_nats_credentials() {
+        assert_eq!(redact_url("nats://u:pw@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact_url("nats://t0ken@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("tls://u:p@w@h/x?y@z"), "tls://u:***@h/x?y@z");
+        assert_eq!(
+            redact_url("nats://u:pw@a:4222,nats://t0ken@b:4222,nats://c:4222"),
+            "nats://u:***@a:4222,nats://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    /// `url` as `postgres.url` of MINIMAL, in a TOML basic string.
+    fn with_postgres_url(url: &str) -> String {
+        MINIMAL.replace(
+            "url = \"postgres://walguard:s3cret@127.0.0.1:5432/app\"",
+            &format!("url = \"{}\"", url.replace('\\', "\\\\")),
+        )
+    }
+
+    #[test]
+    fn the_postgres_password_is_never_printed_in_any_form() {
+        // Every form tokio-postgres reads a password in, valid and with an error elsewhere.
+        let dir = tempfile::tempdir().unwrap();
+        for (url, password) in [
+            ("postgres://walguard:pw1Zq@db:5432/app", "pw1Zq"),
+            ("postgres://walguard@db:5432/app?password=pw1Zq", "pw1Zq"),
+            (
+                "postgresql://walguard@db/app?application_name=x&password=pw1Zq&sslmode=require",
+                "pw1Zq",
+            ),
+            ("host=db user=walguard password=pw1Zq", "pw1Zq"),
+            ("host=db user=walguard password = pw1Zq", "pw1Zq"),
+            ("host=db user=walguard password='pw1Zq'", "pw1Zq"),
+            ("host=db user=walguard password = 'pw1Zq pw1Zq'", "pw1Zq pw1Zq"),
+            (r"host=db user=walguard password=pw1Zq\ pw1Zq", "pw1Zq pw1Zq"),
+        ] {
+            let cfg = Config::load(&write(&dir, &with_postgres_url(url))).unwrap();
+            assert_eq!(cfg.pg_config().get_password(), Some(password.as_bytes()), "{url}");
+            let shown = format!("{cfg:?}");
+            assert!(!shown.contains("pw1Zq"), "{url}: {shown}");
+            assert!(
+                shown.contains("db:5432") && shown.contains("<redacted>"),
+                "{url}: {shown}"
+            );
+        }
+        for url in [
+            "postgres://walguard:pw1Zq@db:port/app",
+            "postgres://walguard@db:port/app?password=pw1Zq",
+            "postgres://walguard@db/app?password=pw1Zq&sslmode=sometimes",
+            "host=db port=x password=pw1Zq",
+            "host=db password = pw1Zq port=x",
+            "host=db password = 'pw1Zq pw1Zq' port=x",
+            "host=db password = pw1Zq pw1Zq",
+            "host=db password pw1Zq",
+            "host=db password='pw1Zq",
+        ] {
+            let msg = Config::load(&write(&dir, &with_postgres_url(url)))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("postgres.url is not a valid"), "{url}: {msg}");
+            assert!(!msg.contains("pw1Zq") && !msg.contains("`p`"), "{url}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_does_not_quote_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, &MINIMAL.replace("/app\"", "/app"));
+        let msg = Config::load(&p).unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("walguard.toml"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn the_nats_url_is_redacted_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            &format!("{MINIMAL}\n[nats]\nurl = \"nats://u:natspw@h:4222,nats://t0ken@g:4222\"\n"),
+        );
+        let shown = format!("{:?}", Config::load(&p).unwrap());
+        assert!(!shown.contains("natspw") && !shown.contains("t0ken"), "{shown}");
+        assert!(shown.contains("nats://u:***@h:4222,nats://***@g:4222"), "{shown}");
     }
 }

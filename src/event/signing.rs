@@ -5,6 +5,11 @@
 //! event without re-serializing JSON. Private keys are PKCS#8 PEM (what
 //! `openssl genpkey -algorithm ed25519` writes); a key file readable by group or others is
 //! refused, as ssh refuses such keys.
+//!
+//! PKCS#8 has two forms for Ed25519 (RFC 8410 section 7): v1 holds only the private key, v2
+//! (RFC 5958 OneAsymmetricKey) adds the public key in `[1]`. OpenSSL 3, Python's
+//! `cryptography` and most signers read only v1, so `keygen` writes v1. Walguard 0.1 wrote
+//! v2; those files still load, and their public key must be the private key's.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,7 +18,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +36,11 @@ pub enum KeyError {
         expected: &'static str,
         reason: String,
     },
+    #[error(
+        "key file {path} holds a public key that does not belong to its private key (the file is damaged or was \
+         assembled from two keys): restore it from a backup, or make a new key with `walguard keygen`"
+    )]
+    Mismatch { path: PathBuf },
     #[error("key file {path} already exists: choose another path or remove it first")]
     Exists { path: PathBuf },
     #[error("no randomness available to generate a key: {0}")]
@@ -71,7 +81,7 @@ impl Signer {
         Signer { key, key_id }
     }
 
-    /// Loads a PKCS#8 PEM private key, refusing files that group or others can read.
+    /// Loads a PKCS#8 PEM private key (v1 or v2), refusing files that group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io {
             path: path.to_owned(),
@@ -86,24 +96,15 @@ impl Signer {
             });
         }
         let pem = fs::read_to_string(path).map_err(io)?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
-            path: path.to_owned(),
-            expected: "PKCS#8 private",
-            reason: e.to_string(),
-        })?;
-        Ok(Signer::new(key))
+        Ok(Signer::new(private_key_from_pem(path, &pem)?))
     }
 
-    /// Writes a new random key as PKCS#8 PEM with mode 0600; never overwrites a file.
+    /// Writes a new random key as PKCS#8 v1 PEM with mode 0600; never overwrites a file.
     pub fn generate(path: &Path) -> Result<Self, KeyError> {
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
         let key = SigningKey::from_bytes(&seed);
-        let pem = key.to_pkcs8_pem(Default::default()).map_err(|e| KeyError::Format {
-            path: path.to_owned(),
-            expected: "PKCS#8 private",
-            reason: e.to_string(),
-        })?;
+        let pem = private_key_pem(&key);
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -144,6 +145,35 @@ impl Signer {
     pub fn sign(&self, payload: &[u8]) -> String {
         let sig = self.key.sign(&pae(payload));
         base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+    }
+}
+
+/// The private key as PKCS#8 v1 PEM, byte for byte what `openssl genpkey -algorithm ed25519`
+/// writes. (`SigningKey::to_pkcs8_pem` writes v2, which OpenSSL 3 refuses as "unsupported".)
+fn private_key_pem(key: &SigningKey) -> impl std::ops::Deref<Target = String> {
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .expect("an Ed25519 private key always encodes")
+}
+
+/// Reads PKCS#8 v1 or v2. A v2 file's public key is compared with the one derived from its
+/// private key: signing with a key whose stated public key is another would make events that
+/// the stated key cannot verify.
+fn private_key_from_pem(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
+    let pair = KeypairBytes::from_pkcs8_pem(pem).map_err(|e| KeyError::Format {
+        path: path.to_owned(),
+        expected: "PKCS#8 private",
+        reason: e.to_string(),
+    })?;
+    let key = SigningKey::from_bytes(&pair.secret_key);
+    match &pair.public_key {
+        Some(public) if public.as_ref() != key.verifying_key().as_bytes() => {
+            Err(KeyError::Mismatch { path: path.to_owned() })
+        }
+        _ => Ok(key),
     }
 }
 
@@ -280,6 +310,107 @@ mod tests {
         fs::write(&path, pem).unwrap();
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         assert_eq!(Signer::load(&path).unwrap().key_id(), "cf4b869eab15a6b4");
+    }
+
+    /// PKCS#8 v1, written by `openssl genpkey -algorithm ed25519` (OpenSSL 3.0.19).
+    const V1_PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MC4CAQAwBQYDK2VwBCIEIK3AA+FKAeerCWADNCjn7J/lFpXMkqv32kWXLBpFJrrg\n\
+        -----END PRIVATE KEY-----\n";
+    /// `openssl pkey -in v1.pem -pubout`.
+    const V1_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEAa5EMOpjZeEQDeh8j9h8z4Tuo8HOlF5VMnWtVjIPaqjk=\n\
+        -----END PUBLIC KEY-----\n";
+
+    /// PKCS#8 v2 (public key in `[1]`), written by `walguard keygen` of commit 624a951, with
+    /// the public key PEM and key id it printed.
+    const V2_PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MFECAQEwBQYDK2VwBCIEIE/5lWzW+6damB+m5+I2lUZ5vHoEcAJ3XyAR3AMhGEI6\n\
+        gSEA7ziE0GQCJcdSb1coyzi+nZSJ/4pKWxZwH5u70MgWhHA=\n\
+        -----END PRIVATE KEY-----\n";
+    const V2_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEA7ziE0GQCJcdSb1coyzi+nZSJ/4pKWxZwH5u70MgWhHA=\n\
+        -----END PUBLIC KEY-----\n";
+
+    /// `V2_PEM` with the public key of `V1_PEM` in `[1]`: a file assembled from two keys.
+    const V2_WRONG_PUBLIC_PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MFECAQEwBQYDK2VwBCIEIE/5lWzW+6damB+m5+I2lUZ5vHoEcAJ3XyAR3AMhGEI6\n\
+        gSEAa5EMOpjZeEQDeh8j9h8z4Tuo8HOlF5VMnWtVjIPaqjk=\n\
+        -----END PRIVATE KEY-----\n";
+
+    fn key_file(dir: &tempfile::TempDir, name: &str, pem: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        fs::write(&path, pem).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn writes_pkcs8_v1_as_openssl_does_and_reads_both_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = Signer::load(&key_file(&dir, "v1.pem", V1_PEM)).unwrap();
+        assert_eq!(v1.public_key_pem(), V1_PUBLIC_PEM);
+        assert_eq!(v1.key_id(), "53d6e571760e1032");
+        // What keygen writes for this key is byte for byte what openssl wrote.
+        assert_eq!(private_key_pem(&v1.key).as_str(), V1_PEM);
+
+        let v2 = Signer::load(&key_file(&dir, "v2.pem", V2_PEM)).unwrap();
+        assert_eq!(v2.public_key_pem(), V2_PUBLIC_PEM);
+        assert_eq!(v2.key_id(), "b08973e4dbb375b7");
+        let rewritten = private_key_pem(&v2.key);
+        assert!(
+            rewritten.starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAw"),
+            "{}",
+            rewritten.as_str()
+        );
+    }
+
+    #[test]
+    fn a_v2_key_whose_public_key_is_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(&dir, "mixed.pem", V2_WRONG_PUBLIC_PEM);
+        let err = Signer::load(&path).unwrap_err();
+        assert!(matches!(err, KeyError::Mismatch { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mixed.pem") && msg.contains("does not belong to its private key"),
+            "{msg}"
+        );
+        assert!(msg.contains("walguard keygen"), "{msg}");
+    }
+
+    /// Runs the real `openssl` (scripts/bootstrap installs it); its absence is a failure.
+    fn openssl(args: &[&str]) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("running openssl: install it (scripts/bootstrap does)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn openssl_reads_keygen_keys_and_walguard_reads_openssl_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("walguard.key");
+        let made = Signer::generate(&ours).unwrap();
+        let ours = ours.to_str().unwrap();
+        openssl(&["pkey", "-in", ours, "-noout"]);
+        // `keygen` prints `public_key_pem()`; openssl derives the same from the file.
+        assert_eq!(openssl(&["pkey", "-in", ours, "-pubout"]), made.public_key_pem());
+
+        let theirs = dir.path().join("openssl.key");
+        let theirs_str = theirs.to_str().unwrap();
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", theirs_str]);
+        fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let loaded = Signer::load(&theirs).unwrap();
+        assert_eq!(
+            loaded.public_key_pem(),
+            openssl(&["pkey", "-in", theirs_str, "-pubout"])
+        );
     }
 }
 

@@ -227,7 +227,11 @@ fn write_timestamptz(s: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
     if b.len() < 19 || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
         return Err(bad("timestamptz", "expected YYYY-MM-DD HH:MM:SS"));
     }
-    let frac = match &body[19..] {
+    // Bytes 10, 13 and 16 are ASCII, but byte 19 may fall inside a multibyte character.
+    let rest = body
+        .get(19..)
+        .ok_or(bad("timestamptz", "expected YYYY-MM-DD HH:MM:SS"))?;
+    let frac = match rest {
         "" => "",
         f => f
             .strip_prefix('.')
@@ -547,6 +551,9 @@ mod tests {
         assert!(fails(701, "inf"));
         assert!(fails(1184, "2026-11-29 09:48:11+02"));
         assert!(fails(1184, "2026-11-29 09:48:11.1234567+00"));
+        // A multibyte character across byte 19 (the review's panic).
+        assert!(fails(1184, "2026-11-29 09:48:1é+00"));
+        assert!(fails(1184, "2026-11-29 09:48:€1+00"));
         assert!(fails(114, "{bad json"));
         assert!(fails(17, "\\xabc"));
         assert!(fails(17, "abc"));
