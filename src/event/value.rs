@@ -223,15 +223,33 @@ fn write_timestamptz(s: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
     let body = s
         .strip_suffix("+00")
         .ok_or(bad("timestamptz", "expected a UTC offset (+00)"))?;
-    let b = body.as_bytes();
-    if b.len() < 19 || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
-        return Err(bad("timestamptz", "expected YYYY-MM-DD HH:MM:SS"));
+    // The year has four digits up to 9999 and more after (PostgreSQL goes to 294276): the
+    // date is everything before the space.
+    let shape = || bad("timestamptz", "expected YYYY-MM-DD HH:MM:SS");
+    let (date, time) = body.split_once(' ').ok_or_else(shape)?;
+    let d = date.as_bytes();
+    let year_digits = d.len().checked_sub(6).filter(|&n| n >= 4).ok_or_else(shape)?;
+    let date_ok = d.iter().enumerate().all(|(i, &c)| {
+        if i == year_digits || i == year_digits + 3 {
+            c == b'-'
+        } else {
+            c.is_ascii_digit()
+        }
+    });
+    let t = time.as_bytes();
+    let time_ok = t.len() >= 8
+        && t[..8].iter().enumerate().all(|(i, &c)| {
+            if i == 2 || i == 5 {
+                c == b':'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !date_ok || !time_ok {
+        return Err(shape());
     }
-    // Bytes 10, 13 and 16 are ASCII, but byte 19 may fall inside a multibyte character.
-    let rest = body
-        .get(19..)
-        .ok_or(bad("timestamptz", "expected YYYY-MM-DD HH:MM:SS"))?;
-    let frac = match rest {
+    // Bytes 0..8 of the time are ASCII (checked above), so 8 is a character boundary.
+    let frac = match &time[8..] {
         "" => "",
         f => f
             .strip_prefix('.')
@@ -239,9 +257,9 @@ fn write_timestamptz(s: &str, out: &mut Vec<u8>) -> Result<(), ValueError> {
             .ok_or(bad("timestamptz", "invalid fraction of a second"))?,
     };
     out.push(b'"');
-    out.extend_from_slice(&b[..10]);
+    out.extend_from_slice(d);
     out.push(b'T');
-    out.extend_from_slice(&b[11..19]);
+    out.extend_from_slice(&t[..8]);
     out.push(b'.');
     out.extend_from_slice(frac.as_bytes());
     out.extend(std::iter::repeat_n(b'0', 6 - frac.len()));
@@ -499,6 +517,14 @@ mod tests {
             (1184, "2026-11-29 09:48:11.767852+00", "\"2026-11-29T09:48:11.767852Z\""),
             (1184, "2026-11-29 09:48:11.7+00", "\"2026-11-29T09:48:11.700000Z\""),
             (1184, "2026-11-29 09:48:11+00", "\"2026-11-29T09:48:11.000000Z\""),
+            // Past 9999 PostgreSQL prints more year digits; they are kept (the envelope's
+            // `time` does the same).
+            (1184, "10000-01-01 00:00:00+00", "\"10000-01-01T00:00:00.000000Z\""),
+            (
+                1184,
+                "294276-12-31 23:59:59.999999+00",
+                "\"294276-12-31T23:59:59.999999Z\"",
+            ),
             (1184, "infinity", "\"infinity\""),
             (1184, "-infinity", "\"-infinity\""),
             (114, "{\"b\": 1,  \"a\": [1, 2]}", "{\"b\": 1,  \"a\": [1, 2]}"),
@@ -554,6 +580,11 @@ mod tests {
         // A multibyte character across byte 19 (the review's panic).
         assert!(fails(1184, "2026-11-29 09:48:1é+00"));
         assert!(fails(1184, "2026-11-29 09:48:€1+00"));
+        assert!(fails(1184, "202-11-29 09:48:11+00"));
+        assert!(fails(1184, "2026-1-129 09:48:11+00"));
+        assert!(fails(1184, "2026-11-29 09:4:811+00"));
+        assert!(fails(1184, "2026-11-29T09:48:11+00"));
+        assert!(fails(1184, "2026-11-29 09:48+00"));
         assert!(fails(114, "{bad json"));
         assert!(fails(17, "\\xabc"));
         assert!(fails(17, "abc"));
