@@ -31,13 +31,10 @@ pub enum CatalogError {
 impl CatalogError {
     pub fn is_transient(&self) -> bool {
         match self {
-            CatalogError::Postgres { source, .. } => match source.code() {
-                None => true,
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
-                }
-            },
+            // No code: the connection itself failed (closed, I/O), which a new one can get past.
+            CatalogError::Postgres { source, .. } => {
+                source.code().is_none_or(|c| super::sqlstate::is_transient(c.code()))
+            }
             CatalogError::Connect { .. } => true,
             CatalogError::Refused(_) => false,
         }
