@@ -411,15 +411,8 @@ fn table_spec(
             "fix `hash_columns` in [[tables]]".into(),
         ));
     }
-    if let Some(col) = table
-        .hash_columns
-        .iter()
-        .find(|c| facts.primary_key.contains(c) && table.key.is_none())
-    {
-        return Err((
-            format!("hash column {col:?} is part of the primary key, which must stay in clear"),
-            "remove it from `hash_columns`".into(),
-        ));
+    if let Some(problem) = hashed_key_problem(schema, name, table, &key) {
+        return Err(problem);
     }
     let leaves_full = facts.leaves.iter().all(|l| l.identity == 'f');
     for k in &key {
@@ -457,6 +450,30 @@ fn table_spec(
             hashed: table.hash_columns.clone(),
         },
         note,
+    ))
+}
+
+/// A column of the entity key may not be hashed: the key also names the entity in the
+/// CloudEvents `subject` (`schema.table/value`), which is published as it is, so a hashed key
+/// column would be hashed in `data.key` and in clear in `subject`.
+fn hashed_key_problem(schema: &str, name: &str, table: &crate::config::TableConfig, key: &[String]) -> Option<Problem> {
+    let col = table.hash_columns.iter().find(|c| key.contains(c))?;
+    let (what, fix) = if table.key.is_some() {
+        (
+            "the configured `key`",
+            format!(
+                "remove {col:?} from `hash_columns` of {schema}.{name} in [[tables]], or configure a `key` without it"
+            ),
+        )
+    } else {
+        (
+            "the primary key, which is the entity key",
+            format!("remove {col:?} from `hash_columns` of {schema}.{name} in [[tables]], or configure a `key` without it (with REPLICA IDENTITY FULL)"),
+        )
+    };
+    Some((
+        format!("hash column {col:?} is part of {what}: the key names the entity in the CloudEvents `subject`, which would carry it in clear"),
+        fix,
     ))
 }
 
@@ -657,6 +674,63 @@ mod tests {
         assert_eq!(json["ready"], false);
         assert_eq!(json["checks"][2]["outcome"], "fail");
         assert_eq!(json["checks"][2]["fix"], "do this");
+    }
+
+    fn facts(identity: char, primary_key: &[&str], columns: &[&str]) -> TableFacts {
+        let names = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        TableFacts {
+            oid: 1,
+            is_table: true,
+            partitioned: false,
+            is_partition: false,
+            identity,
+            can_select: true,
+            primary_key: names(primary_key),
+            identity_index: Vec::new(),
+            columns: names(columns),
+            leaves: Vec::new(),
+        }
+    }
+
+    fn table(key: Option<&[&str]>, hash_columns: &[&str]) -> crate::config::TableConfig {
+        crate::config::TableConfig {
+            name: "public.people".into(),
+            type_prefix: None,
+            key: key.map(|k| k.iter().map(|c| c.to_string()).collect()),
+            hash_columns: hash_columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn spec(t: &crate::config::TableConfig, f: &TableFacts) -> Result<TableSpec, Problem> {
+        table_spec("public", "people", t, f, "walguard").map(|(spec, _)| spec)
+    }
+
+    #[test]
+    fn a_hashed_column_of_the_configured_key_is_refused() {
+        let f = facts('f', &[], &["email", "name"]);
+        let (detail, fix) = spec(&table(Some(&["email"]), &["email"]), &f).unwrap_err();
+        assert!(
+            detail.contains("\"email\"") && detail.contains("configured `key`"),
+            "{detail}"
+        );
+        assert!(detail.contains("subject"), "{detail}");
+        assert!(fix.contains("hash_columns") && fix.contains("public.people"), "{fix}");
+        // One column of a composite key is enough.
+        let f = facts('f', &[], &["email", "site", "name"]);
+        assert!(spec(&table(Some(&["site", "email"]), &["email"]), &f).is_err());
+        // Hashing a column outside the key stays allowed.
+        let s = spec(&table(Some(&["email"]), &["name"]), &f).unwrap();
+        assert_eq!(s.hashed, ["name"]);
+    }
+
+    #[test]
+    fn a_hashed_primary_key_column_is_refused_unless_another_key_is_configured() {
+        let f = facts('d', &["id"], &["id", "email"]);
+        let (detail, _) = spec(&table(None, &["id"]), &f).unwrap_err();
+        assert!(detail.contains("\"id\"") && detail.contains("primary key"), "{detail}");
+        // With a configured key the primary key is not the entity key, and may be hashed.
+        let f = facts('f', &["id"], &["id", "email"]);
+        assert_eq!(spec(&table(Some(&["email"]), &["id"]), &f).unwrap().key, ["email"]);
     }
 
     #[test]

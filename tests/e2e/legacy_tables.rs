@@ -432,3 +432,54 @@ async fn generated_columns_appear_where_the_server_publishes_them() {
     };
     assert_eq!(events[0].data()["after"], want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_key_column_is_refused_by_check_and_run() {
+    let env = Env::start(
+        "CREATE TABLE public.people (id int PRIMARY KEY, email text NOT NULL, name text);
+         ALTER TABLE public.people REPLICA IDENTITY FULL;",
+        "",
+        "",
+    )
+    .await;
+    // The key names the entity in the CloudEvents subject, published as it is: hashing a key
+    // column would leave it in clear there.
+    for (tables, column, which) in [
+        (
+            "[[tables]]\nname = \"public.people\"\nkey = [\"email\"]\nhash_columns = [\"email\"]\n",
+            "\"email\"",
+            "configured `key`",
+        ),
+        (
+            "[[tables]]\nname = \"public.people\"\nhash_columns = [\"name\", \"id\"]\n",
+            "\"id\"",
+            "primary key",
+        ),
+    ] {
+        env.write_config(tables, "");
+        env.add_salt();
+        let (code, out) = check(&env, "text");
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  table public.people") && out.contains(column) && out.contains(which),
+            "{out}"
+        );
+        assert!(out.contains("remove") && out.contains("hash_columns"), "{out}");
+
+        let mut wg = env.spawn();
+        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        assert!(
+            wg.output().contains("table public.people") && wg.output().contains(column),
+            "{}",
+            wg.output()
+        );
+        assert!(env.read_stream().await.is_empty());
+        let published = env
+            .db
+            .query_opt("SELECT 1 FROM pg_publication_tables WHERE tablename = 'people'", &[])
+            .await
+            .unwrap();
+        assert!(published.is_none());
+        assert_eq!(env.confirmed_flush().await, None, "no slot is created");
+    }
+}

@@ -290,6 +290,15 @@ impl Env {
         row.get::<_, Option<String>>(0).map(|s| lsn(&s))
     }
 
+    /// Appends a `[hashing]` section with a fresh salt file, for `hash_columns`.
+    pub fn add_salt(&self) {
+        let salt = self.dir.path().join("salt");
+        std::fs::write(&salt, b"0123456789abcdef-test-salt").unwrap();
+        std::fs::set_permissions(&salt, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{config}\n[hashing]\nsalt_file = \"salt\"\n")).unwrap();
+    }
+
     pub async fn current_wal_lsn(&self) -> u64 {
         let row = self
             .db
