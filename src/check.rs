@@ -12,7 +12,7 @@ use crate::error::exit;
 use crate::event::builder::TableSpec;
 use crate::lsn::Lsn;
 use crate::sink::{self, stream};
-use crate::source::catalog::{Catalog, CatalogError, PublicationFacts, TableFacts};
+use crate::source::catalog::{Catalog, CatalogError, Generated, PublicationFacts, TableFacts};
 use crate::source::conn::quote_ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -191,6 +191,8 @@ pub async fn database(
         );
     }
 
+    let pub_name = &cfg.postgres.publication;
+    let publication = catalog.publication(pub_name).await?;
     let mut specs = Vec::new();
     let mut partitioned = Vec::new();
     for (schema, name, table) in cfg.guarded() {
@@ -210,7 +212,14 @@ pub async fn database(
         if facts.partitioned {
             partitioned.push(q.clone());
         }
-        match table_spec(&schema, &name, table, &facts, &role) {
+        let judged =
+            table_spec(&schema, &name, table, &facts, &role).and_then(|(spec, note)| {
+                match generated_problem(version, pub_name, publication.as_ref(), &q, &facts, &spec.key) {
+                    Some(problem) => Err(problem),
+                    None => Ok((spec, note)),
+                }
+            });
+        match judged {
             Ok((spec, note)) => {
                 match note {
                     Some((detail, fix)) => report.warn(&check, detail, Some(fix)),
@@ -229,8 +238,6 @@ pub async fn database(
         }
     }
 
-    let pub_name = &cfg.postgres.publication;
-    let publication = catalog.publication(pub_name).await?;
     let name = "postgres.publication";
     match &publication {
         None => report.warn(
@@ -477,6 +484,84 @@ fn hashed_key_problem(schema: &str, name: &str, table: &crate::config::TableConf
     ))
 }
 
+/// PostgreSQL 18 checks, on every UPDATE and DELETE of a published table, that its replica
+/// identity holds no generated column the publication leaves out, and otherwise fails the
+/// writer's statement ("Replica identity must not contain unpublished generated columns").
+/// A virtual generated column is never published, so under REPLICA IDENTITY FULL (which holds
+/// every column) it always fails; a stored one fails unless the publication has
+/// `publish_generated_columns = stored`, which walguard sets when it creates the publication.
+/// For a partitioned table the writers write, and PostgreSQL checks, its leaf partitions.
+///
+/// A stored generated column outside the identity breaks no writer, but a publication that
+/// leaves it out sends change events without it while snapshot rows (read with SELECT, which
+/// on 18 includes them) carry it: refused too, with the same fix.
+///
+/// Before 18 PostgreSQL publishes no generated column and checks none, so only the entity
+/// `key` matters there: a generated key column would be missing from every change event.
+/// `publication` is the configured publication, `None` when run will create it.
+fn generated_problem(
+    version: i32,
+    pub_name: &str,
+    publication: Option<&PublicationFacts>,
+    table: &str,
+    facts: &TableFacts,
+    key: &[String],
+) -> Option<Problem> {
+    if version < 180000 {
+        let col = key.iter().find(|k| facts.generated.stored.contains(k))?;
+        return Some((
+            format!(
+                "key column {col:?} is a generated column, which PostgreSQL before 18 never publishes: change events would not carry the entity key"
+            ),
+            format!(
+                "configure a `key` of other columns for {table} in [[tables]] (with REPLICA IDENTITY FULL), or upgrade to PostgreSQL 18, where walguard publishes stored generated columns"
+            ),
+        ));
+    }
+    let relations: Vec<(&str, char, &Generated)> = if facts.partitioned {
+        let leaves = facts.leaves.iter();
+        leaves.map(|l| (l.name.as_str(), l.identity, &l.generated)).collect()
+    } else {
+        vec![(table, facts.identity, &facts.generated)]
+    };
+    for (rel, identity, generated) in &relations {
+        if let (Some(col), 'f') = (generated.virtual_columns.first(), identity) {
+            return Some((
+                format!(
+                    "{rel} has REPLICA IDENTITY FULL and the virtual generated column {col:?}: PostgreSQL 18 never publishes virtual generated columns, so once published every UPDATE and DELETE of its writers would fail (\"Replica identity must not contain unpublished generated columns\")"
+                ),
+                format!(
+                    "make {col:?} a STORED generated column, or ALTER TABLE {rel} REPLICA IDENTITY DEFAULT; (with a primary key, or USING INDEX a unique index)"
+                ),
+            ));
+        }
+    }
+    if publication.is_none_or(|p| p.generated_stored) {
+        return None;
+    }
+    let fix = format!(
+        "ALTER PUBLICATION {} SET (publish_generated_columns = stored);",
+        quote_ident(pub_name)
+    );
+    for (rel, _, generated) in &relations {
+        if let Some(col) = generated.stored_in_identity.first() {
+            return Some((
+                format!(
+                    "the replica identity of {rel} holds the stored generated column {col:?}, which publication {pub_name} does not publish: while the table is in it, every UPDATE and DELETE of its writers fails (\"Replica identity must not contain unpublished generated columns\")"
+                ),
+                fix,
+            ));
+        }
+    }
+    let col = facts.generated.stored.first()?;
+    Some((
+        format!(
+            "publication {pub_name} does not publish the stored generated column {col:?}: change events would lack it while snapshot rows carry it"
+        ),
+        fix,
+    ))
+}
+
 /// The slot's state, for `check`; `run` judges the slot against the stream itself.
 pub async fn slot(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Result<(), CatalogError> {
     let name = "postgres.slot";
@@ -654,6 +739,7 @@ pub async fn preflight(cfg: &Config) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::catalog::Leaf;
 
     #[test]
     fn report_outcomes_and_exit_codes() {
@@ -688,6 +774,7 @@ mod tests {
             primary_key: names(primary_key),
             identity_index: Vec::new(),
             columns: names(columns),
+            generated: Generated::default(),
             leaves: Vec::new(),
         }
     }
@@ -731,6 +818,161 @@ mod tests {
         // With a configured key the primary key is not the entity key, and may be hashed.
         let f = facts('f', &["id"], &["id", "email"]);
         assert_eq!(spec(&table(Some(&["email"]), &["id"]), &f).unwrap().key, ["email"]);
+    }
+
+    fn generated(stored: &[&str], virtual_columns: &[&str], stored_in_identity: &[&str]) -> Generated {
+        let names = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        Generated {
+            stored: names(stored),
+            virtual_columns: names(virtual_columns),
+            stored_in_identity: names(stored_in_identity),
+        }
+    }
+
+    fn publication(generated_stored: bool) -> PublicationFacts {
+        PublicationFacts {
+            actions: [true; 4],
+            via_root: true,
+            all_tables: false,
+            generated_stored,
+            tables: Vec::new(),
+        }
+    }
+
+    const PG18: i32 = 180000;
+
+    #[test]
+    fn a_stored_generated_column_under_full_needs_a_publication_that_publishes_it() {
+        let mut f = facts('f', &[], &["id", "qty", "total"]);
+        f.generated = generated(&["total"], &[], &["total"]);
+        let t = "\"public\".\"lines\"";
+        let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), t, &f, &[]).unwrap();
+        assert!(
+            detail.contains(t) && detail.contains("\"total\"") && detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert_eq!(
+            fix,
+            "ALTER PUBLICATION \"wg\" SET (publish_generated_columns = stored);"
+        );
+        // Published, or created by walguard (which sets the option): fine.
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), t, &f, &[]),
+            None
+        );
+        assert_eq!(generated_problem(PG18, "wg", None, t, &f, &[]), None);
+        // Before 18 nothing is published and nothing checked.
+        assert_eq!(
+            generated_problem(170000, "wg", Some(&publication(false)), t, &f, &[]),
+            None
+        );
+        assert_eq!(
+            generated_problem(150000, "wg", Some(&publication(false)), t, &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_generated_key_column_before_18_is_refused() {
+        let mut f = facts('d', &["code"], &["code", "raw"]);
+        f.generated = generated(&["code"], &[], &["code"]);
+        let key = ["code".to_owned()];
+        for version in [150000, 170000] {
+            let (detail, fix) = generated_problem(version, "wg", None, "t", &f, &key).unwrap();
+            assert!(
+                detail.contains("key column \"code\"") && detail.contains("before 18"),
+                "{detail}"
+            );
+            assert!(fix.contains("`key`") && fix.contains("PostgreSQL 18"), "{fix}");
+        }
+        // A generated column outside the key is simply not published before 18.
+        assert_eq!(
+            generated_problem(150000, "wg", None, "t", &f, &["raw".to_owned()]),
+            None
+        );
+        // On 18 walguard's own publication publishes it.
+        assert_eq!(generated_problem(PG18, "wg", None, "t", &f, &key), None);
+    }
+
+    #[test]
+    fn a_stored_generated_column_in_the_primary_key_or_identity_index_breaks_writers_too() {
+        for identity in ['d', 'i'] {
+            let mut f = facts(identity, &["code"], &["code", "raw"]);
+            f.generated = generated(&["code"], &[], &["code"]);
+            let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
+            assert!(
+                detail.contains("replica identity") && detail.contains("UPDATE and DELETE"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_generated_column_outside_the_identity_must_be_published_too() {
+        let mut f = facts('d', &["id"], &["id", "qty", "total"]);
+        f.generated = generated(&["total"], &[], &[]);
+        let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
+        assert!(
+            detail.contains("change events would lack it") && !detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert!(fix.contains("publish_generated_columns = stored"), "{fix}");
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), "t", &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_virtual_generated_column_under_full_is_refused_whatever_the_publication() {
+        let mut f = facts('f', &[], &["id", "qty", "double"]);
+        f.generated = generated(&[], &["double"], &[]);
+        for p in [None, Some(publication(true)), Some(publication(false))] {
+            let (detail, fix) = generated_problem(PG18, "wg", p.as_ref(), "t", &f, &[]).unwrap();
+            assert!(detail.contains("virtual generated column \"double\""), "{detail}");
+            assert!(
+                fix.contains("STORED") && fix.contains("REPLICA IDENTITY DEFAULT"),
+                "{fix}"
+            );
+        }
+        // Under DEFAULT a virtual column is simply not published.
+        let mut f = facts('d', &["id"], &["id", "qty", "double"]);
+        f.generated = generated(&[], &["double"], &[]);
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn partitions_are_judged_leaf_by_leaf() {
+        let mut f = facts('d', &[], &["id", "region", "total"]);
+        f.partitioned = true;
+        f.generated = generated(&["total"], &[], &[]);
+        let leaf = |name: &str, identity, g| Leaf {
+            name: name.into(),
+            identity,
+            has_pk: false,
+            has_identity_index: false,
+            generated: g,
+        };
+        f.leaves = vec![
+            leaf("readings_eu", 'd', generated(&["total"], &[], &[])),
+            leaf("readings_us", 'f', generated(&["total"], &[], &["total"])),
+        ];
+        let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "root", &f, &[]).unwrap();
+        assert!(
+            detail.contains("readings_us") && detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]),
+            None
+        );
+        f.leaves[0].generated.virtual_columns = vec!["v".into()];
+        f.leaves[0].identity = 'f';
+        let (detail, _) = generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]).unwrap();
+        assert!(detail.contains("readings_eu") && detail.contains("virtual"), "{detail}");
     }
 
     #[test]

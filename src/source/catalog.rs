@@ -94,6 +94,7 @@ pub struct TableFacts {
     pub primary_key: Vec<String>,
     pub identity_index: Vec<String>,
     pub columns: Vec<String>,
+    pub generated: Generated,
     /// For a partitioned table: its leaf partitions, whose identities the writers need.
     pub leaves: Vec<Leaf>,
 }
@@ -104,6 +105,41 @@ pub struct Leaf {
     pub identity: char,
     pub has_pk: bool,
     pub has_identity_index: bool,
+    pub generated: Generated,
+}
+
+/// A relation's generated columns, which PostgreSQL 18 weighs on every published UPDATE and
+/// DELETE (see `check::generated_problem`). Before 18 there are only stored ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// `GENERATED ALWAYS AS (...) STORED`, in attnum order.
+    pub stored: Vec<String>,
+    /// `GENERATED ALWAYS AS (...) VIRTUAL` (PostgreSQL 18), never published.
+    pub virtual_columns: Vec<String>,
+    /// The stored ones that are part of the replica identity: every one under FULL, those
+    /// in the primary key (DEFAULT) or the identity index (USING INDEX).
+    pub stored_in_identity: Vec<String>,
+}
+
+/// The three `Generated` arrays of the relation `c`, for a SELECT list.
+const GENERATED_COLUMNS: &str = "
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's' ORDER BY a.attnum),
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 'v' ORDER BY a.attnum),
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's'
+            AND (c.relreplident = 'f' OR EXISTS (
+                 SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND a.attnum = ANY (i.indkey)
+                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))))
+          ORDER BY a.attnum)";
+
+fn generated_at(row: &tokio_postgres::Row, first: usize) -> Generated {
+    Generated {
+        stored: row.get(first),
+        virtual_columns: row.get(first + 1),
+        stored_in_identity: row.get(first + 2),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +148,10 @@ pub struct PublicationFacts {
     pub actions: [bool; 4],
     pub via_root: bool,
     pub all_tables: bool,
+    /// Publishes stored generated columns: `publish_generated_columns = stored`
+    /// (`pg_publication.pubgencols = 's'`, PostgreSQL 18). Always false before 18, which never
+    /// publishes generated columns.
+    pub generated_stored: bool,
     pub tables: Vec<(String, String)>,
 }
 
@@ -180,7 +220,8 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition,
+                &format!(
+                    "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition,
                         has_table_privilege(c.oid, 'SELECT'),
                         ARRAY(SELECT a.attname::text FROM pg_index i
                               JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
@@ -191,9 +232,11 @@ impl Catalog {
                               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                               WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord),
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
-                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                        {GENERATED_COLUMNS}
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2",
+                 WHERE n.nspname = $1 AND c.relname = $2"
+                ),
                 &[&schema, &name],
             )
             .await
@@ -206,11 +249,14 @@ impl Catalog {
             let rows = self
                 .client
                 .query(
-                    "SELECT c.oid::regclass::text, c.relreplident::text,
+                    &format!(
+                        "SELECT c.oid::regclass::text, c.relreplident::text,
                             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident),
+                            {GENERATED_COLUMNS}
                      FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid
-                     WHERE t.isleaf ORDER BY 1",
+                     WHERE t.isleaf ORDER BY 1"
+                    ),
                     &[&oid],
                 )
                 .await
@@ -222,6 +268,7 @@ impl Catalog {
                     identity: r.get::<_, String>(1).chars().next().unwrap_or('d'),
                     has_pk: r.get(2),
                     has_identity_index: r.get(3),
+                    generated: generated_at(r, 4),
                 })
                 .collect();
         }
@@ -235,13 +282,15 @@ impl Catalog {
             primary_key: row.get(5),
             identity_index: row.get(6),
             columns: row.get(7),
+            generated: generated_at(&row, 8),
             leaves,
         }))
     }
 
     /// The shape of a table as a Relation message would describe it: published columns in
-    /// attnum order (stored generated ones from PostgreSQL 18 on), their types, and which
-    /// belong to the replica identity. Used to build snapshot rows.
+    /// attnum order (stored generated ones from PostgreSQL 18 on, which `check` makes sure the
+    /// publication publishes too), their types, and which belong to the replica identity.
+    /// Used to build snapshot rows.
     pub async fn relation(&self, schema: &str, name: &str) -> Result<Option<Relation>, CatalogError> {
         let Some(facts) = self.table(schema, name).await? else {
             return Ok(None);
@@ -359,6 +408,20 @@ impl Catalog {
             .await
             .map_err(self.err())?;
         let Some(row) = row else { return Ok(None) };
+        // pubgencols exists from PostgreSQL 18 on, with publish_generated_columns.
+        let generated_stored = if self.server_version_num().await? >= 180000 {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT pubgencols = 's' FROM pg_publication WHERE pubname = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(self.err())?;
+            row.get(0)
+        } else {
+            false
+        };
         let tables = self
             .client
             .query(
@@ -374,13 +437,15 @@ impl Catalog {
             actions: [row.get(0), row.get(1), row.get(2), row.get(3)],
             via_root: row.get(4),
             all_tables: row.get(5),
+            generated_stored,
             tables,
         }))
     }
 
     /// Creates the publication for the guarded tables when it is missing, and adds guarded
     /// tables it lacks. Only called after `check::database` found every table's replica
-    /// identity usable, so adding a table never breaks its writers.
+    /// identity usable (generated columns in it included, on PostgreSQL 18), so adding a table
+    /// never breaks its writers.
     pub async fn ensure_publication(
         &self,
         publication: &str,

@@ -290,6 +290,15 @@ impl Env {
         row.get::<_, Option<String>>(0).map(|s| lsn(&s))
     }
 
+    /// The server's `server_version_num` (150013, 180006, ...).
+    pub async fn server_version(&self) -> i32 {
+        self.db
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Appends a `[hashing]` section with a fresh salt file, for `hash_columns`.
     pub fn add_salt(&self) {
         let salt = self.dir.path().join("salt");
