@@ -35,6 +35,32 @@ pub struct Check {
     pub unavailable: bool,
 }
 
+/// What a pure judging function makes of the facts, before the report names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Verdict {
+    fn pass(detail: String) -> Verdict {
+        Verdict {
+            outcome: Outcome::Pass,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn warn(detail: String, fix: String) -> Verdict {
+        Verdict {
+            outcome: Outcome::Warn,
+            detail,
+            fix: Some(fix),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
     pub checks: Vec<Check>,
@@ -67,6 +93,20 @@ impl Report {
         self.fail(name, detail, Some(fix.to_owned()));
         if let Some(last) = self.checks.last_mut() {
             last.unavailable = true;
+        }
+    }
+
+    pub fn record(&mut self, name: &str, verdict: Verdict) {
+        self.push(name, verdict.outcome, verdict.detail, verdict.fix);
+    }
+
+    /// Logs the warnings, for `run`'s start-up, where nobody reads the printed report.
+    pub fn log_warnings(&self) {
+        for c in self.checks.iter().filter(|c| c.outcome == Outcome::Warn) {
+            match &c.fix {
+                Some(fix) => tracing::warn!(check = %c.name, %fix, "{}", c.detail),
+                None => tracing::warn!(check = %c.name, "{}", c.detail),
+            }
         }
     }
 
@@ -190,6 +230,7 @@ pub async fn database(
             Some("raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ...; restart)".to_owned()),
         );
     }
+    retention(catalog, report).await?;
 
     let pub_name = &cfg.postgres.publication;
     let publication = catalog.publication(pub_name).await?;
@@ -560,6 +601,102 @@ fn generated_problem(
         ),
         fix,
     ))
+}
+
+/// An outage shorter than this should not cost the slot: a `max_slot_wal_keep_size` that
+/// holds less WAL than this much time's worth at the current write rate is too small.
+const OUTAGE_BUDGET_SECS: f64 = 3600.0;
+
+/// How long the slot survives walguard being down: PostgreSQL 18's
+/// `idle_replication_slot_timeout` invalidates a slot nobody streams from, and
+/// `max_slot_wal_keep_size` bounds the WAL a slot may hold back (unbounded, it can fill the
+/// disk instead). Either way a lost slot is a gap only `walguard resync` gets past.
+async fn retention(catalog: &Catalog, report: &mut Report) -> Result<(), CatalogError> {
+    if let Some(shown) = catalog.shown_setting("idle_replication_slot_timeout").await? {
+        report.record("postgres.idle_replication_slot_timeout", idle_timeout_verdict(&shown));
+    }
+    let (limit, shown) = catalog.max_slot_wal_keep_size().await?;
+    let rate = if limit > 0 {
+        catalog.wal_write_rate(RATE_SAMPLE).await?
+    } else {
+        None
+    };
+    report.record("postgres.max_slot_wal_keep_size", wal_keep_verdict(limit, &shown, rate));
+    Ok(())
+}
+
+/// How long the WAL write rate is sampled, when `max_slot_wal_keep_size` is set.
+const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `shown`: the setting as SHOW prints it (`0` when disabled, else `1h`, `90min`, ...).
+fn idle_timeout_verdict(shown: &str) -> Verdict {
+    if shown == "0" {
+        return Verdict::pass("0: slots are never invalidated for being idle".into());
+    }
+    Verdict::warn(
+        format!(
+            "idle_replication_slot_timeout is {shown}: PostgreSQL invalidates a slot nobody has streamed from for longer than that, so a walguard outage longer than {shown} loses the slot and the gap-free history (only walguard resync gets past it)"
+        ),
+        "ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf(); or keep walguard's outages well below it (a standby walguard takes over within seconds)".into(),
+    )
+}
+
+/// `limit`: `max_slot_wal_keep_size` in bytes (-1 unlimited), `shown` as SHOW prints it;
+/// `rate`: WAL bytes written per second, when known.
+fn wal_keep_verdict(limit: i64, shown: &str, rate: Option<f64>) -> Verdict {
+    let set = "ALTER SYSTEM SET max_slot_wal_keep_size = '...'; SELECT pg_reload_conf();";
+    if limit < 0 {
+        return Verdict::warn(
+            "max_slot_wal_keep_size is -1 (unlimited): the slot keeps all WAL walguard has not confirmed, so a long walguard or NATS outage can fill the disk under pg_wal and stop the database".into(),
+            format!("set a limit the disk can hold ({set}) and alert on walguard_slot_retained_wal_bytes; an outage past it loses the slot instead"),
+        );
+    }
+    if limit == 0 {
+        return Verdict::warn(
+            "max_slot_wal_keep_size is 0: a slot may hold back no WAL at a checkpoint, so any walguard outage across a checkpoint can lose the slot".into(),
+            format!("set a limit that holds at least an hour of WAL ({set})"),
+        );
+    }
+    let Some(rate) = rate.filter(|r| r.is_finite() && *r >= 0.0) else {
+        return Verdict::pass(format!("{shown}; the WAL write rate could not be measured"));
+    };
+    let rate_text = format!("{}/s", human_bytes(rate as i64));
+    let covered = if rate == 0.0 {
+        f64::INFINITY
+    } else {
+        limit as f64 / rate
+    };
+    if covered < OUTAGE_BUDGET_SECS {
+        let needed_mb = (rate * OUTAGE_BUDGET_SECS / (1024.0 * 1024.0)).ceil().max(1.0) as u64;
+        return Verdict::warn(
+            format!(
+                "max_slot_wal_keep_size is {shown}: at the current write rate of about {rate_text} (the higher of the last second's and the average since pg_stat_wal was reset) that is {} of WAL, so a walguard outage longer than that loses the slot (walguard warns below an hour of WAL)",
+                human_duration(covered)
+            ),
+            format!(
+                "ALTER SYSTEM SET max_slot_wal_keep_size = '{needed_mb}MB'; SELECT pg_reload_conf(); (an hour at this rate) or more"
+            ),
+        );
+    }
+    Verdict::pass(format!(
+        "{shown}: {} of WAL at the current write rate of about {rate_text}",
+        human_duration(covered)
+    ))
+}
+
+/// `45 s`, `8 min`, `2.5 h`, `3.0 days`, `unlimited time`.
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        "unlimited time".into()
+    } else if secs < 120.0 {
+        format!("{} s", secs as u64)
+    } else if secs < 7200.0 {
+        format!("{} min", (secs / 60.0) as u64)
+    } else if secs < 172_800.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} days", secs / 86400.0)
+    }
 }
 
 /// The slot's state, for `check`; `run` judges the slot against the stream itself.
@@ -973,6 +1110,80 @@ mod tests {
         f.leaves[0].identity = 'f';
         let (detail, _) = generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]).unwrap();
         assert!(detail.contains("readings_eu") && detail.contains("virtual"), "{detail}");
+    }
+
+    #[test]
+    fn an_idle_slot_timeout_is_a_warning_naming_its_value() {
+        assert_eq!(idle_timeout_verdict("0").outcome, Outcome::Pass);
+        let v = idle_timeout_verdict("90min");
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(
+            v.detail.contains("90min") && v.detail.contains("loses the slot"),
+            "{}",
+            v.detail
+        );
+        assert!(v.fix.unwrap().contains("idle_replication_slot_timeout = 0"));
+    }
+
+    #[test]
+    fn unlimited_or_zero_slot_wal_is_a_warning() {
+        let v = wal_keep_verdict(-1, "-1", None);
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(
+            v.detail.contains("unlimited") && v.detail.contains("fill the disk"),
+            "{}",
+            v.detail
+        );
+        let v = wal_keep_verdict(0, "0", Some(0.0));
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(v.detail.contains("any walguard outage"), "{}", v.detail);
+    }
+
+    #[test]
+    fn slot_wal_below_an_hour_at_the_write_rate_is_a_warning() {
+        const MIB: i64 = 1 << 20;
+        // 1 GiB at 1 MiB/s is 17 minutes.
+        let v = wal_keep_verdict(1024 * MIB, "1GB", Some(MIB as f64));
+        assert_eq!(v.outcome, Outcome::Warn, "{v:?}");
+        assert!(
+            v.detail.contains("1GB") && v.detail.contains("1.0 MiB/s") && v.detail.contains("17 min"),
+            "{}",
+            v.detail
+        );
+        assert!(v.detail.contains("an hour"), "{}", v.detail);
+        assert!(v.fix.unwrap().contains("'3600MB'"));
+        // Just above an hour passes, and says how long it lasts.
+        let v = wal_keep_verdict(3601 * MIB, "3601MB", Some(MIB as f64));
+        assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
+        assert!(v.detail.contains("60 min"), "{}", v.detail);
+        // No writes now: any limit lasts; no measurement: said so, not judged.
+        assert_eq!(wal_keep_verdict(MIB, "1MB", Some(0.0)).outcome, Outcome::Pass);
+        let v = wal_keep_verdict(MIB, "1MB", None);
+        assert_eq!(v.outcome, Outcome::Pass);
+        assert!(v.detail.contains("could not be measured"), "{}", v.detail);
+        assert_eq!(wal_keep_verdict(MIB, "1MB", Some(f64::NAN)).outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn durations_for_humans() {
+        assert_eq!(human_duration(45.9), "45 s");
+        assert_eq!(human_duration(1020.0), "17 min");
+        assert_eq!(human_duration(9000.0), "2.5 h");
+        assert_eq!(human_duration(3.0 * 86400.0), "3.0 days");
+        assert_eq!(human_duration(f64::INFINITY), "unlimited time");
+    }
+
+    #[test]
+    fn warnings_are_recorded_with_their_fix() {
+        let mut r = Report::default();
+        r.record("postgres.x", wal_keep_verdict(-1, "-1", None));
+        assert_eq!(r.checks[0].outcome, Outcome::Warn);
+        assert!(r.checks[0]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("walguard_slot_retained_wal_bytes"));
+        assert!(r.ready());
     }
 
     #[test]

@@ -211,6 +211,62 @@ impl Catalog {
         Ok(row.get(0))
     }
 
+    /// A setting as `SHOW` prints it, with its unit (`1h`, `10GB`), or `None` when this
+    /// server does not have it.
+    pub async fn shown_setting(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1, true)", &[&name])
+            .await
+            .map_err(self.err())?;
+        Ok(row.get(0))
+    }
+
+    /// Bytes of WAL written per second: the larger of the rate over `sample` (two readings of
+    /// the WAL position) and the average since `pg_stat_wal`'s statistics were reset, so that
+    /// a quiet second does not hide the usual load. `None` when neither can be measured (a
+    /// standby not receiving WAL). On a standby the position is what it has received.
+    pub async fn wal_write_rate(&self, sample: std::time::Duration) -> Result<Option<f64>, CatalogError> {
+        const POSITION: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                             ELSE pg_current_wal_lsn() END)::text";
+        let read = |row: tokio_postgres::Row| row.get::<_, Option<String>>(0).and_then(|l| l.parse::<Lsn>().ok());
+        let started = std::time::Instant::now();
+        let first = read(self.client.query_one(POSITION, &[]).await.map_err(self.err())?);
+        tokio::time::sleep(sample).await;
+        let second = read(self.client.query_one(POSITION, &[]).await.map_err(self.err())?);
+        let elapsed = started.elapsed().as_secs_f64();
+        let sampled = match (first, second) {
+            (Some(a), Some(b)) if elapsed > 0.0 => Some(b.0.saturating_sub(a.0) as f64 / elapsed),
+            _ => None,
+        };
+        let average: Option<f64> = self
+            .client
+            .query_one(
+                "SELECT wal_bytes::float8 / nullif(extract(epoch FROM now() - stats_reset)::float8, 0) FROM pg_stat_wal",
+                &[],
+            )
+            .await
+            .map_err(self.err())?
+            .get(0);
+        Ok(match (sampled, average) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// `max_slot_wal_keep_size` in bytes (-1: unlimited) and as SHOW prints it.
+    pub async fn max_slot_wal_keep_size(&self) -> Result<(i64, String), CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_size_bytes(current_setting('max_slot_wal_keep_size')), current_setting('max_slot_wal_keep_size')",
+                &[],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     pub async fn server_version_num(&self) -> Result<i32, CatalogError> {
         Ok(self.setting("server_version_num").await?.parse().unwrap_or(0))
     }

@@ -627,3 +627,75 @@ async fn generated_columns_in_the_replica_identity_never_break_the_writers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_can_lose_the_slot_are_warned_about_in_check_and_in_runs_log() {
+    let env = Env::start(
+        "CREATE TABLE public.t (id int PRIMARY KEY, pad text);",
+        "[[tables]]\nname = \"public.t\"\n",
+        "",
+    )
+    .await;
+    let pg18 = env.server_version().await >= 180000;
+    // The default: unlimited.
+    let (code, out) = check(&env, "text");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN  postgres.max_slot_wal_keep_size") && out.contains("-1 (unlimited)"),
+        "{out}"
+    );
+    if pg18 {
+        assert!(out.contains("PASS  postgres.idle_replication_slot_timeout"), "{out}");
+    }
+
+    // A limit far below an hour of WAL at the rate this server writes.
+    env.reload_setting("max_slot_wal_keep_size", "1MB").await;
+    if pg18 {
+        env.reload_setting("idle_replication_slot_timeout", "1h").await;
+    }
+    env.db
+        .batch_execute("INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g")
+        .await
+        .unwrap();
+    // Backends report their WAL to pg_stat_wal at most once a second: wait until it counts
+    // those 4 MB, so that the average since the server started is well above 1MB an hour.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bytes: f64 = env
+            .db
+            .query_one("SELECT wal_bytes::float8 FROM pg_stat_wal", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if bytes >= 4e6 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "pg_stat_wal counts {bytes} bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out) = check(&env, "text");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN  postgres.max_slot_wal_keep_size")
+            && out.contains("max_slot_wal_keep_size is 1MB")
+            && out.contains("loses the slot"),
+        "{out}"
+    );
+    if pg18 {
+        assert!(
+            out.contains("WARN  postgres.idle_replication_slot_timeout") && out.contains("is 1h"),
+            "{out}"
+        );
+    }
+
+    // run makes the same checks at start-up, and logs the warnings.
+    let wg = env.spawn_ready().await;
+    let log = wg.output();
+    assert!(
+        log.contains("WARN") && log.contains("max_slot_wal_keep_size is 1MB") && log.contains("loses the slot"),
+        "{log}"
+    );
+    if pg18 {
+        assert!(log.contains("idle_replication_slot_timeout is 1h"), "{log}");
+    }
+}

@@ -308,6 +308,32 @@ impl Env {
         std::fs::write(&self.config, format!("{config}\n[hashing]\nsalt_file = \"salt\"\n")).unwrap();
     }
 
+    /// Sets a reloadable server setting with ALTER SYSTEM and waits until sessions see it.
+    pub async fn reload_setting(&self, name: &str, value: &str) {
+        // Two statements: ALTER SYSTEM cannot run in the implicit transaction of a batch.
+        self.db
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .await
+            .unwrap();
+        self.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The postmaster reloads before it passes SIGHUP on to this session, so once this
+            // session sees the value every new one does too.
+            let now: String = self
+                .db
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await
+                .unwrap()
+                .get(0);
+            if now == value {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} is still {now}, not {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn current_wal_lsn(&self) -> u64 {
         let row = self
             .db
