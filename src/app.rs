@@ -521,6 +521,7 @@ pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool,
 pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<crate::event::builder::TableSpec>, Error> {
     let mut report = Report::default();
     let (tables, publication) = check::database(catalog, cfg, &mut report).await?;
+    report.log_warnings();
     if !report.ready() {
         return Err(Error::Refused(report.failures()));
     }

@@ -12,7 +12,7 @@ use crate::error::exit;
 use crate::event::builder::TableSpec;
 use crate::lsn::Lsn;
 use crate::sink::{self, stream};
-use crate::source::catalog::{Catalog, CatalogError, PublicationFacts, TableFacts};
+use crate::source::catalog::{Catalog, CatalogError, Generated, PublicationFacts, TableFacts};
 use crate::source::conn::quote_ident;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +33,32 @@ pub struct Check {
     /// A server could not be reached (exit code 69 rather than 1).
     #[serde(skip)]
     pub unavailable: bool,
+}
+
+/// What a pure judging function makes of the facts, before the report names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Verdict {
+    fn pass(detail: String) -> Verdict {
+        Verdict {
+            outcome: Outcome::Pass,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn warn(detail: String, fix: String) -> Verdict {
+        Verdict {
+            outcome: Outcome::Warn,
+            detail,
+            fix: Some(fix),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -67,6 +93,20 @@ impl Report {
         self.fail(name, detail, Some(fix.to_owned()));
         if let Some(last) = self.checks.last_mut() {
             last.unavailable = true;
+        }
+    }
+
+    pub fn record(&mut self, name: &str, verdict: Verdict) {
+        self.push(name, verdict.outcome, verdict.detail, verdict.fix);
+    }
+
+    /// Logs the warnings, for `run`'s start-up, where nobody reads the printed report.
+    pub fn log_warnings(&self) {
+        for c in self.checks.iter().filter(|c| c.outcome == Outcome::Warn) {
+            match &c.fix {
+                Some(fix) => tracing::warn!(check = %c.name, %fix, "{}", c.detail),
+                None => tracing::warn!(check = %c.name, "{}", c.detail),
+            }
         }
     }
 
@@ -190,7 +230,10 @@ pub async fn database(
             Some("raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ...; restart)".to_owned()),
         );
     }
+    retention(catalog, report).await?;
 
+    let pub_name = &cfg.postgres.publication;
+    let publication = catalog.publication(pub_name).await?;
     let mut specs = Vec::new();
     let mut partitioned = Vec::new();
     for (schema, name, table) in cfg.guarded() {
@@ -210,7 +253,14 @@ pub async fn database(
         if facts.partitioned {
             partitioned.push(q.clone());
         }
-        match table_spec(&schema, &name, table, &facts, &role) {
+        let judged =
+            table_spec(&schema, &name, table, &facts, &role).and_then(|(spec, note)| {
+                match generated_problem(version, pub_name, publication.as_ref(), &q, &facts, &spec.key) {
+                    Some(problem) => Err(problem),
+                    None => Ok((spec, note)),
+                }
+            });
+        match judged {
             Ok((spec, note)) => {
                 match note {
                     Some((detail, fix)) => report.warn(&check, detail, Some(fix)),
@@ -229,8 +279,6 @@ pub async fn database(
         }
     }
 
-    let pub_name = &cfg.postgres.publication;
-    let publication = catalog.publication(pub_name).await?;
     let name = "postgres.publication";
     match &publication {
         None => report.warn(
@@ -411,15 +459,8 @@ fn table_spec(
             "fix `hash_columns` in [[tables]]".into(),
         ));
     }
-    if let Some(col) = table
-        .hash_columns
-        .iter()
-        .find(|c| facts.primary_key.contains(c) && table.key.is_none())
-    {
-        return Err((
-            format!("hash column {col:?} is part of the primary key, which must stay in clear"),
-            "remove it from `hash_columns`".into(),
-        ));
+    if let Some(problem) = hashed_key_problem(schema, name, table, &key) {
+        return Err(problem);
     }
     let leaves_full = facts.leaves.iter().all(|l| l.identity == 'f');
     for k in &key {
@@ -458,6 +499,204 @@ fn table_spec(
         },
         note,
     ))
+}
+
+/// A column of the entity key may not be hashed: the key also names the entity in the
+/// CloudEvents `subject` (`schema.table/value`), which is published as it is, so a hashed key
+/// column would be hashed in `data.key` and in clear in `subject`.
+fn hashed_key_problem(schema: &str, name: &str, table: &crate::config::TableConfig, key: &[String]) -> Option<Problem> {
+    let col = table.hash_columns.iter().find(|c| key.contains(c))?;
+    let (what, fix) = if table.key.is_some() {
+        (
+            "the configured `key`",
+            format!(
+                "remove {col:?} from `hash_columns` of {schema}.{name} in [[tables]], or configure a `key` without it"
+            ),
+        )
+    } else {
+        (
+            "the primary key, which is the entity key",
+            format!("remove {col:?} from `hash_columns` of {schema}.{name} in [[tables]], or configure a `key` without it (with REPLICA IDENTITY FULL)"),
+        )
+    };
+    Some((
+        format!("hash column {col:?} is part of {what}: the key names the entity in the CloudEvents `subject`, which would carry it in clear"),
+        fix,
+    ))
+}
+
+/// PostgreSQL 18 checks, on every UPDATE and DELETE of a published table, that its replica
+/// identity holds no generated column the publication leaves out, and otherwise fails the
+/// writer's statement ("Replica identity must not contain unpublished generated columns").
+/// A virtual generated column is never published, so under REPLICA IDENTITY FULL (which holds
+/// every column) it always fails; a stored one fails unless the publication has
+/// `publish_generated_columns = stored`, which walguard sets when it creates the publication.
+/// For a partitioned table the writers write, and PostgreSQL checks, its leaf partitions.
+///
+/// A stored generated column outside the identity breaks no writer, but a publication that
+/// leaves it out sends change events without it while snapshot rows (read with SELECT, which
+/// on 18 includes them) carry it: refused too, with the same fix.
+///
+/// Before 18 PostgreSQL publishes no generated column and checks none, so only the entity
+/// `key` matters there: a generated key column would be missing from every change event.
+/// `publication` is the configured publication, `None` when run will create it.
+fn generated_problem(
+    version: i32,
+    pub_name: &str,
+    publication: Option<&PublicationFacts>,
+    table: &str,
+    facts: &TableFacts,
+    key: &[String],
+) -> Option<Problem> {
+    if version < 180000 {
+        let col = key.iter().find(|k| facts.generated.stored.contains(k))?;
+        return Some((
+            format!(
+                "key column {col:?} is a generated column, which PostgreSQL before 18 never publishes: change events would not carry the entity key"
+            ),
+            format!(
+                "configure a `key` of other columns for {table} in [[tables]] (with REPLICA IDENTITY FULL), or upgrade to PostgreSQL 18, where walguard publishes stored generated columns"
+            ),
+        ));
+    }
+    let relations: Vec<(&str, char, &Generated)> = if facts.partitioned {
+        let leaves = facts.leaves.iter();
+        leaves.map(|l| (l.name.as_str(), l.identity, &l.generated)).collect()
+    } else {
+        vec![(table, facts.identity, &facts.generated)]
+    };
+    for (rel, identity, generated) in &relations {
+        if let (Some(col), 'f') = (generated.virtual_columns.first(), identity) {
+            return Some((
+                format!(
+                    "{rel} has REPLICA IDENTITY FULL and the virtual generated column {col:?}: PostgreSQL 18 never publishes virtual generated columns, so once published every UPDATE and DELETE of its writers would fail (\"Replica identity must not contain unpublished generated columns\")"
+                ),
+                format!(
+                    "make {col:?} a STORED generated column, or ALTER TABLE {rel} REPLICA IDENTITY DEFAULT; (with a primary key, or USING INDEX a unique index)"
+                ),
+            ));
+        }
+    }
+    if publication.is_none_or(|p| p.generated_stored) {
+        return None;
+    }
+    let fix = format!(
+        "ALTER PUBLICATION {} SET (publish_generated_columns = stored);",
+        quote_ident(pub_name)
+    );
+    for (rel, _, generated) in &relations {
+        if let Some(col) = generated.stored_in_identity.first() {
+            return Some((
+                format!(
+                    "the replica identity of {rel} holds the stored generated column {col:?}, which publication {pub_name} does not publish: while the table is in it, every UPDATE and DELETE of its writers fails (\"Replica identity must not contain unpublished generated columns\")"
+                ),
+                fix,
+            ));
+        }
+    }
+    let col = facts.generated.stored.first()?;
+    Some((
+        format!(
+            "publication {pub_name} does not publish the stored generated column {col:?}: change events would lack it while snapshot rows carry it"
+        ),
+        fix,
+    ))
+}
+
+/// An outage shorter than this should not cost the slot: a `max_slot_wal_keep_size` that
+/// holds less WAL than this much time's worth at the current write rate is too small.
+const OUTAGE_BUDGET_SECS: f64 = 3600.0;
+
+/// How long the slot survives walguard being down: PostgreSQL 18's
+/// `idle_replication_slot_timeout` invalidates a slot nobody streams from, and
+/// `max_slot_wal_keep_size` bounds the WAL a slot may hold back (unbounded, it can fill the
+/// disk instead). Either way a lost slot is a gap only `walguard resync` gets past.
+async fn retention(catalog: &Catalog, report: &mut Report) -> Result<(), CatalogError> {
+    if let Some(shown) = catalog.shown_setting("idle_replication_slot_timeout").await? {
+        report.record("postgres.idle_replication_slot_timeout", idle_timeout_verdict(&shown));
+    }
+    let (limit, shown) = catalog.max_slot_wal_keep_size().await?;
+    let rate = if limit > 0 {
+        catalog.wal_write_rate(RATE_SAMPLE).await?
+    } else {
+        None
+    };
+    report.record("postgres.max_slot_wal_keep_size", wal_keep_verdict(limit, &shown, rate));
+    Ok(())
+}
+
+/// How long the WAL write rate is sampled, when `max_slot_wal_keep_size` is set.
+const RATE_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `shown`: the setting as SHOW prints it (`0` when disabled, else `1h`, `90min`, ...).
+fn idle_timeout_verdict(shown: &str) -> Verdict {
+    if shown == "0" {
+        return Verdict::pass("0: slots are never invalidated for being idle".into());
+    }
+    Verdict::warn(
+        format!(
+            "idle_replication_slot_timeout is {shown}: PostgreSQL invalidates a slot nobody has streamed from for longer than that, so a walguard outage longer than {shown} loses the slot and the gap-free history (only walguard resync gets past it)"
+        ),
+        "ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf(); or keep walguard's outages well below it (a standby walguard takes over within seconds)".into(),
+    )
+}
+
+/// `limit`: `max_slot_wal_keep_size` in bytes (-1 unlimited), `shown` as SHOW prints it;
+/// `rate`: WAL bytes written per second, when known.
+fn wal_keep_verdict(limit: i64, shown: &str, rate: Option<f64>) -> Verdict {
+    let set = "ALTER SYSTEM SET max_slot_wal_keep_size = '...'; SELECT pg_reload_conf();";
+    if limit < 0 {
+        return Verdict::warn(
+            "max_slot_wal_keep_size is -1 (unlimited): the slot keeps all WAL walguard has not confirmed, so a long walguard or NATS outage can fill the disk under pg_wal and stop the database".into(),
+            format!("set a limit the disk can hold ({set}) and alert on walguard_slot_retained_wal_bytes; an outage past it loses the slot instead"),
+        );
+    }
+    if limit == 0 {
+        return Verdict::warn(
+            "max_slot_wal_keep_size is 0: a slot may hold back no WAL at a checkpoint, so any walguard outage across a checkpoint can lose the slot".into(),
+            format!("set a limit that holds at least an hour of WAL ({set})"),
+        );
+    }
+    let Some(rate) = rate.filter(|r| r.is_finite() && *r >= 0.0) else {
+        return Verdict::pass(format!("{shown}; the WAL write rate could not be measured"));
+    };
+    let rate_text = format!("{}/s", human_bytes(rate as i64));
+    let covered = if rate == 0.0 {
+        f64::INFINITY
+    } else {
+        limit as f64 / rate
+    };
+    if covered < OUTAGE_BUDGET_SECS {
+        let needed_mb = (rate * OUTAGE_BUDGET_SECS / (1024.0 * 1024.0)).ceil().max(1.0) as u64;
+        return Verdict::warn(
+            format!(
+                "max_slot_wal_keep_size is {shown}: at the current write rate of about {rate_text} (the higher of the last second's and the average since pg_stat_wal was reset) that is {} of WAL, so a walguard outage longer than that loses the slot (walguard warns below an hour of WAL)",
+                human_duration(covered)
+            ),
+            format!(
+                "ALTER SYSTEM SET max_slot_wal_keep_size = '{needed_mb}MB'; SELECT pg_reload_conf(); (an hour at this rate) or more"
+            ),
+        );
+    }
+    Verdict::pass(format!(
+        "{shown}: {} of WAL at the current write rate of about {rate_text}",
+        human_duration(covered)
+    ))
+}
+
+/// `45 s`, `8 min`, `2.5 h`, `3.0 days`, `unlimited time`.
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        "unlimited time".into()
+    } else if secs < 120.0 {
+        format!("{} s", secs as u64)
+    } else if secs < 7200.0 {
+        format!("{} min", (secs / 60.0) as u64)
+    } else if secs < 172_800.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} days", secs / 86400.0)
+    }
 }
 
 /// The slot's state, for `check`; `run` judges the slot against the stream itself.
@@ -637,6 +876,7 @@ pub async fn preflight(cfg: &Config) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::catalog::Leaf;
 
     #[test]
     fn report_outcomes_and_exit_codes() {
@@ -657,6 +897,293 @@ mod tests {
         assert_eq!(json["ready"], false);
         assert_eq!(json["checks"][2]["outcome"], "fail");
         assert_eq!(json["checks"][2]["fix"], "do this");
+    }
+
+    fn facts(identity: char, primary_key: &[&str], columns: &[&str]) -> TableFacts {
+        let names = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        TableFacts {
+            oid: 1,
+            is_table: true,
+            partitioned: false,
+            is_partition: false,
+            identity,
+            can_select: true,
+            primary_key: names(primary_key),
+            identity_index: Vec::new(),
+            columns: names(columns),
+            generated: Generated::default(),
+            leaves: Vec::new(),
+        }
+    }
+
+    fn table(key: Option<&[&str]>, hash_columns: &[&str]) -> crate::config::TableConfig {
+        crate::config::TableConfig {
+            name: "public.people".into(),
+            type_prefix: None,
+            key: key.map(|k| k.iter().map(|c| c.to_string()).collect()),
+            hash_columns: hash_columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn spec(t: &crate::config::TableConfig, f: &TableFacts) -> Result<TableSpec, Problem> {
+        table_spec("public", "people", t, f, "walguard").map(|(spec, _)| spec)
+    }
+
+    #[test]
+    fn a_hashed_column_of_the_configured_key_is_refused() {
+        let f = facts('f', &[], &["email", "name"]);
+        let (detail, fix) = spec(&table(Some(&["email"]), &["email"]), &f).unwrap_err();
+        assert!(
+            detail.contains("\"email\"") && detail.contains("configured `key`"),
+            "{detail}"
+        );
+        assert!(detail.contains("subject"), "{detail}");
+        assert!(fix.contains("hash_columns") && fix.contains("public.people"), "{fix}");
+        // One column of a composite key is enough.
+        let f = facts('f', &[], &["email", "site", "name"]);
+        assert!(spec(&table(Some(&["site", "email"]), &["email"]), &f).is_err());
+        // Hashing a column outside the key stays allowed.
+        let s = spec(&table(Some(&["email"]), &["name"]), &f).unwrap();
+        assert_eq!(s.hashed, ["name"]);
+    }
+
+    #[test]
+    fn a_hashed_primary_key_column_is_refused_unless_another_key_is_configured() {
+        let f = facts('d', &["id"], &["id", "email"]);
+        let (detail, _) = spec(&table(None, &["id"]), &f).unwrap_err();
+        assert!(detail.contains("\"id\"") && detail.contains("primary key"), "{detail}");
+        // With a configured key the primary key is not the entity key, and may be hashed.
+        let f = facts('f', &["id"], &["id", "email"]);
+        assert_eq!(spec(&table(Some(&["email"]), &["id"]), &f).unwrap().key, ["email"]);
+    }
+
+    fn generated(stored: &[&str], virtual_columns: &[&str], stored_in_identity: &[&str]) -> Generated {
+        let names = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        Generated {
+            stored: names(stored),
+            virtual_columns: names(virtual_columns),
+            stored_in_identity: names(stored_in_identity),
+        }
+    }
+
+    fn publication(generated_stored: bool) -> PublicationFacts {
+        PublicationFacts {
+            actions: [true; 4],
+            via_root: true,
+            all_tables: false,
+            generated_stored,
+            tables: Vec::new(),
+        }
+    }
+
+    const PG18: i32 = 180000;
+
+    #[test]
+    fn a_stored_generated_column_under_full_needs_a_publication_that_publishes_it() {
+        let mut f = facts('f', &[], &["id", "qty", "total"]);
+        f.generated = generated(&["total"], &[], &["total"]);
+        let t = "\"public\".\"lines\"";
+        let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), t, &f, &[]).unwrap();
+        assert!(
+            detail.contains(t) && detail.contains("\"total\"") && detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert_eq!(
+            fix,
+            "ALTER PUBLICATION \"wg\" SET (publish_generated_columns = stored);"
+        );
+        // Published, or created by walguard (which sets the option): fine.
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), t, &f, &[]),
+            None
+        );
+        assert_eq!(generated_problem(PG18, "wg", None, t, &f, &[]), None);
+        // Before 18 nothing is published and nothing checked.
+        assert_eq!(
+            generated_problem(170000, "wg", Some(&publication(false)), t, &f, &[]),
+            None
+        );
+        assert_eq!(
+            generated_problem(150000, "wg", Some(&publication(false)), t, &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_generated_key_column_before_18_is_refused() {
+        let mut f = facts('d', &["code"], &["code", "raw"]);
+        f.generated = generated(&["code"], &[], &["code"]);
+        let key = ["code".to_owned()];
+        for version in [150000, 170000] {
+            let (detail, fix) = generated_problem(version, "wg", None, "t", &f, &key).unwrap();
+            assert!(
+                detail.contains("key column \"code\"") && detail.contains("before 18"),
+                "{detail}"
+            );
+            assert!(fix.contains("`key`") && fix.contains("PostgreSQL 18"), "{fix}");
+        }
+        // A generated column outside the key is simply not published before 18.
+        assert_eq!(
+            generated_problem(150000, "wg", None, "t", &f, &["raw".to_owned()]),
+            None
+        );
+        // On 18 walguard's own publication publishes it.
+        assert_eq!(generated_problem(PG18, "wg", None, "t", &f, &key), None);
+    }
+
+    #[test]
+    fn a_stored_generated_column_in_the_primary_key_or_identity_index_breaks_writers_too() {
+        for identity in ['d', 'i'] {
+            let mut f = facts(identity, &["code"], &["code", "raw"]);
+            f.generated = generated(&["code"], &[], &["code"]);
+            let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
+            assert!(
+                detail.contains("replica identity") && detail.contains("UPDATE and DELETE"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_generated_column_outside_the_identity_must_be_published_too() {
+        let mut f = facts('d', &["id"], &["id", "qty", "total"]);
+        f.generated = generated(&["total"], &[], &[]);
+        let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
+        assert!(
+            detail.contains("change events would lack it") && !detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert!(fix.contains("publish_generated_columns = stored"), "{fix}");
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), "t", &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_virtual_generated_column_under_full_is_refused_whatever_the_publication() {
+        let mut f = facts('f', &[], &["id", "qty", "double"]);
+        f.generated = generated(&[], &["double"], &[]);
+        for p in [None, Some(publication(true)), Some(publication(false))] {
+            let (detail, fix) = generated_problem(PG18, "wg", p.as_ref(), "t", &f, &[]).unwrap();
+            assert!(detail.contains("virtual generated column \"double\""), "{detail}");
+            assert!(
+                fix.contains("STORED") && fix.contains("REPLICA IDENTITY DEFAULT"),
+                "{fix}"
+            );
+        }
+        // Under DEFAULT a virtual column is simply not published.
+        let mut f = facts('d', &["id"], &["id", "qty", "double"]);
+        f.generated = generated(&[], &["double"], &[]);
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn partitions_are_judged_leaf_by_leaf() {
+        let mut f = facts('d', &[], &["id", "region", "total"]);
+        f.partitioned = true;
+        f.generated = generated(&["total"], &[], &[]);
+        let leaf = |name: &str, identity, g| Leaf {
+            name: name.into(),
+            identity,
+            has_pk: false,
+            has_identity_index: false,
+            generated: g,
+        };
+        f.leaves = vec![
+            leaf("readings_eu", 'd', generated(&["total"], &[], &[])),
+            leaf("readings_us", 'f', generated(&["total"], &[], &["total"])),
+        ];
+        let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "root", &f, &[]).unwrap();
+        assert!(
+            detail.contains("readings_us") && detail.contains("UPDATE and DELETE"),
+            "{detail}"
+        );
+        assert_eq!(
+            generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]),
+            None
+        );
+        f.leaves[0].generated.virtual_columns = vec!["v".into()];
+        f.leaves[0].identity = 'f';
+        let (detail, _) = generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]).unwrap();
+        assert!(detail.contains("readings_eu") && detail.contains("virtual"), "{detail}");
+    }
+
+    #[test]
+    fn an_idle_slot_timeout_is_a_warning_naming_its_value() {
+        assert_eq!(idle_timeout_verdict("0").outcome, Outcome::Pass);
+        let v = idle_timeout_verdict("90min");
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(
+            v.detail.contains("90min") && v.detail.contains("loses the slot"),
+            "{}",
+            v.detail
+        );
+        assert!(v.fix.unwrap().contains("idle_replication_slot_timeout = 0"));
+    }
+
+    #[test]
+    fn unlimited_or_zero_slot_wal_is_a_warning() {
+        let v = wal_keep_verdict(-1, "-1", None);
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(
+            v.detail.contains("unlimited") && v.detail.contains("fill the disk"),
+            "{}",
+            v.detail
+        );
+        let v = wal_keep_verdict(0, "0", Some(0.0));
+        assert_eq!(v.outcome, Outcome::Warn);
+        assert!(v.detail.contains("any walguard outage"), "{}", v.detail);
+    }
+
+    #[test]
+    fn slot_wal_below_an_hour_at_the_write_rate_is_a_warning() {
+        const MIB: i64 = 1 << 20;
+        // 1 GiB at 1 MiB/s is 17 minutes.
+        let v = wal_keep_verdict(1024 * MIB, "1GB", Some(MIB as f64));
+        assert_eq!(v.outcome, Outcome::Warn, "{v:?}");
+        assert!(
+            v.detail.contains("1GB") && v.detail.contains("1.0 MiB/s") && v.detail.contains("17 min"),
+            "{}",
+            v.detail
+        );
+        assert!(v.detail.contains("an hour"), "{}", v.detail);
+        assert!(v.fix.unwrap().contains("'3600MB'"));
+        // Just above an hour passes, and says how long it lasts.
+        let v = wal_keep_verdict(3601 * MIB, "3601MB", Some(MIB as f64));
+        assert_eq!(v.outcome, Outcome::Pass, "{v:?}");
+        assert!(v.detail.contains("60 min"), "{}", v.detail);
+        // No writes now: any limit lasts; no measurement: said so, not judged.
+        assert_eq!(wal_keep_verdict(MIB, "1MB", Some(0.0)).outcome, Outcome::Pass);
+        let v = wal_keep_verdict(MIB, "1MB", None);
+        assert_eq!(v.outcome, Outcome::Pass);
+        assert!(v.detail.contains("could not be measured"), "{}", v.detail);
+        assert_eq!(wal_keep_verdict(MIB, "1MB", Some(f64::NAN)).outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn durations_for_humans() {
+        assert_eq!(human_duration(45.9), "45 s");
+        assert_eq!(human_duration(1020.0), "17 min");
+        assert_eq!(human_duration(9000.0), "2.5 h");
+        assert_eq!(human_duration(3.0 * 86400.0), "3.0 days");
+        assert_eq!(human_duration(f64::INFINITY), "unlimited time");
+    }
+
+    #[test]
+    fn warnings_are_recorded_with_their_fix() {
+        let mut r = Report::default();
+        r.record("postgres.x", wal_keep_verdict(-1, "-1", None));
+        assert_eq!(r.checks[0].outcome, Outcome::Warn);
+        assert!(r.checks[0]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("walguard_slot_retained_wal_bytes"));
+        assert!(r.ready());
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Error {
     /// The slot is active for another process (SQLSTATE 55006), or another walguard created
     /// it a moment ago (42710): this walguard is a standby.
     pub fn is_slot_in_use(&self) -> bool {
-        matches!(self, Error::Source(crate::source::conn::SourceError::Server(e)) if e.code == "55006" || e.code == "42710")
+        matches!(self, Error::Source(crate::source::conn::SourceError::Server(e)) if crate::source::sqlstate::is_slot_taken(&e.code))
     }
 
     /// A short, stable name for logs and the `walguard_errors_total` metric.

@@ -31,13 +31,10 @@ pub enum CatalogError {
 impl CatalogError {
     pub fn is_transient(&self) -> bool {
         match self {
-            CatalogError::Postgres { source, .. } => match source.code() {
-                None => true,
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
-                }
-            },
+            // No code: the connection itself failed (closed, I/O), which a new one can get past.
+            CatalogError::Postgres { source, .. } => {
+                source.code().is_none_or(|c| super::sqlstate::is_transient(c.code()))
+            }
             CatalogError::Connect { .. } => true,
             CatalogError::Refused(_) => false,
         }
@@ -97,6 +94,7 @@ pub struct TableFacts {
     pub primary_key: Vec<String>,
     pub identity_index: Vec<String>,
     pub columns: Vec<String>,
+    pub generated: Generated,
     /// For a partitioned table: its leaf partitions, whose identities the writers need.
     pub leaves: Vec<Leaf>,
 }
@@ -107,6 +105,41 @@ pub struct Leaf {
     pub identity: char,
     pub has_pk: bool,
     pub has_identity_index: bool,
+    pub generated: Generated,
+}
+
+/// A relation's generated columns, which PostgreSQL 18 weighs on every published UPDATE and
+/// DELETE (see `check::generated_problem`). Before 18 there are only stored ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// `GENERATED ALWAYS AS (...) STORED`, in attnum order.
+    pub stored: Vec<String>,
+    /// `GENERATED ALWAYS AS (...) VIRTUAL` (PostgreSQL 18), never published.
+    pub virtual_columns: Vec<String>,
+    /// The stored ones that are part of the replica identity: every one under FULL, those
+    /// in the primary key (DEFAULT) or the identity index (USING INDEX).
+    pub stored_in_identity: Vec<String>,
+}
+
+/// The three `Generated` arrays of the relation `c`, for a SELECT list.
+const GENERATED_COLUMNS: &str = "
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's' ORDER BY a.attnum),
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 'v' ORDER BY a.attnum),
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's'
+            AND (c.relreplident = 'f' OR EXISTS (
+                 SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND a.attnum = ANY (i.indkey)
+                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))))
+          ORDER BY a.attnum)";
+
+fn generated_at(row: &tokio_postgres::Row, first: usize) -> Generated {
+    Generated {
+        stored: row.get(first),
+        virtual_columns: row.get(first + 1),
+        stored_in_identity: row.get(first + 2),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +148,10 @@ pub struct PublicationFacts {
     pub actions: [bool; 4],
     pub via_root: bool,
     pub all_tables: bool,
+    /// Publishes stored generated columns: `publish_generated_columns = stored`
+    /// (`pg_publication.pubgencols = 's'`, PostgreSQL 18). Always false before 18, which never
+    /// publishes generated columns.
+    pub generated_stored: bool,
     pub tables: Vec<(String, String)>,
 }
 
@@ -174,6 +211,62 @@ impl Catalog {
         Ok(row.get(0))
     }
 
+    /// A setting as `SHOW` prints it, with its unit (`1h`, `10GB`), or `None` when this
+    /// server does not have it.
+    pub async fn shown_setting(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1, true)", &[&name])
+            .await
+            .map_err(self.err())?;
+        Ok(row.get(0))
+    }
+
+    /// Bytes of WAL written per second: the larger of the rate over `sample` (two readings of
+    /// the WAL position) and the average since `pg_stat_wal`'s statistics were reset, so that
+    /// a quiet second does not hide the usual load. `None` when neither can be measured (a
+    /// standby not receiving WAL). On a standby the position is what it has received.
+    pub async fn wal_write_rate(&self, sample: std::time::Duration) -> Result<Option<f64>, CatalogError> {
+        const POSITION: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                             ELSE pg_current_wal_lsn() END)::text";
+        let read = |row: tokio_postgres::Row| row.get::<_, Option<String>>(0).and_then(|l| l.parse::<Lsn>().ok());
+        let started = std::time::Instant::now();
+        let first = read(self.client.query_one(POSITION, &[]).await.map_err(self.err())?);
+        tokio::time::sleep(sample).await;
+        let second = read(self.client.query_one(POSITION, &[]).await.map_err(self.err())?);
+        let elapsed = started.elapsed().as_secs_f64();
+        let sampled = match (first, second) {
+            (Some(a), Some(b)) if elapsed > 0.0 => Some(b.0.saturating_sub(a.0) as f64 / elapsed),
+            _ => None,
+        };
+        let average: Option<f64> = self
+            .client
+            .query_one(
+                "SELECT wal_bytes::float8 / nullif(extract(epoch FROM now() - stats_reset)::float8, 0) FROM pg_stat_wal",
+                &[],
+            )
+            .await
+            .map_err(self.err())?
+            .get(0);
+        Ok(match (sampled, average) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// `max_slot_wal_keep_size` in bytes (-1: unlimited) and as SHOW prints it.
+    pub async fn max_slot_wal_keep_size(&self) -> Result<(i64, String), CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_size_bytes(current_setting('max_slot_wal_keep_size')), current_setting('max_slot_wal_keep_size')",
+                &[],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     pub async fn server_version_num(&self) -> Result<i32, CatalogError> {
         Ok(self.setting("server_version_num").await?.parse().unwrap_or(0))
     }
@@ -183,7 +276,8 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition,
+                &format!(
+                    "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition,
                         has_table_privilege(c.oid, 'SELECT'),
                         ARRAY(SELECT a.attname::text FROM pg_index i
                               JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
@@ -194,9 +288,11 @@ impl Catalog {
                               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                               WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord),
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
-                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                        {GENERATED_COLUMNS}
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2",
+                 WHERE n.nspname = $1 AND c.relname = $2"
+                ),
                 &[&schema, &name],
             )
             .await
@@ -209,11 +305,14 @@ impl Catalog {
             let rows = self
                 .client
                 .query(
-                    "SELECT c.oid::regclass::text, c.relreplident::text,
+                    &format!(
+                        "SELECT c.oid::regclass::text, c.relreplident::text,
                             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident),
+                            {GENERATED_COLUMNS}
                      FROM pg_partition_tree($1::oid::regclass) t JOIN pg_class c ON c.oid = t.relid
-                     WHERE t.isleaf ORDER BY 1",
+                     WHERE t.isleaf ORDER BY 1"
+                    ),
                     &[&oid],
                 )
                 .await
@@ -225,6 +324,7 @@ impl Catalog {
                     identity: r.get::<_, String>(1).chars().next().unwrap_or('d'),
                     has_pk: r.get(2),
                     has_identity_index: r.get(3),
+                    generated: generated_at(r, 4),
                 })
                 .collect();
         }
@@ -238,13 +338,15 @@ impl Catalog {
             primary_key: row.get(5),
             identity_index: row.get(6),
             columns: row.get(7),
+            generated: generated_at(&row, 8),
             leaves,
         }))
     }
 
     /// The shape of a table as a Relation message would describe it: published columns in
-    /// attnum order (stored generated ones from PostgreSQL 18 on), their types, and which
-    /// belong to the replica identity. Used to build snapshot rows.
+    /// attnum order (stored generated ones from PostgreSQL 18 on, which `check` makes sure the
+    /// publication publishes too), their types, and which belong to the replica identity.
+    /// Used to build snapshot rows.
     pub async fn relation(&self, schema: &str, name: &str) -> Result<Option<Relation>, CatalogError> {
         let Some(facts) = self.table(schema, name).await? else {
             return Ok(None);
@@ -362,6 +464,20 @@ impl Catalog {
             .await
             .map_err(self.err())?;
         let Some(row) = row else { return Ok(None) };
+        // pubgencols exists from PostgreSQL 18 on, with publish_generated_columns.
+        let generated_stored = if self.server_version_num().await? >= 180000 {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT pubgencols = 's' FROM pg_publication WHERE pubname = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(self.err())?;
+            row.get(0)
+        } else {
+            false
+        };
         let tables = self
             .client
             .query(
@@ -377,13 +493,15 @@ impl Catalog {
             actions: [row.get(0), row.get(1), row.get(2), row.get(3)],
             via_root: row.get(4),
             all_tables: row.get(5),
+            generated_stored,
             tables,
         }))
     }
 
     /// Creates the publication for the guarded tables when it is missing, and adds guarded
     /// tables it lacks. Only called after `check::database` found every table's replica
-    /// identity usable, so adding a table never breaks its writers.
+    /// identity usable (generated columns in it included, on PostgreSQL 18), so adding a table
+    /// never breaks its writers.
     pub async fn ensure_publication(
         &self,
         publication: &str,

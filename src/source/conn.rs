@@ -80,13 +80,7 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Connect { .. } | SourceError::Io(_) | SourceError::Ended => true,
-            SourceError::Server(e) => {
-                e.code.starts_with("08")
-                    || e.code.starts_with("53")
-                    || e.code.starts_with("57P")
-                    || e.code == "55006"
-                    || e.code == "40001"
-            }
+            SourceError::Server(e) => super::sqlstate::is_transient(&e.code),
             SourceError::Auth { .. } | SourceError::Tls { .. } | SourceError::Protocol(_) | SourceError::Decode(_) => {
                 false
             }
@@ -648,8 +642,11 @@ mod tests {
                 ..Default::default()
             })
         };
+        // The same list as the catalog connection's (source::sqlstate).
         assert!(server("55006").is_transient());
         assert!(server("57P01").is_transient());
+        assert!(server("40P01").is_transient());
+        assert!(!server("57P04").is_transient(), "a dropped database needs a person");
         assert!(!server("42704").is_transient());
         assert!(!SourceError::Protocol("x".into()).is_transient());
         assert!(SourceError::Ended.is_transient());

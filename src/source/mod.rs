@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod conn;
+pub mod sqlstate;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -432,3 +432,270 @@ async fn generated_columns_appear_where_the_server_publishes_them() {
     };
     assert_eq!(events[0].data()["after"], want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_key_column_is_refused_by_check_and_run() {
+    let env = Env::start(
+        "CREATE TABLE public.people (id int PRIMARY KEY, email text NOT NULL, name text);
+         ALTER TABLE public.people REPLICA IDENTITY FULL;",
+        "",
+        "",
+    )
+    .await;
+    // The key names the entity in the CloudEvents subject, published as it is: hashing a key
+    // column would leave it in clear there.
+    for (tables, column, which) in [
+        (
+            "[[tables]]\nname = \"public.people\"\nkey = [\"email\"]\nhash_columns = [\"email\"]\n",
+            "\"email\"",
+            "configured `key`",
+        ),
+        (
+            "[[tables]]\nname = \"public.people\"\nhash_columns = [\"name\", \"id\"]\n",
+            "\"id\"",
+            "primary key",
+        ),
+    ] {
+        env.write_config(tables, "");
+        env.add_salt();
+        let (code, out) = check(&env, "text");
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  table public.people") && out.contains(column) && out.contains(which),
+            "{out}"
+        );
+        assert!(out.contains("remove") && out.contains("hash_columns"), "{out}");
+
+        let mut wg = env.spawn();
+        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        assert!(
+            wg.output().contains("table public.people") && wg.output().contains(column),
+            "{}",
+            wg.output()
+        );
+        assert!(env.read_stream().await.is_empty());
+        let published = env
+            .db
+            .query_opt("SELECT 1 FROM pg_publication_tables WHERE tablename = 'people'", &[])
+            .await
+            .unwrap();
+        assert!(published.is_none());
+        assert_eq!(env.confirmed_flush().await, None, "no slot is created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_columns_in_the_replica_identity_never_break_the_writers() {
+    // Stored generated columns in the replica identity: every column under FULL, and a
+    // primary key on one. PostgreSQL 18 fails the writers' UPDATE and DELETE of such a table
+    // in a publication that does not publish generated columns.
+    let env = Env::start(
+        "CREATE TABLE public.lines (id int NOT NULL, qty int, price int, total int GENERATED ALWAYS AS (qty * price) STORED);
+         ALTER TABLE public.lines REPLICA IDENTITY FULL;
+         CREATE TABLE public.codes (raw text NOT NULL, code text GENERATED ALWAYS AS (upper(raw)) STORED PRIMARY KEY);
+         CREATE TABLE public.other (id int PRIMARY KEY);
+         INSERT INTO public.lines (id, qty, price) VALUES (1, 1, 1);
+         INSERT INTO public.codes (raw) VALUES ('a');",
+        "[[tables]]\nname = \"public.lines\"\nkey = [\"id\"]\n\n[[tables]]\nname = \"public.codes\"\n",
+        "",
+    )
+    .await;
+    let pg18 = env.server_version().await >= 180000;
+    let writers = |n: i32| {
+        format!(
+            "UPDATE lines SET qty = qty + 1; DELETE FROM lines; INSERT INTO lines (id, qty, price) VALUES ({n}, 2, 3);
+             UPDATE codes SET raw = 'b{n}'; DELETE FROM codes; INSERT INTO codes (raw) VALUES ('c{n}');"
+        )
+    };
+
+    // A publication of the operator's that does not publish generated columns.
+    env.db
+        .batch_execute("CREATE PUBLICATION wg_pub FOR TABLE public.other")
+        .await
+        .unwrap();
+    let (code, out) = check(&env, "text");
+    if pg18 {
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  table public.lines") && out.contains("\"total\"") && out.contains("UPDATE and DELETE"),
+            "{out}"
+        );
+        assert!(
+            out.contains("FAIL  table public.codes") && out.contains("\"code\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("fix: ALTER PUBLICATION \"wg_pub\" SET (publish_generated_columns = stored);"),
+            "{out}"
+        );
+        // run refuses too, and leaves the publication as it is.
+        let mut wg = env.spawn();
+        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        assert!(
+            wg.output().contains("publish_generated_columns = stored"),
+            "{}",
+            wg.output()
+        );
+        let published: Vec<String> = env
+            .db
+            .query(
+                "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'wg_pub'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(published, ["other"]);
+    } else {
+        // Before 18 generated columns are neither published nor checked by the server; only
+        // a generated key column is refused, since no change event would carry it.
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  table public.codes") && out.contains("key column \"code\" is a generated column"),
+            "{out}"
+        );
+        assert!(!out.contains("FAIL  table public.lines"), "{out}");
+        env.write_config("[[tables]]\nname = \"public.lines\"\nkey = [\"id\"]\n", "");
+    }
+    env.db.batch_execute(&writers(1)).await.unwrap();
+
+    // Created by walguard, the publication publishes stored generated columns on 18.
+    env.db.batch_execute("DROP PUBLICATION wg_pub").await.unwrap();
+    let wg = env.spawn_ready().await;
+    if pg18 {
+        let gencols: String = env
+            .db
+            .query_one(
+                "SELECT pubgencols::text FROM pg_publication WHERE pubname = 'wg_pub'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(gencols, "s");
+    }
+    env.db
+        .batch_execute(&writers(2))
+        .await
+        .unwrap_or_else(|e| panic!("the writers fail with walguard running: {e:?}"));
+    let want = if pg18 { 6 } else { 3 };
+    let events = env.wait_events(want, Duration::from_secs(30)).await;
+    let ops: Vec<(&str, &str)> = events
+        .iter()
+        .map(|m| (m.data()["table"].as_str().unwrap(), m.op()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("lines", "update"),
+            ("lines", "delete"),
+            ("lines", "insert"),
+            ("codes", "update"),
+            ("codes", "delete"),
+            ("codes", "insert")
+        ][..want],
+        "{}",
+        wg.output()
+    );
+    let total = |i: usize, image: &str| events[i].data()[image].get("total").cloned();
+    if pg18 {
+        assert_eq!(total(2, "after"), Some(json!(6)));
+        assert_eq!(total(1, "before").map(|t| t.is_number()), Some(true));
+        assert_eq!(events[5].json["subject"], "public.codes/C2");
+    } else {
+        assert_eq!(total(2, "after"), None);
+    }
+
+    // A virtual generated column (PostgreSQL 18) is never published: under FULL its writers
+    // would fail whatever the publication says.
+    if pg18 {
+        env.db
+            .batch_execute(
+                "CREATE TABLE public.doubled (id int NOT NULL, a int, d int GENERATED ALWAYS AS (a * 2) VIRTUAL);
+                 ALTER TABLE public.doubled REPLICA IDENTITY FULL;",
+            )
+            .await
+            .unwrap();
+        env.write_config("[[tables]]\nname = \"public.doubled\"\nkey = [\"id\"]\n", "");
+        let (code, out) = check(&env, "text");
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAIL  table public.doubled") && out.contains("virtual generated column \"d\""),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_can_lose_the_slot_are_warned_about_in_check_and_in_runs_log() {
+    let env = Env::start(
+        "CREATE TABLE public.t (id int PRIMARY KEY, pad text);",
+        "[[tables]]\nname = \"public.t\"\n",
+        "",
+    )
+    .await;
+    let pg18 = env.server_version().await >= 180000;
+    // The default: unlimited.
+    let (code, out) = check(&env, "text");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN  postgres.max_slot_wal_keep_size") && out.contains("-1 (unlimited)"),
+        "{out}"
+    );
+    if pg18 {
+        assert!(out.contains("PASS  postgres.idle_replication_slot_timeout"), "{out}");
+    }
+
+    // A limit far below an hour of WAL at the rate this server writes.
+    env.reload_setting("max_slot_wal_keep_size", "1MB").await;
+    if pg18 {
+        env.reload_setting("idle_replication_slot_timeout", "1h").await;
+    }
+    env.db
+        .batch_execute("INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g")
+        .await
+        .unwrap();
+    // Backends report their WAL to pg_stat_wal at most once a second: wait until it counts
+    // those 4 MB, so that the average since the server started is well above 1MB an hour.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bytes: f64 = env
+            .db
+            .query_one("SELECT wal_bytes::float8 FROM pg_stat_wal", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if bytes >= 4e6 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "pg_stat_wal counts {bytes} bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out) = check(&env, "text");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN  postgres.max_slot_wal_keep_size")
+            && out.contains("max_slot_wal_keep_size is 1MB")
+            && out.contains("loses the slot"),
+        "{out}"
+    );
+    if pg18 {
+        assert!(
+            out.contains("WARN  postgres.idle_replication_slot_timeout") && out.contains("is 1h"),
+            "{out}"
+        );
+    }
+
+    // run makes the same checks at start-up, and logs the warnings.
+    let wg = env.spawn_ready().await;
+    let log = wg.output();
+    assert!(
+        log.contains("WARN") && log.contains("max_slot_wal_keep_size is 1MB") && log.contains("loses the slot"),
+        "{log}"
+    );
+    if pg18 {
+        assert!(log.contains("idle_replication_slot_timeout is 1h"), "{log}");
+    }
+}

@@ -314,6 +314,50 @@ impl Env {
         row.get::<_, Option<String>>(0).map(|s| lsn(&s))
     }
 
+    /// The server's `server_version_num` (150013, 180006, ...).
+    pub async fn server_version(&self) -> i32 {
+        self.db
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Appends a `[hashing]` section with a fresh salt file, for `hash_columns`.
+    pub fn add_salt(&self) {
+        let salt = self.dir.path().join("salt");
+        std::fs::write(&salt, b"0123456789abcdef-test-salt").unwrap();
+        std::fs::set_permissions(&salt, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{config}\n[hashing]\nsalt_file = \"salt\"\n")).unwrap();
+    }
+
+    /// Sets a reloadable server setting with ALTER SYSTEM and waits until sessions see it.
+    pub async fn reload_setting(&self, name: &str, value: &str) {
+        // Two statements: ALTER SYSTEM cannot run in the implicit transaction of a batch.
+        self.db
+            .batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .await
+            .unwrap();
+        self.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The postmaster reloads before it passes SIGHUP on to this session, so once this
+            // session sees the value every new one does too.
+            let now: String = self
+                .db
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await
+                .unwrap()
+                .get(0);
+            if now == value {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} is still {now}, not {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn current_wal_lsn(&self) -> u64 {
         let row = self
             .db
