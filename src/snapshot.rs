@@ -75,6 +75,104 @@ impl Progress {
     }
 }
 
+/// Where the baseline stands, from what the stream records: the last `snapshot_progress`
+/// event `marker` (unless the last `resync` record, by its sequence, came after it, which
+/// starts the baseline over), and, when the verified `head` is a snapshot row of a group a
+/// crash left open, where that group stopped. Returns the progress and, for an open group,
+/// its LSN and the index its closing event takes.
+///
+/// Stored messages come as `(sequence, payload)`. One that cannot be read is an error
+/// naming its sequence, never a default: an empty progress would baseline every table
+/// again, and a wrong one would skip rows.
+pub fn resume(
+    marker: Option<(u64, &[u8])>,
+    resync: Option<u64>,
+    head: Option<(u64, &[u8])>,
+    specs: &[TableSpec],
+) -> Result<(Progress, Option<(Lsn, u32)>), Error> {
+    let current = marker.filter(|(seq, _)| resync.is_none_or(|r| r < *seq));
+    let mut progress = match current {
+        Some((seq, payload)) => stored_progress(seq, payload)?,
+        None => Progress::default(),
+    };
+    let Some((seq, payload)) = head else {
+        return Ok((progress, None));
+    };
+    let unreadable = |what: &str| {
+        Error::Refused(format!(
+            "stream sequence {seq}, the verified head, is a snapshot row without a readable {what}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+        ))
+    };
+    let head: serde_json::Value = serde_json::from_slice(payload).map_err(|_| unreadable("JSON payload"))?;
+    let data = &head["data"];
+    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
+        return Ok((progress, None));
+    }
+    let lsn: Lsn = head["pglsn"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| unreadable("pglsn"))?;
+    let next_idx = head["pgtxidx"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| i.checked_add(1))
+        .ok_or_else(|| unreadable("pgtxidx"))?;
+    let (Some(schema), Some(name)) = (data["schema"].as_str(), data["table"].as_str()) else {
+        return Err(unreadable("data.schema and data.table"));
+    };
+    let table = format!("{schema}.{name}");
+    match specs.iter().position(|t| qualified(t) == table) {
+        Some(i) => {
+            // No progress event at all: the initial snapshot (one group, tables in order)
+            // was interrupted, so the tables before this one are complete.
+            if marker.is_none() {
+                progress.completed = specs[..i].iter().map(qualified).collect();
+            }
+            let after = specs[i]
+                .key
+                .iter()
+                .map(|k| {
+                    data["key"]
+                        .get(k)
+                        .map(key_text)
+                        .ok_or_else(|| unreadable(&format!("data.key.{k}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            progress.table = Some(table);
+            progress.after_key = Some(after);
+        }
+        None => {
+            progress.table = None;
+            progress.after_key = None;
+        }
+    }
+    Ok((progress, Some((lsn, next_idx))))
+}
+
+/// The progress a stored `snapshot_progress` event states.
+fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
+    #[derive(Deserialize)]
+    struct Stored {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        op: String,
+        #[serde(flatten)]
+        progress: Progress,
+    }
+    let refused = |why: String| {
+        Error::Refused(format!(
+            "stream sequence {seq}, the last snapshot progress event, cannot be read ({why}): run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+        ))
+    };
+    let stored: Stored = serde_json::from_slice(payload).map_err(|e| refused(e.to_string()))?;
+    if stored.data.op != "snapshot_progress" {
+        return Err(refused(format!("its data.op is {:?}", stored.data.op)));
+    }
+    Ok(stored.data.progress)
+}
+
 /// A JSON key value as the text PostgreSQL accepts for it.
 pub fn key_text(v: &serde_json::Value) -> String {
     match v {
@@ -508,6 +606,77 @@ mod tests {
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].1, Some(vec!["41".to_owned()]));
         assert_eq!(pending[1].1, None);
+    }
+
+    fn progress_event(data: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"type": "walguard.snapshot.progress", "data": data})).unwrap()
+    }
+
+    #[test]
+    fn unreadable_progress_is_an_error_naming_its_sequence_not_a_fresh_start() {
+        let specs = [spec("a"), spec("b")];
+        for garbage in [
+            b"not json".to_vec(),
+            progress_event(serde_json::json!({"op": "snapshot_progress", "completed": "public.a"})),
+            progress_event(serde_json::json!({"op": "watermark", "completed": []})),
+            br#"{"data":null}"#.to_vec(),
+        ] {
+            let err = resume(Some((41, &garbage)), None, None, &specs).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Refused(_)), "{msg}");
+            assert!(
+                msg.contains("stream sequence 41") && msg.contains("walguard verify"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn progress_is_read_unless_a_resync_came_after_it() {
+        let specs = [spec("a"), spec("b")];
+        let stored = progress_event(serde_json::json!({"op": "snapshot_progress", "completed": ["public.a"],
+            "table": "public.b", "after_key": ["7"]}));
+        let (progress, close) = resume(Some((10, &stored)), Some(3), None, &specs).unwrap();
+        assert_eq!(progress.completed, ["public.a"]);
+        assert_eq!(progress.after_key, Some(vec!["7".to_owned()]));
+        assert_eq!(close, None);
+        let (progress, _) = resume(Some((10, &stored)), Some(12), None, &specs).unwrap();
+        assert_eq!(progress, Progress::default());
+        // A resync record makes even an unreadable older marker irrelevant.
+        assert!(resume(Some((10, b"garbage")), Some(12), None, &specs).is_ok());
+    }
+
+    #[test]
+    fn an_open_group_at_the_head_resumes_after_its_last_row() {
+        let specs = [spec("a"), spec("b")];
+        let row = serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
+            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41}}});
+        let head = serde_json::to_vec(&row).unwrap();
+        let (progress, close) = resume(None, None, Some((8, &head)), &specs).unwrap();
+        assert_eq!(close, Some(("0/16B3748".parse().unwrap(), 8)));
+        assert_eq!(progress.completed, ["public.a"]);
+        assert_eq!(progress.table.as_deref(), Some("public.b"));
+        assert_eq!(progress.after_key, Some(vec!["41".to_owned()]));
+        // A closed group (pgtxcnt set) or a change leaves nothing to close.
+        let mut closed = row.clone();
+        closed["pgtxcnt"] = 7.into();
+        let closed = serde_json::to_vec(&closed).unwrap();
+        assert_eq!(resume(None, None, Some((8, &closed)), &specs).unwrap().1, None);
+        for (field, value) in [
+            ("pglsn", serde_json::json!("somewhere")),
+            ("pgtxidx", serde_json::json!(-1)),
+            (
+                "data",
+                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {}}),
+            ),
+            ("data", serde_json::json!({"op": "snapshot", "key": {"id": 41}})),
+        ] {
+            let mut bad = row.clone();
+            bad[field] = value;
+            let bad = serde_json::to_vec(&bad).unwrap();
+            let err = resume(None, None, Some((8, &bad)), &specs).unwrap_err().to_string();
+            assert!(err.contains("stream sequence 8"), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -483,3 +483,86 @@ async fn table_rows(env: &Env) -> Vec<Value> {
         .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
         .collect()
 }
+
+/// Reading the newest message on a subject fails closed: only JetStream's own "no message
+/// found" means there is none; a server that does not answer is an error, never "none".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_of_a_subjects_last_message_is_an_error_not_none() {
+    use walguard::sink::stream::last_on_subject;
+    let mut nats = walguard::testkit::Nats::start().expect("start nats-server");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "LAST".into(),
+            subjects: vec!["last.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ack = js
+        .publish("last.progress", bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = last_on_subject(&stream, "last.progress").await.unwrap();
+    assert_eq!(found.map(|(seq, _)| seq), Some(ack.sequence));
+    assert_eq!(last_on_subject(&stream, "last.resync").await.unwrap(), None);
+    nats.stop();
+    let err = last_on_subject(&stream, "last.resync")
+        .await
+        .expect_err("a server that does not answer is not \"no message\"");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("last.resync"), "{err}");
+}
+
+/// The tail's confirmed position comes from the event that ends the group before the verified
+/// head; when that message is not a walguard event, the tail is refused, not read as "nothing
+/// confirmed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_before_the_verified_head_is_refused() {
+    use walguard::event::builder::Naming;
+    use walguard::event::{Envelope, Keyring, Signer};
+    let nats = walguard::testkit::Nats::start().expect("start nats-server");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "TAIL".into(),
+            subjects: vec!["wg.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("wg.public.items.insert", bytes::Bytes::from_static(b"not an event"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Sequence 2: a signed event opening a group (pgtxidx 1, no pgendlsn).
+    let signer = Signer::new(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    let envelope = Envelope::new("7000", "app", "walguard");
+    let naming = Naming {
+        system_identifier: "7000".into(),
+        slot: "walguard".into(),
+        subject_prefix: "wg".into(),
+    };
+    let mut draft = naming.watermark(walguard::lsn::Lsn(0x100), 0);
+    draft.end = None;
+    let mut payload = Vec::new();
+    envelope.write(&draft, 2, &[0; 32], &mut payload);
+    let headers = walguard::sink::publisher::headers(&draft, 2, Some(&signer), &payload);
+    js.publish_with_headers(draft.nats_subject.clone(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut keyring = Keyring::default();
+    keyring.add(signer.verifying_key());
+    let tail = walguard::sink::stream::read_tail(&mut stream, &keyring, envelope.source()).await;
+    let err = tail.expect_err("an unreadable predecessor must not read as nothing confirmed");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("sequence 1"), "{err}");
+}
