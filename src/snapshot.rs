@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::decode::pgoutput::Relation;
+use crate::decode::pgoutput::{Message, Relation};
 use crate::error::Error;
-use crate::event::builder::TableSpec;
+use crate::event::builder::{EntityKey, TableSpec, Touched};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
 use crate::sink::publisher::{Batcher, PublisherGone};
@@ -390,8 +390,9 @@ pub struct Chunk {
     pub spec: TableSpec,
     pub relation: Relation,
     open: bool,
-    /// CloudEvents subjects (`schema.table/key`) of rows a live change touched in the window.
-    changed: HashSet<String>,
+    /// Rows a live change touched in the window, by their key values (never by the joined
+    /// text of the subject, which two keys can share).
+    changed: HashSet<EntityKey>,
     truncated: bool,
     rows: Vec<Vec<Option<String>>>,
     progress: Progress,
@@ -417,24 +418,21 @@ impl Chunks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The reader saw a live change: a chunk row it touched must not be published.
-    pub fn observe(&self, draft: &Draft) {
-        if !self
-            .tables
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&*draft.table)
-        {
+    /// The reader is about to build the live change `msg`: the chunk rows it touches must
+    /// not be published. Cheap while no chunk is in flight.
+    pub fn observe(&self, builder: &EventBuilder, msg: &Message) {
+        if self.tables.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             return;
         }
-        for chunk in self.lock().values_mut() {
-            if chunk.open && qualified(&chunk.spec) == *draft.table {
-                match draft.op {
-                    crate::event::builder::Op::Truncate => chunk.truncated = true,
-                    _ => {
-                        chunk.changed.insert(draft.ce_subject.clone());
-                    }
-                }
+        let Some(touched) = builder.touched(msg) else {
+            return;
+        };
+        for chunk in self.lock().values_mut().filter(|c| c.open) {
+            let table = qualified(&chunk.spec);
+            match &touched {
+                Touched::Rows { table: t, keys } if **t == *table => chunk.changed.extend(keys.iter().cloned()),
+                Touched::Tables(tables) if tables.iter().any(|t| **t == *table) => chunk.truncated = true,
+                _ => {}
             }
         }
     }
@@ -475,18 +473,21 @@ impl Chunk {
     ) -> Result<(), Error> {
         builder.add_relation(self.relation.clone(), types)?;
         builder.begin_snapshot_group(lsn, 1, now_unix_micros)?;
-        let positions = key_positions(&self.spec, &self.relation);
-        let prefix = format!("{}/", qualified(&self.spec));
+        let oid = self.relation.oid;
         let rows = std::mem::take(&mut self.rows);
         for row in rows {
-            if self.truncated
-                || self
-                    .changed
-                    .contains(&format!("{prefix}{}", key_of(&row, &positions).join(",")))
-            {
-                continue;
+            if self.truncated {
+                break;
             }
-            builder.snapshot_row(self.relation.oid, row, out)?;
+            let key = builder.snapshot_key(oid, &row).ok_or_else(|| {
+                Error::Refused(format!(
+                    "table {}: a snapshot row has no entity key; check `key` in [[tables]]",
+                    qualified(&self.spec)
+                ))
+            })?;
+            if !self.changed.contains(&key) {
+                builder.snapshot_row(oid, row, out)?;
+            }
         }
         builder.end_snapshot_group(self.progress.data(), out)?;
         if let Some(done) = self.done.take() {
@@ -676,6 +677,151 @@ mod tests {
             let bad = serde_json::to_vec(&bad).unwrap();
             let err = resume(None, None, Some((8, &bad)), &specs).unwrap_err().to_string();
             assert!(err.contains("stream sequence 8"), "{field}: {err}");
+        }
+    }
+
+    /// The DBLog window on a table whose key is two text columns, fed as the WAL reader feeds it.
+    mod window {
+        use super::*;
+        use crate::decode::pgoutput::tests as fx;
+        use crate::event::builder::{Naming, Position};
+
+        const PAIRS: u32 = 16400;
+
+        fn builder() -> EventBuilder {
+            let naming = Arc::new(Naming {
+                system_identifier: "7000".into(),
+                slot: "walguard".into(),
+                subject_prefix: "wg".into(),
+            });
+            let spec = TableSpec {
+                key: vec!["a".into(), "b".into()],
+                ..spec("pairs")
+            };
+            EventBuilder::new(naming, vec![spec], Position::default())
+        }
+
+        /// The Relation message of `public.pairs`: key `(a, b)`, replica identity DEFAULT.
+        fn relation_message() -> Vec<u8> {
+            fx::relation(
+                PAIRS,
+                "public",
+                "pairs",
+                b'd',
+                &[(true, "a", 25), (true, "b", 25), (false, "v", 23)],
+            )
+        }
+
+        fn relation() -> Relation {
+            match Message::parse(relation_message().into()).unwrap() {
+                Message::Relation(rel) => rel,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// The reader's step for one WAL message: the window sees the change, the builder
+        /// builds it.
+        fn read(chunks: &Chunks, builder: &mut EventBuilder, raw: Vec<u8>) {
+            let msg = Message::parse(raw.into()).unwrap();
+            chunks.observe(builder, &msg);
+            builder.handle(msg, &HashMap::new(), &mut Vec::new()).unwrap();
+        }
+
+        /// A chunk of `rows` read between its low mark (seen) and its high mark (not yet).
+        fn open_chunk(chunks: &Chunks, rows: &[[&str; 3]]) {
+            chunks.lock().insert(
+                "c1".into(),
+                Chunk {
+                    spec: TableSpec {
+                        key: vec!["a".into(), "b".into()],
+                        ..spec("pairs")
+                    },
+                    relation: relation(),
+                    open: false,
+                    changed: HashSet::new(),
+                    truncated: false,
+                    rows: rows
+                        .iter()
+                        .map(|r| r.iter().map(|v| Some(v.to_string())).collect())
+                        .collect(),
+                    progress: Progress::default(),
+                    done: None,
+                },
+            );
+            chunks.tables.lock().unwrap().insert("public.pairs".into());
+            assert!(chunks.mark(br#"{"chunk":"c1","mark":"low"}"#).is_none());
+        }
+
+        /// The high mark: the rows the chunk publishes, as `data.after`.
+        fn close_chunk(chunks: &Chunks, builder: &mut EventBuilder) -> Vec<serde_json::Value> {
+            let chunk = chunks
+                .mark(br#"{"chunk":"c1","mark":"high"}"#)
+                .expect("the chunk is in flight");
+            let mut out = Vec::new();
+            chunk
+                .publish(builder, &HashMap::new(), Lsn(0x900), 0, &mut out)
+                .unwrap();
+            out.iter()
+                .filter(|d| d.op == crate::event::builder::Op::Snapshot)
+                .map(|d| serde_json::from_slice::<serde_json::Value>(&d.data).unwrap()["after"].clone())
+                .collect()
+        }
+
+        fn update(old_key: Option<[&str; 2]>, new: [&str; 3]) -> Vec<u8> {
+            let mut u = vec![b'U'];
+            u.extend_from_slice(&PAIRS.to_be_bytes());
+            if let Some([a, b]) = old_key {
+                u.push(b'K');
+                u.extend(fx::tuple_bytes(&[Some(a), Some(b), None]));
+            }
+            u.push(b'N');
+            u.extend(fx::tuple_bytes(&new.map(Some)));
+            u
+        }
+
+        #[test]
+        fn a_change_drops_only_its_own_row_when_two_keys_join_to_the_same_text() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["a,b", "c", "1"], ["a", "b,c", "2"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            read(&chunks, &mut builder, update(None, ["a,b", "c", "3"]));
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert_eq!(
+                close_chunk(&chunks, &mut builder),
+                [serde_json::json!({"a": "a", "b": "b,c", "v": 2})],
+                "the untouched row is the baseline; the changed one is represented by its change"
+            );
+        }
+
+        #[test]
+        fn an_update_that_moves_a_row_to_another_key_drops_the_row_at_its_old_key() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["k1", "x", "1"], ["k3", "x", "3"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            read(&chunks, &mut builder, update(Some(["k1", "x"]), ["k2", "x", "1"]));
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert_eq!(
+                close_chunk(&chunks, &mut builder),
+                [serde_json::json!({"a": "k3", "b": "x", "v": 3})],
+                "k1 no longer exists once the update moved it to k2"
+            );
+        }
+
+        #[test]
+        fn a_truncate_drops_the_whole_chunk() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["k1", "x", "1"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            let mut t = vec![b'T'];
+            t.extend_from_slice(&1u32.to_be_bytes());
+            t.push(0);
+            t.extend_from_slice(&PAIRS.to_be_bytes());
+            read(&chunks, &mut builder, t);
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert!(close_chunk(&chunks, &mut builder).is_empty());
         }
     }
 
