@@ -334,6 +334,14 @@ impl Change {
         }))
     }
 
+    /// Whether this change is part of the tables' state as of WAL position `at`: a change
+    /// committed before `at`, or a snapshot row read at `at` (a snapshot group at `L` holds
+    /// what committed before `L`, so on a quiet server the initial snapshot's group sits
+    /// exactly at the current position).
+    pub fn is_state_at(&self, at: crate::lsn::Lsn) -> bool {
+        self.pglsn < at || (self.op == "snapshot" && self.pglsn == at)
+    }
+
     /// Whether this change is about the entity whose key people wrote as `text` (a truncate is
     /// about every entity of its table).
     pub fn concerns(&self, text: &str) -> bool {
@@ -412,7 +420,7 @@ pub async fn restore(
 ) -> Result<TableState, String> {
     let mut state = TableState::default();
     read_changes(js, stream, table, at, |c| {
-        let wanted = before_lsn.is_none_or(|l| c.pglsn < l) && key.is_none_or(|k| c.concerns(k));
+        let wanted = before_lsn.is_none_or(|l| c.is_state_at(l)) && key.is_none_or(|k| c.concerns(k));
         if wanted {
             state.apply(&c);
         }
@@ -866,6 +874,21 @@ mod tests {
             let err = Change::parse(7, bad.as_bytes()).unwrap_err();
             assert!(err.contains("stream sequence 7"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_state_at_a_position_holds_a_snapshot_read_there_but_no_change_committed_there() {
+        let at = crate::lsn::Lsn(0x19195C0);
+        let mut c = change("snapshot", "1", serde_json::json!({"id": 1}), &[]);
+        c.pglsn = at;
+        assert!(c.is_state_at(at));
+        c.op = "insert".into();
+        assert!(!c.is_state_at(at));
+        c.pglsn = crate::lsn::Lsn(0x19195BF);
+        assert!(c.is_state_at(at));
+        c.op = "snapshot".into();
+        c.pglsn = crate::lsn::Lsn(0x19195C1);
+        assert!(!c.is_state_at(at));
     }
 
     #[test]
