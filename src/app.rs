@@ -188,7 +188,7 @@ async fn session(
     let (mut progress, close) = if exported.is_some() {
         (Progress::default(), None)
     } else {
-        snapshot_state(&stream, &tail, &cfg.nats.subject_prefix, &tables).await
+        snapshot_state(&stream, &tail, &cfg.nats.subject_prefix, &tables).await?
     };
     let resume_position = tail.position;
     let (next_sequence, last_sequence) = (tail.next_sequence, tail.last_sequence);
@@ -431,69 +431,25 @@ async fn watch_slot(
     }
 }
 
-/// The baseline's progress as the stream records it: the last `snapshot_progress` event
-/// (unless a resync came after it, which starts the baseline over), and, when the verified
-/// head is a snapshot row of a group a crash left open, where that group stopped. Returns the
-/// progress and, for an open group, its LSN and the index its closing event takes.
+/// The baseline's progress as the stream records it (`snapshot::resume`): the last
+/// `snapshot_progress` event unless a resync came after it, and where a group a crash left
+/// open stopped. A failed read is an error (transient: the session retries), never "no
+/// marker": an unread resync record would make an older snapshot marker look current.
 async fn snapshot_state(
     stream: &async_nats::jetstream::stream::Stream,
     tail: &stream::Tail,
     prefix: &str,
     tables: &[crate::event::builder::TableSpec],
-) -> (Progress, Option<(Lsn, u32)>) {
-    let marker = stream::last_on_subject(stream, &format!("{prefix}._walguard.snapshot")).await;
-    let resync = stream::last_on_subject(stream, &format!("{prefix}._walguard.resync")).await;
-    let mut progress = match &marker {
-        Some((seq, payload)) if resync.as_ref().is_none_or(|(r, _)| r < seq) => {
-            serde_json::from_slice::<serde_json::Value>(payload)
-                .ok()
-                .and_then(|v| serde_json::from_value::<Progress>(v["data"].clone()).ok())
-                .unwrap_or_default()
-        }
-        _ => Progress::default(),
-    };
-    let Some(head) = tail
-        .head
-        .as_ref()
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-    else {
-        return (progress, None);
-    };
-    let data = &head["data"];
-    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
-        return (progress, None);
-    }
-    let (Some(lsn), Some(idx)) = (
-        head["pglsn"].as_str().and_then(|l| l.parse::<Lsn>().ok()),
-        head["pgtxidx"].as_u64(),
-    ) else {
-        return (progress, None);
-    };
-    let table = format!(
-        "{}.{}",
-        data["schema"].as_str().unwrap_or(""),
-        data["table"].as_str().unwrap_or("")
-    );
-    match tables.iter().position(|t| snapshot::qualified(t) == table) {
-        Some(i) => {
-            if marker.is_none() {
-                progress.completed = tables[..i].iter().map(snapshot::qualified).collect();
-            }
-            progress.table = Some(table);
-            progress.after_key = Some(
-                tables[i]
-                    .key
-                    .iter()
-                    .map(|k| snapshot::key_text(&data["key"][k]))
-                    .collect(),
-            );
-        }
-        None => {
-            progress.table = None;
-            progress.after_key = None;
-        }
-    }
-    (progress, Some((lsn, idx as u32 + 1)))
+) -> Result<(Progress, Option<(Lsn, u32)>), Error> {
+    let marker = stream::last_on_subject(stream, &format!("{prefix}._walguard.snapshot")).await?;
+    let resync = stream::last_on_subject(stream, &format!("{prefix}._walguard.resync")).await?;
+    let head = tail.head.as_deref().map(|p| (tail.next_sequence - 1, p));
+    snapshot::resume(
+        marker.as_ref().map(|(seq, p)| (*seq, &p[..])),
+        resync.map(|(seq, _)| seq),
+        head,
+        tables,
+    )
 }
 
 /// The salt for `hash_columns`, when configured.

@@ -166,13 +166,119 @@ pub async fn export(
     }
 }
 
+/// A row's identity in the audit tools: the values of the event's `data.key`, each as its
+/// JSON text, in key order. The CloudEvents `subject` joins the key's values with `,`, which
+/// is the form people read and type (`history TABLE KEY`); `("a,b","c")` and `("a","b,c")`
+/// share that text, but never a `StoredKey`, so two rows are never merged into one.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    values: Vec<String>,
+    /// The key as the subject writes it, for people.
+    text: String,
+}
+
+impl StoredKey {
+    pub fn new(values: Vec<String>, text: impl Into<String>) -> Self {
+        StoredKey {
+            values,
+            text: text.into(),
+        }
+    }
+
+    /// The key as the CloudEvents `subject` writes it (values joined by `,`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+// Identity is the values alone: the text is derived from them for display.
+impl PartialEq for StoredKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
+impl Eq for StoredKey {}
+impl PartialOrd for StoredKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for StoredKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.values.cmp(&other.values)
+    }
+}
+
+/// `data.key` as written: column names and values in key order (a `serde_json::Map` would
+/// sort them by name).
+#[derive(Debug, Default)]
+struct KeyColumns(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for KeyColumns {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Columns;
+        impl<'de> serde::de::Visitor<'de> for Columns {
+            type Value = KeyColumns;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of key columns")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeyColumns, A::Error> {
+                let mut columns = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    columns.push(entry);
+                }
+                Ok(KeyColumns(columns))
+            }
+        }
+        d.deserialize_map(Columns)
+    }
+}
+
+/// The attributes of a stored event that state rebuilding reads.
+#[derive(serde::Deserialize)]
+struct StoredEvent {
+    #[serde(rename = "type")]
+    ty: String,
+    subject: String,
+    time: String,
+    pglsn: String,
+    data: RowData,
+}
+
+/// A row event's `data` (walguard's markers carry only `op` of these).
+#[derive(serde::Deserialize)]
+struct RowData {
+    op: String,
+    schema: Option<String>,
+    table: Option<String>,
+    #[serde(default)]
+    key: Option<KeyColumns>,
+    #[serde(default)]
+    after: Option<Map<String, Value>>,
+    #[serde(default)]
+    unchanged: Vec<String>,
+    #[serde(default)]
+    actor: Value,
+}
+
+impl RowData {
+    /// The row's identity, for ops that name a row; `subject_key` is the subject's text after `/`.
+    fn stored_key(&self, subject_key: &str) -> Option<StoredKey> {
+        let key = self.key.as_ref()?;
+        Some(StoredKey::new(
+            key.0.iter().map(|(_, v)| v.to_string()).collect(),
+            subject_key,
+        ))
+    }
+}
+
 /// An event's place and content, as far as state rebuilding needs it.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub sequence: u64,
     pub table: String,
-    /// The entity key: the text after `/` in the CloudEvents `subject`.
-    pub key: Option<String>,
+    /// The row the event is about (`None` for a truncate).
+    pub key: Option<StoredKey>,
     pub op: String,
     pub time: String,
     pub pglsn: crate::lsn::Lsn,
@@ -182,33 +288,71 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn parse(sequence: u64, payload: &[u8]) -> Option<Change> {
-        let v: Value = serde_json::from_slice(payload).ok()?;
-        let data = &v["data"];
-        let schema = data["schema"].as_str()?;
-        let table = data["table"].as_str()?;
-        let subject = v["subject"].as_str().unwrap_or("");
-        Some(Change {
+    /// The change a stored message records; `None` for walguard's own markers (watermarks,
+    /// snapshot progress, resync). A message that is neither is an error naming its sequence:
+    /// skipping it would rebuild a table without the rows it carries.
+    pub fn parse(sequence: u64, payload: &[u8]) -> Result<Option<Change>, String> {
+        let bad = |why: String| {
+            format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
+        };
+        let event: StoredEvent = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+        if event.ty.starts_with("walguard.") {
+            return Ok(None);
+        }
+        let data = event.data;
+        let (Some(schema), Some(table)) = (&data.schema, &data.table) else {
+            return Err(bad("its data has no schema and table".into()));
+        };
+        let pglsn = event.pglsn.parse().map_err(|e| bad(format!("pglsn: {e}")))?;
+        let key = match data.op.as_str() {
+            "truncate" => None,
+            op => {
+                let subject_key = event
+                    .subject
+                    .split_once('/')
+                    .map(|(_, k)| k)
+                    .ok_or_else(|| bad(format!("the subject of a {op} names no key")))?;
+                Some(
+                    data.stored_key(subject_key)
+                        .ok_or_else(|| bad(format!("a {op} without data.key")))?,
+                )
+            }
+        };
+        if matches!(data.op.as_str(), "snapshot" | "insert" | "update") && data.after.is_none() {
+            return Err(bad(format!("a {} without data.after", data.op)));
+        }
+        Ok(Some(Change {
             sequence,
             table: format!("{schema}.{table}"),
-            key: subject.split_once('/').map(|(_, k)| k.to_owned()),
-            op: data["op"].as_str()?.to_owned(),
-            time: v["time"].as_str().unwrap_or("").to_owned(),
-            pglsn: v["pglsn"].as_str().and_then(|l| l.parse().ok()).unwrap_or_default(),
-            after: data["after"].as_object().cloned(),
-            unchanged: data["unchanged"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default(),
-            actor: data["actor"].clone(),
-        })
+            key,
+            op: data.op,
+            time: event.time,
+            pglsn,
+            after: data.after,
+            unchanged: data.unchanged,
+            actor: data.actor,
+        }))
+    }
+
+    /// Whether this change is part of the tables' state as of WAL position `at`: a change
+    /// committed before `at`, or a snapshot row read at `at` (a snapshot group at `L` holds
+    /// what committed before `L`, so on a quiet server the initial snapshot's group sits
+    /// exactly at the current position).
+    pub fn is_state_at(&self, at: crate::lsn::Lsn) -> bool {
+        self.pglsn < at || (self.op == "snapshot" && self.pglsn == at)
+    }
+
+    /// Whether this change is about the entity whose key people wrote as `text` (a truncate is
+    /// about every entity of its table).
+    pub fn concerns(&self, text: &str) -> bool {
+        self.key.as_ref().is_none_or(|k| k.text() == text)
     }
 }
 
 /// A table's rows by entity key, rebuilt from events.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct TableState {
-    pub rows: BTreeMap<String, Map<String, Value>>,
+    pub rows: BTreeMap<StoredKey, Map<String, Value>>,
 }
 
 impl TableState {
@@ -239,6 +383,31 @@ impl TableState {
     }
 }
 
+/// Reads the stream's changes of `table` in order, calling `f` for each; stops at the first
+/// message that is not readable and returns its error.
+async fn read_changes(
+    js: &jetstream::Context,
+    stream: &str,
+    table: &str,
+    to: Option<u64>,
+    mut f: impl FnMut(Change),
+) -> Result<(), String> {
+    let mut failed = None;
+    read_stream(js, stream, 1, to, |m| match Change::parse(m.sequence, &m.payload) {
+        Ok(Some(c)) if c.table == table => {
+            f(c);
+            true
+        }
+        Ok(_) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })
+    .await?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// The state of `table` (and only entity `key`, when given) as of stream sequence `at`,
 /// or of events committed before `before_lsn`.
 pub async fn restore(
@@ -250,35 +419,32 @@ pub async fn restore(
     before_lsn: Option<crate::lsn::Lsn>,
 ) -> Result<TableState, String> {
     let mut state = TableState::default();
-    read_stream(js, stream, 1, at, |m| {
-        if let Some(c) = Change::parse(m.sequence, &m.payload) {
-            let wanted = c.table == table
-                && before_lsn.is_none_or(|l| c.pglsn < l)
-                && (key.is_none() || c.op == "truncate" || c.key.as_deref() == key);
-            if wanted {
-                state.apply(&c);
-            }
+    read_changes(js, stream, table, at, |c| {
+        let wanted = before_lsn.is_none_or(|l| c.is_state_at(l)) && key.is_none_or(|k| c.concerns(k));
+        if wanted {
+            state.apply(&c);
         }
-        true
     })
     .await?;
     Ok(state)
 }
 
-/// One line per event of an entity: when, what, who, and each column that changed.
+/// One line per event of an entity: when, what, who, and each column that changed. `key` is
+/// the key as the subject writes it; should two rows share that text, the events of both are
+/// shown, each against its own row.
 pub async fn history(js: &jetstream::Context, stream: &str, table: &str, key: &str) -> Result<Vec<String>, String> {
     let mut state = TableState::default();
     let mut lines = Vec::new();
-    read_stream(js, stream, 1, None, |m| {
-        let Some(c) = Change::parse(m.sequence, &m.payload) else {
-            return true;
-        };
-        if c.table != table || (c.op != "truncate" && c.key.as_deref() != Some(key)) {
-            return true;
+    read_changes(js, stream, table, None, |c| {
+        if !c.concerns(key) {
+            return;
         }
-        let before = state.rows.get(key).cloned();
+        let rows: Vec<StoredKey> = match &c.key {
+            Some(k) => vec![k.clone()],
+            None => state.rows.keys().filter(|k| k.text() == key).cloned().collect(),
+        };
+        let before: Vec<Option<Map<String, Value>>> = rows.iter().map(|k| state.rows.get(k).cloned()).collect();
         state.apply(&c);
-        let after = state.rows.get(key);
         let actor = if c.actor.is_null() {
             "unknown actor".to_owned()
         } else {
@@ -286,84 +452,22 @@ pub async fn history(js: &jetstream::Context, stream: &str, table: &str, key: &s
         };
         lines.push(format!("seq {} {} {} by {actor}", c.sequence, c.time, c.op));
         let empty = Map::new();
-        let (b, a) = (before.as_ref().unwrap_or(&empty), after.unwrap_or(&empty));
-        let mut columns: Vec<&String> = b.keys().chain(a.keys()).collect();
-        columns.sort();
-        columns.dedup();
-        for col in columns {
-            let (old, new) = (b.get(col), a.get(col));
-            if old != new {
-                let show = |v: Option<&Value>| v.map_or("(absent)".to_owned(), Value::to_string);
-                lines.push(format!("    {col}: {} -> {}", show(old), show(new)));
+        for (k, before) in rows.iter().zip(&before) {
+            let (b, a) = (before.as_ref().unwrap_or(&empty), state.rows.get(k).unwrap_or(&empty));
+            let mut columns: Vec<&String> = b.keys().chain(a.keys()).collect();
+            columns.sort();
+            columns.dedup();
+            for col in columns {
+                let (old, new) = (b.get(col), a.get(col));
+                if old != new {
+                    let show = |v: Option<&Value>| v.map_or("(absent)".to_owned(), Value::to_string);
+                    lines.push(format!("    {col}: {} -> {}", show(old), show(new)));
+                }
             }
         }
-        true
     })
     .await?;
     Ok(lines)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change(op: &str, key: &str, after: Value, unchanged: &[&str]) -> Change {
-        Change {
-            sequence: 1,
-            table: "public.t".into(),
-            key: Some(key.into()),
-            op: op.into(),
-            time: String::new(),
-            pglsn: Default::default(),
-            after: after.as_object().cloned(),
-            unchanged: unchanged.iter().map(|s| s.to_string()).collect(),
-            actor: Value::Null,
-        }
-    }
-
-    #[test]
-    fn state_follows_events_and_keeps_unchanged_toast() {
-        let mut s = TableState::default();
-        s.apply(&change(
-            "snapshot",
-            "1",
-            serde_json::json!({"id": 1, "big": "x", "n": 1}),
-            &[],
-        ));
-        s.apply(&change(
-            "insert",
-            "2",
-            serde_json::json!({"id": 2, "big": "y", "n": 2}),
-            &[],
-        ));
-        s.apply(&change("update", "1", serde_json::json!({"id": 1, "n": 5}), &["big"]));
-        assert_eq!(
-            s.rows["1"],
-            *serde_json::json!({"id": 1, "big": "x", "n": 5}).as_object().unwrap()
-        );
-        s.apply(&change("delete", "2", Value::Null, &[]));
-        assert_eq!(s.rows.len(), 1);
-        s.apply(&change("truncate", "", Value::Null, &[]));
-        assert!(s.rows.is_empty());
-    }
-
-    #[test]
-    fn dsse_lines_round_trip() {
-        let m = Stored {
-            sequence: 7,
-            signature: Some(("abcd".into(), "c2ln".into())),
-            payload: Bytes::from_static(br#"{"sequence":"00000000000000000007"}"#),
-        };
-        let line = dsse_line(&m);
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["payloadType"], "application/cloudevents+json");
-        assert_eq!(v["signatures"][0]["keyid"], "abcd");
-        let back = parse_dsse_line(&line).unwrap();
-        assert_eq!(back.sequence, 7);
-        assert_eq!(back.payload, m.payload);
-        assert_eq!(back.signature, m.signature);
-        assert!(parse_dsse_line("{}").is_err());
-    }
 }
 
 /// The outcome of reconciling one table.
@@ -399,14 +503,15 @@ pub async fn reconcile_table(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(failed)?;
-    let at: crate::lsn::Lsn = reader
-        .client()
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(failed)?
-        .get::<_, String>(0)
-        .parse()
-        .unwrap_or_default();
+    let at = wal_position(
+        &table,
+        &reader
+            .client()
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(failed)?
+            .get::<_, String>(0),
+    )?;
     // The live rows, mapped to JSON by the same code that maps events.
     let naming = std::sync::Arc::new(Naming {
         system_identifier: String::new(),
@@ -432,12 +537,11 @@ pub async fn reconcile_table(
     let mut live = TableState::default();
     let mut out = Vec::new();
     let take = |out: &mut Vec<crate::event::Draft>, live: &mut TableState| {
-        for d in out.drain(..) {
-            let v: Value = serde_json::from_slice(&d.data).unwrap_or_default();
-            if let (Some(after), Some((_, key))) = (v["after"].as_object(), d.ce_subject.split_once('/')) {
-                live.rows.insert(key.to_owned(), after.clone());
-            }
+        for d in out.drain(..).filter(|d| d.op == crate::event::builder::Op::Snapshot) {
+            let (key, row) = live_row(&d).map_err(|e| crate::Error::Refused(format!("reconciling {table}: {e}")))?;
+            live.rows.insert(key, row);
         }
+        Ok::<(), crate::Error>(())
     };
     let mut after: Option<Vec<String>> = None;
     loop {
@@ -455,48 +559,25 @@ pub async fn reconcile_table(
         }
         for row in rows {
             builder.snapshot_row(rel.oid, row, &mut out)?;
-            take(&mut out, &mut live);
+            take(&mut out, &mut live)?;
         }
         if n < crate::snapshot::CHUNK_ROWS {
             break;
         }
     }
     builder.end_snapshot_group(b"{}".to_vec(), &mut out)?;
-    take(&mut out, &mut live);
+    take(&mut out, &mut live)?;
     let _ = reader.client().batch_execute("COMMIT").await;
 
     // Wait until the stream proves everything committed before `at`.
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let mut covered = false;
-        if let Ok(mut st) = js.get_stream(stream).await {
-            if let Ok(info) = st.info().await {
-                let last = info.state.last_sequence;
-                if let Ok(m) = st.get_raw_message(last).await {
-                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-                    let end: Option<crate::lsn::Lsn> = v["pgendlsn"].as_str().and_then(|l| l.parse().ok());
-                    let lsn: Option<crate::lsn::Lsn> = v["pglsn"].as_str().and_then(|l| l.parse().ok());
-                    covered = end.max(lsn).is_some_and(|l| l >= at);
-                }
-            }
-        }
-        if covered {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(crate::Error::Refused(format!(
-                "stream {stream} does not cover {at} yet: is walguard running? (it publishes a watermark within nats.watermark_interval)"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until_covered(js, stream, at, wait).await?;
     let derived = restore(js, stream, &table, None, None, Some(at))
         .await
         .map_err(crate::Error::Refused)?;
     let mut differences = Vec::new();
     for (key, row) in &live.rows {
         match derived.rows.get(key) {
-            None => differences.push((key.clone(), "in the table, not in the stream".to_owned())),
+            None => differences.push((key.text().to_owned(), "in the table, not in the stream".to_owned())),
             Some(d) if d != row => {
                 let mut cols: Vec<&String> = row
                     .keys()
@@ -506,7 +587,7 @@ pub async fn reconcile_table(
                 cols.sort();
                 cols.dedup();
                 differences.push((
-                    key.clone(),
+                    key.text().to_owned(),
                     format!(
                         "columns differ: {}",
                         cols.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
@@ -518,7 +599,7 @@ pub async fn reconcile_table(
     }
     for key in derived.rows.keys() {
         if !live.rows.contains_key(key) {
-            differences.push((key.clone(), "in the stream, not in the table".to_owned()));
+            differences.push((key.text().to_owned(), "in the stream, not in the table".to_owned()));
         }
     }
     Ok(Reconciled {
@@ -527,6 +608,74 @@ pub async fn reconcile_table(
         differences,
         at,
     })
+}
+
+/// The reconcile's consistent point: what `pg_current_wal_lsn()` returned, which must be an
+/// LSN (defaulting to `0/0` would compare the table with an empty stream).
+fn wal_position(table: &str, text: &str) -> Result<crate::lsn::Lsn, crate::Error> {
+    text.parse().map_err(|e| {
+        crate::Error::Refused(format!(
+            "reading {table}: pg_current_wal_lsn() returned {text:?}, which is not an LSN ({e})"
+        ))
+    })
+}
+
+/// A live row as the reconcile's builder mapped it: its identity and its columns.
+fn live_row(draft: &crate::event::Draft) -> Result<(StoredKey, Map<String, Value>), String> {
+    let data: RowData = serde_json::from_slice(&draft.data).map_err(|e| format!("a mapped row is not JSON ({e})"))?;
+    let subject_key = draft.ce_subject.split_once('/').map_or("", |(_, k)| k);
+    match (data.stored_key(subject_key), data.after) {
+        (Some(key), Some(row)) => Ok((key, row)),
+        _ => Err("a mapped row has no key or no columns".into()),
+    }
+}
+
+/// Waits up to `wait` until the stream's newest message covers `at`, so every change
+/// committed before it is in the stream. A failed read is retried until the deadline, then
+/// reported as it is (not as "walguard is not running"); a newest message that is not a
+/// walguard event is refused at once.
+async fn wait_until_covered(
+    js: &jetstream::Context,
+    stream: &str,
+    at: crate::lsn::Lsn,
+    wait: Duration,
+) -> Result<(), crate::Error> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let failure = match newest_position(js, stream).await {
+            Ok(Some(covered)) if covered >= at => return Ok(()),
+            Ok(_) => None,
+            Err(e) if e.is_transient() => Some(e),
+            Err(e) => return Err(e),
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(failure.unwrap_or_else(|| {
+                crate::Error::Refused(format!(
+                    "stream {stream} does not cover {at} yet: is walguard running? (it publishes a watermark within nats.watermark_interval)"
+                ))
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How far the newest message of `stream` covers (its `pgendlsn`, else its `pglsn`); `None`
+/// while the stream is empty.
+async fn newest_position(js: &jetstream::Context, stream: &str) -> Result<Option<crate::lsn::Lsn>, crate::Error> {
+    let nats = |e: String| crate::Error::from(crate::sink::SinkError::Request(format!("reading stream {stream}: {e}")));
+    let mut st = js.get_stream(stream).await.map_err(|e| nats(e.to_string()))?;
+    let state = st.info().await.map_err(|e| nats(e.to_string()))?.state.clone();
+    if state.messages == 0 {
+        return Ok(None);
+    }
+    let last = state.last_sequence;
+    let msg = st.get_raw_message(last).await.map_err(|e| nats(e.to_string()))?;
+    let attrs = crate::event::envelope::Attributes::parse(&msg.payload).map_err(|e| {
+        crate::Error::Refused(format!(
+            "stream {stream} sequence {last}, its newest message, is not a walguard event ({e}): run `walguard verify`"
+        ))
+    })?;
+    Ok(Some(attrs.pgendlsn.map_or(attrs.pglsn, |end| end.max(attrs.pglsn))))
 }
 
 /// Creates `schema.table` like the live table and fills it with `state`'s rows. Returns the
@@ -584,4 +733,189 @@ pub async fn restore_into(
             .map_err(failed)?;
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(op: &str, key: &str, after: Value, unchanged: &[&str]) -> Change {
+        Change {
+            sequence: 1,
+            table: "public.t".into(),
+            key: Some(StoredKey::new(vec![key.to_owned()], key)),
+            op: op.into(),
+            time: String::new(),
+            pglsn: Default::default(),
+            after: after.as_object().cloned(),
+            unchanged: unchanged.iter().map(|s| s.to_string()).collect(),
+            actor: Value::Null,
+        }
+    }
+
+    #[test]
+    fn state_follows_events_and_keeps_unchanged_toast() {
+        let mut s = TableState::default();
+        s.apply(&change(
+            "snapshot",
+            "1",
+            serde_json::json!({"id": 1, "big": "x", "n": 1}),
+            &[],
+        ));
+        s.apply(&change(
+            "insert",
+            "2",
+            serde_json::json!({"id": 2, "big": "y", "n": 2}),
+            &[],
+        ));
+        s.apply(&change("update", "1", serde_json::json!({"id": 1, "n": 5}), &["big"]));
+        assert_eq!(
+            s.rows[&StoredKey::new(vec!["1".into()], "1")],
+            *serde_json::json!({"id": 1, "big": "x", "n": 5}).as_object().unwrap()
+        );
+        s.apply(&change("delete", "2", Value::Null, &[]));
+        assert_eq!(s.rows.len(), 1);
+        s.apply(&change("truncate", "", Value::Null, &[]));
+        assert!(s.rows.is_empty());
+    }
+
+    /// A stored row event of `public.pairs` (key `a, b`) as walguard writes it.
+    fn pair_event(seq: u64, op: &str, a: &str, b: &str, v: i64) -> Vec<u8> {
+        let key = serde_json::json!({"a": a, "b": b});
+        let row = serde_json::json!({"a": a, "b": b, "v": v});
+        let (before, after) = if op == "delete" {
+            (row, Value::Null)
+        } else {
+            (Value::Null, row)
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "type": format!("public.pairs.{op}"), "subject": format!("public.pairs/{a},{b}"),
+            "time": "2026-11-29T09:48:11.767852Z", "sequence": format!("{seq:020}"), "pglsn": format!("0/{seq:X}"),
+            "data": {"op": op, "schema": "public", "table": "pairs", "key": key,
+                     "before": before, "after": after, "unchanged": [], "actor": null}
+        }))
+        .unwrap()
+    }
+
+    fn state_of(events: &[Vec<u8>]) -> TableState {
+        let mut s = TableState::default();
+        for (i, e) in events.iter().enumerate() {
+            if let Some(c) = Change::parse(i as u64 + 1, e).unwrap() {
+                s.apply(&c);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn composite_keys_that_join_to_the_same_text_stay_two_rows() {
+        let s = state_of(&[
+            pair_event(1, "snapshot", "a,b", "c", 1),
+            pair_event(2, "snapshot", "a", "b,c", 2),
+            pair_event(3, "update", "a,b", "c", 3),
+        ]);
+        let rows: Vec<&Map<String, Value>> = s.rows.values().collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.contains(&serde_json::json!({"a": "a", "b": "b,c", "v": 2}).as_object().unwrap()));
+        assert!(rows.contains(&serde_json::json!({"a": "a,b", "b": "c", "v": 3}).as_object().unwrap()));
+        // Deleting one leaves the other.
+        let s = state_of(&[
+            pair_event(1, "snapshot", "a,b", "c", 1),
+            pair_event(2, "snapshot", "a", "b,c", 2),
+            pair_event(3, "delete", "a", "b,c", 2),
+        ]);
+        assert_eq!(
+            s.rows.values().collect::<Vec<_>>(),
+            [serde_json::json!({"a": "a,b", "b": "c", "v": 1}).as_object().unwrap()]
+        );
+        assert!(s.rows.keys().all(|k| k.text() == "a,b,c"));
+    }
+
+    #[test]
+    fn a_stored_key_is_its_values_in_key_order() {
+        let parse = |p: &[u8]| Change::parse(1, p).unwrap().unwrap().key.unwrap();
+        let event = |key: &str| {
+            format!(
+                r#"{{"type":"t","subject":"public.t/1,x","time":"","pglsn":"0/1","data":{{"op":"insert","schema":"public","table":"t","key":{key},"after":{{}}}}}}"#
+            )
+        };
+        // Column names are not part of the identity (a renamed key column is the same row);
+        // their order is.
+        assert_eq!(
+            parse(event(r#"{"b":1,"a":"x"}"#).as_bytes()),
+            parse(event(r#"{"z":1,"y":"x"}"#).as_bytes())
+        );
+        assert_ne!(
+            parse(event(r#"{"b":1,"a":"x"}"#).as_bytes()),
+            parse(event(r#"{"a":"x","b":1}"#).as_bytes())
+        );
+        // NULL and the text "null" are different values.
+        assert_ne!(
+            parse(event(r#"{"a":null}"#).as_bytes()),
+            parse(event(r#"{"a":"null"}"#).as_bytes())
+        );
+    }
+
+    #[test]
+    fn unreadable_events_are_errors_naming_the_sequence_and_markers_are_skipped() {
+        let marker =
+            br#"{"type":"walguard.watermark","subject":"s","time":"","pglsn":"0/10","data":{"op":"watermark"}}"#;
+        assert!(Change::parse(4, marker).unwrap().is_none());
+        let row = String::from_utf8(pair_event(7, "insert", "a", "b", 1)).unwrap();
+        assert!(Change::parse(7, row.as_bytes()).unwrap().is_some());
+        for bad in [
+            "not json".to_owned(),
+            r#"{"specversion":"1.0"}"#.to_owned(),
+            row.replace(r#""pglsn":"0/7""#, r#""pglsn":"later""#),
+            row.replace(r#""subject":"public.pairs/a,b""#, r#""subject":"public.pairs""#),
+            row.replace(r#""schema":"public","#, ""),
+            row.replace(r#""after":{"a":"a","b":"b","v":1}"#, r#""after":null"#),
+        ] {
+            let err = Change::parse(7, bad.as_bytes()).unwrap_err();
+            assert!(err.contains("stream sequence 7"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_state_at_a_position_holds_a_snapshot_read_there_but_no_change_committed_there() {
+        let at = crate::lsn::Lsn(0x19195C0);
+        let mut c = change("snapshot", "1", serde_json::json!({"id": 1}), &[]);
+        c.pglsn = at;
+        assert!(c.is_state_at(at));
+        c.op = "insert".into();
+        assert!(!c.is_state_at(at));
+        c.pglsn = crate::lsn::Lsn(0x19195BF);
+        assert!(c.is_state_at(at));
+        c.op = "snapshot".into();
+        c.pglsn = crate::lsn::Lsn(0x19195C1);
+        assert!(!c.is_state_at(at));
+    }
+
+    #[test]
+    fn an_unreadable_wal_position_is_an_error_not_0_0() {
+        assert_eq!(
+            wal_position("public.t", "16/B374D848").unwrap(),
+            crate::lsn::Lsn(0x16_B374_D848)
+        );
+        let err = wal_position("public.t", "").unwrap_err().to_string();
+        assert!(err.contains("public.t") && err.contains("pg_current_wal_lsn"), "{err}");
+    }
+
+    #[test]
+    fn dsse_lines_round_trip() {
+        let m = Stored {
+            sequence: 7,
+            signature: Some(("abcd".into(), "c2ln".into())),
+            payload: Bytes::from_static(br#"{"sequence":"00000000000000000007"}"#),
+        };
+        let line = dsse_line(&m);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payloadType"], "application/cloudevents+json");
+        assert_eq!(v["signatures"][0]["keyid"], "abcd");
+        let back = parse_dsse_line(&line).unwrap();
+        assert_eq!(back.sequence, 7);
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(back.signature, m.signature);
+        assert!(parse_dsse_line("{}").is_err());
+    }
 }

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::decode::pgoutput::Relation;
+use crate::decode::pgoutput::{Message, Relation};
 use crate::error::Error;
-use crate::event::builder::TableSpec;
+use crate::event::builder::{EntityKey, TableSpec, Touched};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
 use crate::pipeline::handoff::{Batcher, PublisherGone};
@@ -73,6 +73,104 @@ impl Progress {
             })
             .collect()
     }
+}
+
+/// Where the baseline stands, from what the stream records: the last `snapshot_progress`
+/// event `marker` (unless the last `resync` record, by its sequence, came after it, which
+/// starts the baseline over), and, when the verified `head` is a snapshot row of a group a
+/// crash left open, where that group stopped. Returns the progress and, for an open group,
+/// its LSN and the index its closing event takes.
+///
+/// Stored messages come as `(sequence, payload)`. One that cannot be read is an error
+/// naming its sequence, never a default: an empty progress would baseline every table
+/// again, and a wrong one would skip rows.
+pub fn resume(
+    marker: Option<(u64, &[u8])>,
+    resync: Option<u64>,
+    head: Option<(u64, &[u8])>,
+    specs: &[TableSpec],
+) -> Result<(Progress, Option<(Lsn, u32)>), Error> {
+    let current = marker.filter(|(seq, _)| resync.is_none_or(|r| r < *seq));
+    let mut progress = match current {
+        Some((seq, payload)) => stored_progress(seq, payload)?,
+        None => Progress::default(),
+    };
+    let Some((seq, payload)) = head else {
+        return Ok((progress, None));
+    };
+    let unreadable = |what: &str| {
+        Error::Refused(format!(
+            "stream sequence {seq}, the verified head, is a snapshot row without a readable {what}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+        ))
+    };
+    let head: serde_json::Value = serde_json::from_slice(payload).map_err(|_| unreadable("JSON payload"))?;
+    let data = &head["data"];
+    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
+        return Ok((progress, None));
+    }
+    let lsn: Lsn = head["pglsn"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| unreadable("pglsn"))?;
+    let next_idx = head["pgtxidx"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| i.checked_add(1))
+        .ok_or_else(|| unreadable("pgtxidx"))?;
+    let (Some(schema), Some(name)) = (data["schema"].as_str(), data["table"].as_str()) else {
+        return Err(unreadable("data.schema and data.table"));
+    };
+    let table = format!("{schema}.{name}");
+    match specs.iter().position(|t| qualified(t) == table) {
+        Some(i) => {
+            // No progress event at all: the initial snapshot (one group, tables in order)
+            // was interrupted, so the tables before this one are complete.
+            if marker.is_none() {
+                progress.completed = specs[..i].iter().map(qualified).collect();
+            }
+            let after = specs[i]
+                .key
+                .iter()
+                .map(|k| {
+                    data["key"]
+                        .get(k)
+                        .map(key_text)
+                        .ok_or_else(|| unreadable(&format!("data.key.{k}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            progress.table = Some(table);
+            progress.after_key = Some(after);
+        }
+        None => {
+            progress.table = None;
+            progress.after_key = None;
+        }
+    }
+    Ok((progress, Some((lsn, next_idx))))
+}
+
+/// The progress a stored `snapshot_progress` event states.
+fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
+    #[derive(Deserialize)]
+    struct Stored {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        op: String,
+        #[serde(flatten)]
+        progress: Progress,
+    }
+    let refused = |why: String| {
+        Error::Refused(format!(
+            "stream sequence {seq}, the last snapshot progress event, cannot be read ({why}): run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+        ))
+    };
+    let stored: Stored = serde_json::from_slice(payload).map_err(|e| refused(e.to_string()))?;
+    if stored.data.op != "snapshot_progress" {
+        return Err(refused(format!("its data.op is {:?}", stored.data.op)));
+    }
+    Ok(stored.data.progress)
 }
 
 /// A JSON key value as the text PostgreSQL accepts for it.
@@ -292,8 +390,9 @@ pub struct Chunk {
     pub spec: TableSpec,
     pub relation: Relation,
     open: bool,
-    /// CloudEvents subjects (`schema.table/key`) of rows a live change touched in the window.
-    changed: HashSet<String>,
+    /// Rows a live change touched in the window, by their key values (never by the joined
+    /// text of the subject, which two keys can share).
+    changed: HashSet<EntityKey>,
     truncated: bool,
     rows: Vec<Vec<Option<String>>>,
     progress: Progress,
@@ -319,24 +418,21 @@ impl Chunks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The reader saw a live change: a chunk row it touched must not be published.
-    pub fn observe(&self, draft: &Draft) {
-        if !self
-            .tables
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&*draft.table)
-        {
+    /// The reader is about to build the live change `msg`: the chunk rows it touches must
+    /// not be published. Cheap while no chunk is in flight.
+    pub fn observe(&self, builder: &EventBuilder, msg: &Message) {
+        if self.tables.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             return;
         }
-        for chunk in self.lock().values_mut() {
-            if chunk.open && qualified(&chunk.spec) == *draft.table {
-                match draft.op {
-                    crate::event::builder::Op::Truncate => chunk.truncated = true,
-                    _ => {
-                        chunk.changed.insert(draft.ce_subject.clone());
-                    }
-                }
+        let Some(touched) = builder.touched(msg) else {
+            return;
+        };
+        for chunk in self.lock().values_mut().filter(|c| c.open) {
+            let table = qualified(&chunk.spec);
+            match &touched {
+                Touched::Rows { table: t, keys } if **t == *table => chunk.changed.extend(keys.iter().cloned()),
+                Touched::Tables(tables) if tables.iter().any(|t| **t == *table) => chunk.truncated = true,
+                _ => {}
             }
         }
     }
@@ -377,18 +473,21 @@ impl Chunk {
     ) -> Result<(), Error> {
         builder.add_relation(self.relation.clone(), types)?;
         builder.begin_snapshot_group(lsn, 1, now_unix_micros)?;
-        let positions = key_positions(&self.spec, &self.relation);
-        let prefix = format!("{}/", qualified(&self.spec));
+        let oid = self.relation.oid;
         let rows = std::mem::take(&mut self.rows);
         for row in rows {
-            if self.truncated
-                || self
-                    .changed
-                    .contains(&format!("{prefix}{}", key_of(&row, &positions).join(",")))
-            {
-                continue;
+            if self.truncated {
+                break;
             }
-            builder.snapshot_row(self.relation.oid, row, out)?;
+            let key = builder.snapshot_key(oid, &row).ok_or_else(|| {
+                Error::Refused(format!(
+                    "table {}: a snapshot row has no entity key; check `key` in [[tables]]",
+                    qualified(&self.spec)
+                ))
+            })?;
+            if !self.changed.contains(&key) {
+                builder.snapshot_row(oid, row, out)?;
+            }
         }
         builder.end_snapshot_group(self.progress.data(), out)?;
         if let Some(done) = self.done.take() {
@@ -508,6 +607,222 @@ mod tests {
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0].1, Some(vec!["41".to_owned()]));
         assert_eq!(pending[1].1, None);
+    }
+
+    fn progress_event(data: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"type": "walguard.snapshot.progress", "data": data})).unwrap()
+    }
+
+    #[test]
+    fn unreadable_progress_is_an_error_naming_its_sequence_not_a_fresh_start() {
+        let specs = [spec("a"), spec("b")];
+        for garbage in [
+            b"not json".to_vec(),
+            progress_event(serde_json::json!({"op": "snapshot_progress", "completed": "public.a"})),
+            progress_event(serde_json::json!({"op": "watermark", "completed": []})),
+            br#"{"data":null}"#.to_vec(),
+        ] {
+            let err = resume(Some((41, &garbage)), None, None, &specs).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Refused(_)), "{msg}");
+            assert!(
+                msg.contains("stream sequence 41") && msg.contains("walguard verify"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn progress_is_read_unless_a_resync_came_after_it() {
+        let specs = [spec("a"), spec("b")];
+        let stored = progress_event(serde_json::json!({"op": "snapshot_progress", "completed": ["public.a"],
+            "table": "public.b", "after_key": ["7"]}));
+        let (progress, close) = resume(Some((10, &stored)), Some(3), None, &specs).unwrap();
+        assert_eq!(progress.completed, ["public.a"]);
+        assert_eq!(progress.after_key, Some(vec!["7".to_owned()]));
+        assert_eq!(close, None);
+        let (progress, _) = resume(Some((10, &stored)), Some(12), None, &specs).unwrap();
+        assert_eq!(progress, Progress::default());
+        // A resync record makes even an unreadable older marker irrelevant.
+        assert!(resume(Some((10, b"garbage")), Some(12), None, &specs).is_ok());
+    }
+
+    #[test]
+    fn an_open_group_at_the_head_resumes_after_its_last_row() {
+        let specs = [spec("a"), spec("b")];
+        let row = serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
+            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41}}});
+        let head = serde_json::to_vec(&row).unwrap();
+        let (progress, close) = resume(None, None, Some((8, &head)), &specs).unwrap();
+        assert_eq!(close, Some(("0/16B3748".parse().unwrap(), 8)));
+        assert_eq!(progress.completed, ["public.a"]);
+        assert_eq!(progress.table.as_deref(), Some("public.b"));
+        assert_eq!(progress.after_key, Some(vec!["41".to_owned()]));
+        // A closed group (pgtxcnt set) or a change leaves nothing to close.
+        let mut closed = row.clone();
+        closed["pgtxcnt"] = 7.into();
+        let closed = serde_json::to_vec(&closed).unwrap();
+        assert_eq!(resume(None, None, Some((8, &closed)), &specs).unwrap().1, None);
+        for (field, value) in [
+            ("pglsn", serde_json::json!("somewhere")),
+            ("pgtxidx", serde_json::json!(-1)),
+            (
+                "data",
+                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {}}),
+            ),
+            ("data", serde_json::json!({"op": "snapshot", "key": {"id": 41}})),
+        ] {
+            let mut bad = row.clone();
+            bad[field] = value;
+            let bad = serde_json::to_vec(&bad).unwrap();
+            let err = resume(None, None, Some((8, &bad)), &specs).unwrap_err().to_string();
+            assert!(err.contains("stream sequence 8"), "{field}: {err}");
+        }
+    }
+
+    /// The DBLog window on a table whose key is two text columns, fed as the WAL reader feeds it.
+    mod window {
+        use super::*;
+        use crate::decode::pgoutput::tests as fx;
+        use crate::event::builder::{Naming, Position};
+
+        const PAIRS: u32 = 16400;
+
+        fn builder() -> EventBuilder {
+            let naming = Arc::new(Naming {
+                system_identifier: "7000".into(),
+                slot: "walguard".into(),
+                subject_prefix: "wg".into(),
+            });
+            let spec = TableSpec {
+                key: vec!["a".into(), "b".into()],
+                ..spec("pairs")
+            };
+            EventBuilder::new(naming, vec![spec], Position::default())
+        }
+
+        /// The Relation message of `public.pairs`: key `(a, b)`, replica identity DEFAULT.
+        fn relation_message() -> Vec<u8> {
+            fx::relation(
+                PAIRS,
+                "public",
+                "pairs",
+                b'd',
+                &[(true, "a", 25), (true, "b", 25), (false, "v", 23)],
+            )
+        }
+
+        fn relation() -> Relation {
+            match Message::parse(relation_message().into()).unwrap() {
+                Message::Relation(rel) => rel,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// The reader's step for one WAL message: the window sees the change, the builder
+        /// builds it.
+        fn read(chunks: &Chunks, builder: &mut EventBuilder, raw: Vec<u8>) {
+            let msg = Message::parse(raw.into()).unwrap();
+            chunks.observe(builder, &msg);
+            builder.handle(msg, &HashMap::new(), &mut Vec::new()).unwrap();
+        }
+
+        /// A chunk of `rows` read between its low mark (seen) and its high mark (not yet).
+        fn open_chunk(chunks: &Chunks, rows: &[[&str; 3]]) {
+            chunks.lock().insert(
+                "c1".into(),
+                Chunk {
+                    spec: TableSpec {
+                        key: vec!["a".into(), "b".into()],
+                        ..spec("pairs")
+                    },
+                    relation: relation(),
+                    open: false,
+                    changed: HashSet::new(),
+                    truncated: false,
+                    rows: rows
+                        .iter()
+                        .map(|r| r.iter().map(|v| Some(v.to_string())).collect())
+                        .collect(),
+                    progress: Progress::default(),
+                    done: None,
+                },
+            );
+            chunks.tables.lock().unwrap().insert("public.pairs".into());
+            assert!(chunks.mark(br#"{"chunk":"c1","mark":"low"}"#).is_none());
+        }
+
+        /// The high mark: the rows the chunk publishes, as `data.after`.
+        fn close_chunk(chunks: &Chunks, builder: &mut EventBuilder) -> Vec<serde_json::Value> {
+            let chunk = chunks
+                .mark(br#"{"chunk":"c1","mark":"high"}"#)
+                .expect("the chunk is in flight");
+            let mut out = Vec::new();
+            chunk
+                .publish(builder, &HashMap::new(), Lsn(0x900), 0, &mut out)
+                .unwrap();
+            out.iter()
+                .filter(|d| d.op == crate::event::builder::Op::Snapshot)
+                .map(|d| serde_json::from_slice::<serde_json::Value>(&d.data).unwrap()["after"].clone())
+                .collect()
+        }
+
+        fn update(old_key: Option<[&str; 2]>, new: [&str; 3]) -> Vec<u8> {
+            let mut u = vec![b'U'];
+            u.extend_from_slice(&PAIRS.to_be_bytes());
+            if let Some([a, b]) = old_key {
+                u.push(b'K');
+                u.extend(fx::tuple_bytes(&[Some(a), Some(b), None]));
+            }
+            u.push(b'N');
+            u.extend(fx::tuple_bytes(&new.map(Some)));
+            u
+        }
+
+        #[test]
+        fn a_change_drops_only_its_own_row_when_two_keys_join_to_the_same_text() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["a,b", "c", "1"], ["a", "b,c", "2"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            read(&chunks, &mut builder, update(None, ["a,b", "c", "3"]));
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert_eq!(
+                close_chunk(&chunks, &mut builder),
+                [serde_json::json!({"a": "a", "b": "b,c", "v": 2})],
+                "the untouched row is the baseline; the changed one is represented by its change"
+            );
+        }
+
+        #[test]
+        fn an_update_that_moves_a_row_to_another_key_drops_the_row_at_its_old_key() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["k1", "x", "1"], ["k3", "x", "3"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            read(&chunks, &mut builder, update(Some(["k1", "x"]), ["k2", "x", "1"]));
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert_eq!(
+                close_chunk(&chunks, &mut builder),
+                [serde_json::json!({"a": "k3", "b": "x", "v": 3})],
+                "k1 no longer exists once the update moved it to k2"
+            );
+        }
+
+        #[test]
+        fn a_truncate_drops_the_whole_chunk() {
+            let (chunks, mut builder) = (Chunks::default(), builder());
+            read(&chunks, &mut builder, relation_message());
+            open_chunk(&chunks, &[["k1", "x", "1"]]);
+            read(&chunks, &mut builder, fx::begin(0x800, 0, 9));
+            let mut t = vec![b'T'];
+            t.extend_from_slice(&1u32.to_be_bytes());
+            t.push(0);
+            t.extend_from_slice(&PAIRS.to_be_bytes());
+            read(&chunks, &mut builder, t);
+            read(&chunks, &mut builder, fx::commit(0x800, 0x830, 0));
+            assert!(close_chunk(&chunks, &mut builder).is_empty());
+        }
     }
 
     #[test]

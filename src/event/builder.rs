@@ -112,6 +112,30 @@ impl Draft {
     }
 }
 
+/// A row's identity: its entity key's values as PostgreSQL's text (`None` for NULL), in key
+/// order. The CloudEvents subject joins the values with `,`, so `("a,b","c")` and
+/// `("a","b,c")` share a subject; compared value by value they never collide. The incremental
+/// snapshot's window uses it to tell which chunk rows a live change touched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntityKey(Vec<Option<Box<[u8]>>>);
+
+impl EntityKey {
+    pub fn new<V: AsRef<[u8]>>(values: impl IntoIterator<Item = Option<V>>) -> Self {
+        EntityKey(values.into_iter().map(|v| v.map(|v| v.as_ref().into())).collect())
+    }
+}
+
+/// What one change does to the rows of a guarded table, as the snapshot's window needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// Rows of `table` (`schema.table`) by key: the row an insert or delete is about; for an
+    /// update, the new row and, when the change carries it, the old one (an update that
+    /// changes the key moves the row away from its old key).
+    Rows { table: Arc<str>, keys: Vec<EntityKey> },
+    /// Every row of these tables (TRUNCATE).
+    Tables(Vec<Arc<str>>),
+}
+
 /// The names every event of one slot is built from.
 #[derive(Debug, Clone)]
 pub struct Naming {
@@ -317,6 +341,62 @@ impl EventBuilder {
             .iter()
             .map(|c| c.type_oid)
             .filter(|oid| ValueKind::builtin(*oid).is_none() && !known.contains_key(oid))
+    }
+
+    /// The rows of guarded tables that `msg` changes, by entity key; `None` for messages that
+    /// change no guarded row. Call it before `handle`, which consumes the message. A key that
+    /// the change does not carry is left out: `handle` refuses such a change anyway.
+    pub fn touched(&self, msg: &Message) -> Option<Touched> {
+        let (oid, keys) = match msg {
+            Message::Insert { relation, new } => (*relation, vec![self.key_of(*relation, None, new)]),
+            Message::Update { relation, old, new } => (
+                *relation,
+                vec![
+                    self.key_of(*relation, None, new),
+                    old.as_ref()
+                        .and_then(|(kind, t)| self.key_of(*relation, Some(*kind), t)),
+                ],
+            ),
+            Message::Delete { relation, kind, old } => (*relation, vec![self.key_of(*relation, Some(*kind), old)]),
+            Message::Truncate { relations, .. } => {
+                let tables: Vec<Arc<str>> = relations
+                    .iter()
+                    .filter_map(|oid| self.guarded(*oid).ok().flatten())
+                    .map(|shape| shape.qualified.clone())
+                    .collect();
+                return (!tables.is_empty()).then_some(Touched::Tables(tables));
+            }
+            _ => return None,
+        };
+        let shape = self.guarded(oid).ok().flatten()?;
+        let mut keys: Vec<EntityKey> = keys.into_iter().flatten().collect();
+        keys.dedup();
+        Some(Touched::Rows {
+            table: shape.qualified.clone(),
+            keys,
+        })
+    }
+
+    /// The entity key of a snapshot row of relation `oid` (its columns as text, `None` for
+    /// NULL, as `snapshot_row` takes them): the same identity `touched` gives a change.
+    pub fn snapshot_key(&self, oid: u32, values: &[Option<String>]) -> Option<EntityKey> {
+        let shape = self.guarded(oid).ok().flatten()?;
+        key_values(shape, |i| values.get(i).map(|v| v.as_deref().map(str::as_bytes)))
+    }
+
+    /// The entity key `tuple` holds: a new row's (`old` is `None`) or an old row's. An old key
+    /// tuple (`K`) holds only the replica identity's columns, so it gives the key only when
+    /// the key is among them.
+    fn key_of(&self, oid: u32, old: Option<OldKind>, tuple: &Tuple) -> Option<EntityKey> {
+        let shape = self.guarded(oid).ok().flatten()?;
+        if old == Some(OldKind::Key) && !shape.key.iter().all(|&i| shape.columns[i].identity) {
+            return None;
+        }
+        key_values(shape, |i| match tuple.get(i)? {
+            Datum::Text(b) => Some(Some(b.as_ref())),
+            Datum::Null => Some(None),
+            Datum::Binary(_) | Datum::UnchangedToast => None,
+        })
     }
 
     /// Handles one message; drafts ready to publish are appended to `out` in order.
@@ -753,6 +833,13 @@ impl EventBuilder {
             out.push(draft);
         }
     }
+}
+
+/// The entity key of `shape` from `value(column)`: `Some(None)` for NULL, `None` when the
+/// value is not there (then there is no key).
+fn key_values<'a>(shape: &Shape, value: impl Fn(usize) -> Option<Option<&'a [u8]>>) -> Option<EntityKey> {
+    let values: Option<Vec<Option<&[u8]>>> = shape.key.iter().map(|&i| value(i)).collect();
+    values.map(EntityKey::new)
 }
 
 fn write_value(shape: &Shape, i: usize, value: &[u8], out: &mut Vec<u8>) -> Result<(), BuildError> {

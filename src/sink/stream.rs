@@ -199,7 +199,13 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
                 None
             } else {
                 let msg = message(stream, prev).await?;
-                Attributes::parse(&msg.payload).ok().and_then(|a| a.pgendlsn)
+                Attributes::parse(&msg.payload)
+                    .map_err(|e| {
+                        SinkError::Refused(format!(
+                            "stream {name} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate"
+                        ))
+                    })?
+                    .pgendlsn
             }
         }
     };
@@ -213,13 +219,19 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
     })
 }
 
-/// The newest message on `subject`, if any: its sequence and payload.
-pub async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Option<(u64, bytes::Bytes)> {
-    stream
-        .get_last_raw_message_by_subject(subject)
-        .await
-        .ok()
-        .map(|m| (m.sequence, m.payload))
+/// The newest message on `subject`: its sequence and payload, or `None` when JetStream
+/// answers that the subject has none (error 10037). Any other failure is an error, never
+/// "none": a resync marker that could not be read must not let an older snapshot marker
+/// look current.
+pub async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Result<Option<(u64, bytes::Bytes)>, SinkError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some((m.sequence, m.payload))),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(SinkError::Request(format!(
+            "reading the last message on {subject} of stream {}: {e}",
+            stream.cached_info().config.name
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -100,10 +100,8 @@ impl WalReader {
                         Message::Commit(c) => Some(c.end_lsn),
                         _ => None,
                     };
+                    self.chunks.observe(&self.builder, &msg);
                     self.builder.handle(msg, &self.types, &mut out)?;
-                    for draft in &out {
-                        self.chunks.observe(draft);
-                    }
                     if tx.push_events(&mut out).await.is_err() {
                         return Ok(self.reader);
                     }

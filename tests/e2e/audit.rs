@@ -483,3 +483,193 @@ async fn table_rows(env: &Env) -> Vec<Value> {
         .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
         .collect()
 }
+
+const PAIRS: &str = "CREATE TABLE public.pairs (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
+CREATE TABLE public.later_pairs (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
+INSERT INTO pairs VALUES ('a,b', 'c', 1), ('a', 'b,c', 2);
+INSERT INTO later_pairs VALUES ('a,b', 'c', 1), ('a', 'b,c', 2);
+INSERT INTO later_pairs SELECT 'k' || g || ',x', 'y', 0 FROM generate_series(1, 6000) g;
+INSERT INTO later_pairs SELECT 'k' || g, 'x,y', 0 FROM generate_series(1, 6000) g;";
+const GUARD_PAIRS: &str = "[[tables]]\nname = \"public.pairs\"\n";
+
+/// The rows `restore --json` prints for `table`.
+fn restored(env: &Env, table: &str) -> Vec<Value> {
+    let (code, out, err) = env.command(&["restore", "-c", cfg(env), table, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Two rows whose keys join to the same subject text (`a,b,c`) are two rows everywhere: in the
+/// initial snapshot, in an incremental snapshot whose window a change of one of them falls
+/// into, in `restore` and in `reconcile`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_keys_that_join_to_the_same_text_stay_two_rows() {
+    let env = Env::start(PAIRS, GUARD_PAIRS, "").await;
+    let mut wg = env.spawn_ready().await;
+    let stream = wait_until(&env, Duration::from_secs(60), |s| table_completed(s, "public.pairs")).await;
+    assert!(table_completed(&stream, "public.pairs"), "{}", wg.output());
+    let both = [
+        json!({"a": "a", "b": "b,c", "v": 2}),
+        json!({"a": "a,b", "b": "c", "v": 1}),
+    ];
+    assert_eq!(restored(&env, "public.pairs"), both);
+    let (code, out) = reconcile(&env, "public.pairs");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 rows, the stream and the table agree"), "{out}");
+    let (code, out, _) = env.command(&["history", "-c", cfg(&env), "public.pairs", "a,b,c"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches(" snapshot by unknown actor").count(), 2, "{out}");
+    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+
+    // later_pairs is baselined incrementally. This transaction holds its primary key index
+    // exclusively (REINDEX): walguard's start-up reads only the catalog, but the first
+    // chunk's SELECT needs the index to be planned, so it waits, after the chunk's low mark,
+    // until the updates below commit. So they fall inside that chunk's window: the rows they
+    // change are dropped from the chunk (their update events carry them), and their partners
+    // under the same subject text must not be.
+    env.db
+        .batch_execute("ALTER PUBLICATION wg_pub ADD TABLE later_pairs")
+        .await
+        .unwrap();
+    env.write_config(
+        &format!("{GUARD_PAIRS}\n[[tables]]\nname = \"public.later_pairs\"\n"),
+        "",
+    );
+    let writer = crate::harness::connect_db(&env.pg.url("postgres")).await;
+    writer
+        .batch_execute("BEGIN; REINDEX INDEX later_pairs_pkey")
+        .await
+        .unwrap();
+    let wg = env.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = env
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%later_pairs%LIMIT%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot never read later_pairs:\n{}",
+            wg.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer
+        .batch_execute("UPDATE later_pairs SET v = v + 1 WHERE b IN ('y', 'c'); COMMIT")
+        .await
+        .unwrap();
+    let stream = wait_until(&env, Duration::from_secs(120), |s| {
+        table_completed(s, "public.later_pairs")
+    })
+    .await;
+    assert!(table_completed(&stream, "public.later_pairs"), "{}", wg.output());
+    // One snapshot event per subject: the untouched partner's.
+    let snapshots = snapshot_keys(&stream, "public.later_pairs");
+    for subject in ["public.later_pairs/a,b,c", "public.later_pairs/k1,x,y"] {
+        assert_eq!(snapshots.get(subject), Some(&1), "{subject}");
+    }
+    let rows = restored(&env, "public.later_pairs");
+    assert_eq!(rows.len(), 12_002);
+    for row in [
+        json!({"a": "a", "b": "b,c", "v": 2}),
+        json!({"a": "a,b", "b": "c", "v": 2}),
+    ] {
+        assert!(rows.contains(&row), "{row} is not restored");
+    }
+    let (code, out) = reconcile(&env, "public.later_pairs");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("12002 rows, the stream and the table agree"), "{out}");
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Reading the newest message on a subject fails closed: only JetStream's own "no message
+/// found" means there is none; a server that does not answer is an error, never "none".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_of_a_subjects_last_message_is_an_error_not_none() {
+    use walguard::sink::stream::last_on_subject;
+    let mut nats = walguard::testkit::Nats::start().expect("start nats-server");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "LAST".into(),
+            subjects: vec!["last.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ack = js
+        .publish("last.progress", bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = last_on_subject(&stream, "last.progress").await.unwrap();
+    assert_eq!(found.map(|(seq, _)| seq), Some(ack.sequence));
+    assert_eq!(last_on_subject(&stream, "last.resync").await.unwrap(), None);
+    nats.stop();
+    let err = last_on_subject(&stream, "last.resync")
+        .await
+        .expect_err("a server that does not answer is not \"no message\"");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("last.resync"), "{err}");
+}
+
+/// The tail's confirmed position comes from the event that ends the group before the verified
+/// head; when that message is not a walguard event, the tail is refused, not read as "nothing
+/// confirmed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_before_the_verified_head_is_refused() {
+    use walguard::event::builder::Naming;
+    use walguard::event::{Envelope, Keyring, Signer};
+    let nats = walguard::testkit::Nats::start().expect("start nats-server");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "TAIL".into(),
+            subjects: vec!["wg.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("wg.public.items.insert", bytes::Bytes::from_static(b"not an event"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Sequence 2: a signed event opening a group (pgtxidx 1, no pgendlsn).
+    let signer = Signer::new(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    let envelope = Envelope::new("7000", "app", "walguard");
+    let naming = Naming {
+        system_identifier: "7000".into(),
+        slot: "walguard".into(),
+        subject_prefix: "wg".into(),
+    };
+    let mut draft = naming.watermark(walguard::lsn::Lsn(0x100), 0);
+    draft.end = None;
+    let mut payload = Vec::new();
+    envelope.write(&draft, 2, &[0; 32], &mut payload);
+    let headers = walguard::sink::publisher::headers(&draft, 2, Some(&signer), &payload);
+    js.publish_with_headers(draft.nats_subject.clone(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut keyring = Keyring::default();
+    keyring.add(signer.verifying_key());
+    let tail = walguard::sink::stream::read_tail(&mut stream, &keyring, envelope.source()).await;
+    let err = tail.expect_err("an unreadable predecessor must not read as nothing confirmed");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("sequence 1"), "{err}");
+}
