@@ -254,6 +254,8 @@ struct RowData {
     #[serde(default)]
     key: Option<KeyColumns>,
     #[serde(default)]
+    before: Option<Map<String, Value>>,
+    #[serde(default)]
     after: Option<Map<String, Value>>,
     #[serde(default)]
     unchanged: Vec<String>,
@@ -270,6 +272,25 @@ impl RowData {
             subject_key,
         ))
     }
+
+    /// For an update that changed the entity key: the key the row had before (from `before`,
+    /// which holds the old key columns under every replica identity).
+    fn old_key(&self) -> Option<StoredKey> {
+        let (key, before) = (self.key.as_ref()?, self.before.as_ref()?);
+        let values: Option<Vec<&Value>> = key.0.iter().map(|(name, _)| before.get(name)).collect();
+        let values = values?;
+        if values.iter().zip(&key.0).all(|(old, (_, new))| *old == new) {
+            return None;
+        }
+        let text: Vec<String> = values
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect();
+        Some(StoredKey::new(
+            values.iter().map(|v| v.to_string()).collect(),
+            text.join(","),
+        ))
+    }
 }
 
 /// An event's place and content, as far as state rebuilding needs it.
@@ -279,6 +300,8 @@ pub struct Change {
     pub table: String,
     /// The row the event is about (`None` for a truncate).
     pub key: Option<StoredKey>,
+    /// An update that changed the entity key: the row's key before it (that row is gone).
+    pub moved_from: Option<StoredKey>,
     pub op: String,
     pub time: String,
     pub pglsn: crate::lsn::Lsn,
@@ -321,10 +344,12 @@ impl Change {
         if matches!(data.op.as_str(), "snapshot" | "insert" | "update") && data.after.is_none() {
             return Err(bad(format!("a {} without data.after", data.op)));
         }
+        let moved_from = if data.op == "update" { data.old_key() } else { None };
         Ok(Some(Change {
             sequence,
             table: format!("{schema}.{table}"),
             key,
+            moved_from,
             op: data.op,
             time: event.time,
             pglsn,
@@ -345,7 +370,7 @@ impl Change {
     /// Whether this change is about the entity whose key people wrote as `text` (a truncate is
     /// about every entity of its table).
     pub fn concerns(&self, text: &str) -> bool {
-        self.key.as_ref().is_none_or(|k| k.text() == text)
+        self.key.as_ref().is_none_or(|k| k.text() == text) || self.moved_from.as_ref().is_some_and(|k| k.text() == text)
     }
 }
 
@@ -367,7 +392,9 @@ impl TableState {
             "snapshot" | "insert" | "update" => {
                 let key = c.key.clone()?;
                 let mut row = c.after.clone().unwrap_or_default();
-                let previous = self.rows.get(&key).cloned();
+                // A key-changing update moves the row: the old key's row is the previous one.
+                let moved = c.moved_from.as_ref().and_then(|old| self.rows.remove(old));
+                let previous = moved.or_else(|| self.rows.get(&key).cloned());
                 if let Some(prev) = &previous {
                     for col in &c.unchanged {
                         if let Some(v) = prev.get(col) {
@@ -744,6 +771,7 @@ mod tests {
             sequence: 1,
             table: "public.t".into(),
             key: Some(StoredKey::new(vec![key.to_owned()], key)),
+            moved_from: None,
             op: op.into(),
             time: String::new(),
             pglsn: Default::default(),
@@ -751,6 +779,51 @@ mod tests {
             unchanged: unchanged.iter().map(|s| s.to_string()).collect(),
             actor: Value::Null,
         }
+    }
+
+    fn stored(sequence: u64, op: &str, data: Value) -> Change {
+        let subject = format!("public.t/{}", data["key"]["id"]);
+        let payload = serde_json::json!({
+            "type": format!("public.t.{op}"), "subject": subject, "time": "2026-12-02T00:00:00.000000Z",
+            "pglsn": "0/100", "data": data,
+        });
+        Change::parse(sequence, payload.to_string().as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_update_that_changes_the_key_moves_the_row() {
+        let mut s = TableState::default();
+        s.apply(&stored(
+            1,
+            "created",
+            serde_json::json!({"op": "insert", "schema": "public", "table": "t", "key": {"id": 1},
+                "before": null, "after": {"id": 1, "big": "toast", "n": 1}, "unchanged": []}),
+        ));
+        let moved = stored(
+            2,
+            "updated",
+            serde_json::json!({"op": "update", "schema": "public", "table": "t", "key": {"id": 2},
+                "before": {"id": 1}, "after": {"id": 2, "n": 1}, "unchanged": ["big"]}),
+        );
+        assert!(moved.concerns("1") && moved.concerns("2"));
+        assert_eq!(s.apply(&moved).unwrap()["big"], "toast");
+        let keys: Vec<&str> = s.rows.keys().map(StoredKey::text).collect();
+        assert_eq!(keys, vec!["2"], "the row at the old key is gone");
+        assert_eq!(
+            s.rows.values().next().unwrap()["big"],
+            "toast",
+            "unchanged TOAST carried over"
+        );
+        // An update that keeps its key moves nothing.
+        let same = stored(
+            3,
+            "updated",
+            serde_json::json!({"op": "update", "schema": "public", "table": "t", "key": {"id": 2},
+                "before": {"id": 2}, "after": {"id": 2, "big": "b", "n": 2}, "unchanged": []}),
+        );
+        assert!(same.moved_from.is_none());
     }
 
     #[test]
