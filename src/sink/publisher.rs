@@ -186,6 +186,11 @@ fn now_micros() -> i64 {
 impl Publisher {
     /// Publishes until the WAL reader closes the channel (on shutdown or failure), then
     /// drains the acks in flight.
+    ///
+    /// The loop stays in one piece on purpose: its one `select!` arbitrates acks, batches and
+    /// the tick over state they all share (the held draft, the pending batch, the chain, the
+    /// server position), and split into methods that state would travel as a bag of `&mut`
+    /// parameters. The work per event lives in `Ctx::publish` and `Ctx::on_ack`.
     pub async fn run(self, mut rx: mpsc::Receiver<Vec<Item>>) -> Result<(), SinkError> {
         let Publisher {
             js,
@@ -340,16 +345,8 @@ impl Ctx<'_> {
         self.envelope.write(&draft, sequence, &chain.prev_hash, &mut self.buf);
         let hash = sha256(&self.buf);
         if sequence <= self.compare_through {
-            let stored = message(self.stream, sequence).await?;
-            if stored.payload[..] != self.buf[..] {
-                return Err(SinkError::Refused(format!(
-                    "stream sequence {sequence} is not the event walguard derives from the WAL at {} (table {}, event id {}): it was not written by this walguard from this slot; run `walguard verify` to see the damage",
-                    draft.pglsn, draft.table, draft.id
-                )));
-            }
-            tracing::debug!(sequence, "stored event re-derived and found equal");
+            self.compare_stored(sequence, &draft).await?;
             chain.unsigned_run += 1;
-            self.checkpoint.acked(draft.end, false, Instant::now());
         } else {
             // walguard's own markers and snapshot events are always signed: after a crash the
             // snapshot's progress is read from the verified head, and snapshot rows cannot be
@@ -358,58 +355,13 @@ impl Ctx<'_> {
                 draft.op,
                 Op::Watermark | Op::Resync | Op::Snapshot | Op::SnapshotProgress
             );
-            let size = self.buf.len() + HEADROOM;
-            if size > self.max_payload {
-                return Err(SinkError::PayloadTooLarge {
-                    table: draft.table.clone(),
-                    at: draft.position(),
-                    id: draft.id,
-                    size: self.buf.len(),
-                    limit: self.max_payload,
-                });
-            }
-            if self.blocked_after.is_some_and(|at| draft.position() >= at) {
-                // The event an earlier session was blocked at goes out now.
-                self.blocked_after = None;
-                telemetry::health().unblocked();
-            }
             let sign = idle || always || chain.unsigned_run >= MAX_UNSIGNED_RUN;
-            let headers = headers(&draft, sequence, sign.then_some(self.signer), &self.buf);
+            self.send_new(sequence, &draft, sign).await?;
             if sign {
                 chain.unsigned_run = 0;
             } else {
                 chain.unsigned_run += 1;
             }
-            self.client
-                .publish_with_reply_and_headers(
-                    draft.nats_subject.clone(),
-                    self.inbox.reply_to(sequence),
-                    headers,
-                    Bytes::copy_from_slice(&self.buf),
-                )
-                .await
-                .map_err(|e| SinkError::Publish {
-                    sequence,
-                    reason: e.to_string(),
-                })?;
-            let counter = self.counter(&draft);
-            let sent = Instant::now();
-            self.in_flight.push_back(InFlight {
-                sequence,
-                end: draft.end,
-                signed: sign,
-                op: draft.op,
-                counter,
-                bytes: self.buf.len(),
-                commit_micros: draft.time_micros,
-                sent,
-                reply: None,
-            });
-            if self.in_flight.len() == 1 {
-                self.oldest_since = sent;
-                telemetry::health().oldest_unacked(Some(sent));
-            }
-            telemetry::metrics().acks_in_flight.set(self.in_flight.len() as i64);
         }
         chain.next_sequence += 1;
         chain.prev_hash = hash;
@@ -417,6 +369,72 @@ impl Ctx<'_> {
         if let Some(end) = draft.end {
             chain.last_end = chain.last_end.max(end);
         }
+        Ok(())
+    }
+
+    /// A draft that falls on an already stored sequence (after a restart): it must be the
+    /// stored message, byte for byte, else the stream holds something walguard did not write.
+    async fn compare_stored(&mut self, sequence: u64, draft: &Draft) -> Result<(), SinkError> {
+        let stored = message(self.stream, sequence).await?;
+        if stored.payload[..] != self.buf[..] {
+            return Err(SinkError::Refused(format!(
+                "stream sequence {sequence} is not the event walguard derives from the WAL at {} (table {}, event id {}): it was not written by this walguard from this slot; run `walguard verify` to see the damage",
+                draft.pglsn, draft.table, draft.id
+            )));
+        }
+        tracing::debug!(sequence, "stored event re-derived and found equal");
+        self.checkpoint.acked(draft.end, false, Instant::now());
+        Ok(())
+    }
+
+    /// Publishes the serialized draft in `buf` at `sequence` and puts it in flight; an event
+    /// over the server's max_payload blocks here (nothing after it is sent).
+    async fn send_new(&mut self, sequence: u64, draft: &Draft, sign: bool) -> Result<(), SinkError> {
+        if self.buf.len() + HEADROOM > self.max_payload {
+            return Err(SinkError::PayloadTooLarge {
+                table: draft.table.clone(),
+                at: draft.position(),
+                id: draft.id,
+                size: self.buf.len(),
+                limit: self.max_payload,
+            });
+        }
+        if self.blocked_after.is_some_and(|at| draft.position() >= at) {
+            // The event an earlier session was blocked at goes out now.
+            self.blocked_after = None;
+            telemetry::health().unblocked();
+        }
+        let headers = headers(draft, sequence, sign.then_some(self.signer), &self.buf);
+        self.client
+            .publish_with_reply_and_headers(
+                draft.nats_subject.clone(),
+                self.inbox.reply_to(sequence),
+                headers,
+                Bytes::copy_from_slice(&self.buf),
+            )
+            .await
+            .map_err(|e| SinkError::Publish {
+                sequence,
+                reason: e.to_string(),
+            })?;
+        let counter = self.counter(draft);
+        let sent = Instant::now();
+        self.in_flight.push_back(InFlight {
+            sequence,
+            end: draft.end,
+            signed: sign,
+            op: draft.op,
+            counter,
+            bytes: self.buf.len(),
+            commit_micros: draft.time_micros,
+            sent,
+            reply: None,
+        });
+        if self.in_flight.len() == 1 {
+            self.oldest_since = sent;
+            telemetry::health().oldest_unacked(Some(sent));
+        }
+        telemetry::metrics().acks_in_flight.set(self.in_flight.len() as i64);
         Ok(())
     }
 
