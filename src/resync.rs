@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 
+use crate::check;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
@@ -17,14 +18,14 @@ use crate::event::envelope::sha256;
 use crate::event::{Envelope, Signer};
 use crate::lsn::Lsn;
 use crate::sink::{self, publisher, stream, SinkError};
-use crate::source::catalog::Catalog;
+use crate::source::catalog::{Catalog, WalStatus};
 use crate::source::conn::ReplicationConnection;
 
 pub async fn run(cfg: &Config) -> Result<String, Error> {
     let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
     let pg = cfg.pg_config();
     let catalog = Catalog::connect(&pg).await?;
-    crate::app::prepare_database(&catalog, cfg).await?;
+    check::prepare_database(&catalog, cfg).await?;
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
     let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
@@ -40,14 +41,14 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
                 "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
             )));
         }
-        tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_deref().unwrap_or(""), "resync: dropping the old slot");
+        tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_ref().map_or("", WalStatus::as_str), "resync: dropping the old slot");
         catalog
             .client()
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
             .await
             .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
     }
-    let failover = crate::app::failover_slot(cfg, &repl)?;
+    let failover = check::failover_slot(cfg, &repl)?;
     let (point, _) = repl.create_slot(slot, false, failover).await?;
     tracing::warn!(slot = %slot, consistent_point = %point, "resync: created a new slot");
 
