@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::check::{self, Report};
+use crate::check;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Recovery};
@@ -24,7 +24,7 @@ use crate::pipeline::start::{decide_start, Names, Start};
 use crate::sink::publisher::Publisher;
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
-use crate::source::catalog::Catalog;
+use crate::source::catalog::{Catalog, WalStatus};
 use crate::source::conn::ReplicationConnection;
 use crate::source::{self, WalReader};
 use crate::telemetry;
@@ -114,7 +114,7 @@ async fn session(
 ) -> Result<(), Error> {
     let pg = cfg.pg_config();
     let catalog = Arc::new(Catalog::connect(&pg).await?);
-    let tables = prepare_database(&catalog, cfg).await?;
+    let tables = check::prepare_database(&catalog, cfg).await?;
 
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
@@ -141,7 +141,7 @@ async fn session(
     };
     let start = match decide_start(slot.as_ref(), tail.is_empty(), tail.confirmed, names)? {
         Start::CreateSlot => {
-            let failover = failover_slot(cfg, &repl)?;
+            let failover = check::failover_slot(cfg, &repl)?;
             let (point, snapshot) = repl.create_slot(slot_name, true, failover).await?;
             tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
             genesis = Some(point);
@@ -409,7 +409,7 @@ async fn watch_slot(
                     "replication slot {slot} was dropped while walguard streamed: changes after {confirmed} may be missing; start over explicitly with `walguard resync`"
                 )))
             }
-            Some(info) if info.wal_status.as_deref() == Some("lost") => {
+            Some(info) if info.wal_status == Some(WalStatus::Lost) => {
                 return Err(Error::Refused(format!(
                     "replication slot {slot} has lost WAL it needs (wal_status lost): changes after {confirmed} are gone from the server; start over explicitly with `walguard resync`"
                 )))
@@ -422,7 +422,7 @@ async fn watch_slot(
                         slot = %slot,
                         retained = %check::human_bytes(retained),
                         threshold = %check::human_bytes(warn_above as i64),
-                        wal_status = info.wal_status.as_deref().unwrap_or(""),
+                        wal_status = info.wal_status.as_ref().map_or("", WalStatus::as_str),
                         "the slot retains more WAL than postgres.retained_wal_warn"
                     );
                 }
@@ -458,31 +458,4 @@ pub fn load_hasher(cfg: &Config) -> Result<Option<Arc<ColumnHasher>>, Error> {
         Some(path) => Some(Arc::new(ColumnHasher::load(path)?)),
         None => None,
     })
-}
-
-/// `postgres.failover_slot`, refused on servers before PostgreSQL 17.
-pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
-    if cfg.postgres.failover_slot && repl.server_major() < 17 {
-        return Err(Error::Refused(format!(
-            "postgres.failover_slot = true needs PostgreSQL 17 or later (this server is {}); remove it from {}",
-            repl.server_version,
-            cfg.file.display()
-        )));
-    }
-    Ok(cfg.postgres.failover_slot)
-}
-
-/// The database checks `run` makes at start-up (refusing on any failure), then the
-/// publication made to cover the guarded tables. Returns the guarded tables.
-pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<crate::event::builder::TableSpec>, Error> {
-    let mut report = Report::default();
-    let (tables, publication) = check::database(catalog, cfg, &mut report).await?;
-    report.log_warnings();
-    if !report.ready() {
-        return Err(Error::Refused(report.failures()));
-    }
-    catalog
-        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
-        .await?;
-    Ok(tables)
 }

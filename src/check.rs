@@ -7,13 +7,14 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::error::exit;
+use crate::config::{Config, TableConfig};
+use crate::decode::pgoutput::ReplicaIdentity;
+use crate::error::{exit, Error};
 use crate::event::builder::TableSpec;
 use crate::lsn::Lsn;
 use crate::sink::{self, stream};
-use crate::source::catalog::{Catalog, CatalogError, Generated, PublicationFacts, TableFacts};
-use crate::source::conn::quote_ident;
+use crate::source::catalog::{Catalog, CatalogError, Generated, Leaf, PublicationFacts, TableFacts, WalStatus};
+use crate::source::conn::{quote_ident, ReplicationConnection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +56,14 @@ impl Verdict {
     fn warn(detail: String, fix: String) -> Verdict {
         Verdict {
             outcome: Outcome::Warn,
+            detail,
+            fix: Some(fix),
+        }
+    }
+
+    fn fail(detail: String, fix: String) -> Verdict {
+        Verdict {
+            outcome: Outcome::Fail,
             detail,
             fix: Some(fix),
         }
@@ -173,13 +182,64 @@ fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
-/// The database checks `run` makes before it streams. Returns the guarded tables (when every
-/// one is usable) and the publication as it is.
+/// The database checks `run` makes before it streams: the server, each guarded table, the
+/// publication. Returns the guarded tables (when every one is usable) and the publication as
+/// it is.
 pub async fn database(
     catalog: &Catalog,
     cfg: &Config,
     report: &mut Report,
 ) -> Result<(Vec<TableSpec>, Option<PublicationFacts>), CatalogError> {
+    let server = check_server(catalog, cfg, report).await?;
+    retention(catalog, report).await?;
+    let publication = catalog.publication(&cfg.postgres.publication).await?;
+    let guarded = check_tables(catalog, cfg, &server, publication.as_ref(), report).await?;
+    check_publication(&cfg.postgres.publication, publication.as_ref(), &guarded, report);
+    Ok((guarded.specs, publication))
+}
+
+/// The database checks `run` and `resync` make before they touch the slot, refusing on any
+/// failure (warnings go to the log, where nobody reads a report), then the publication made
+/// to cover the guarded tables. Returns the guarded tables.
+pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<TableSpec>, Error> {
+    let mut report = Report::default();
+    let (tables, publication) = database(catalog, cfg, &mut report).await?;
+    report.log_warnings();
+    if !report.ready() {
+        return Err(Error::Refused(report.failures()));
+    }
+    catalog
+        .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
+        .await?;
+    Ok(tables)
+}
+
+/// `postgres.failover_slot`, refused on servers before PostgreSQL 17, whose
+/// CREATE_REPLICATION_SLOT has no FAILOVER option. Checked on the replication connection
+/// that creates the slot, whose startup parameters name the server's version. Returns whether
+/// the slot is to be a failover slot.
+pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
+    if cfg.postgres.failover_slot && repl.server_major() < 17 {
+        return Err(Error::Refused(format!(
+            "postgres.failover_slot = true needs PostgreSQL 17 or later (this server is {}); remove it from {}",
+            repl.server_version,
+            cfg.file.display()
+        )));
+    }
+    Ok(cfg.postgres.failover_slot)
+}
+
+/// What the server checks learn that the table checks need.
+struct Server {
+    /// `server_version_num`, such as 170002.
+    version: i32,
+    /// The connected role, named in the GRANT a table may need.
+    role: String,
+}
+
+/// The server: its version, `wal_level`, the role's right to replicate, and room for one more
+/// slot and WAL sender.
+async fn check_server(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Result<Server, CatalogError> {
     let version = catalog.server_version_num().await?;
     if version >= 140000 {
         report.pass("postgres.version", format!("server_version_num {version}"));
@@ -230,12 +290,27 @@ pub async fn database(
             Some("raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ...; restart)".to_owned()),
         );
     }
-    retention(catalog, report).await?;
+    Ok(Server { version, role })
+}
 
+/// What the table checks found: the usable tables, and the qualified names of the partitioned
+/// ones (usable or not), which the publication must publish under their root.
+#[derive(Default)]
+struct Guarded {
+    specs: Vec<TableSpec>,
+    partitioned: Vec<String>,
+}
+
+/// Each guarded table: it exists, and `table_spec` and `generated_problem` find it usable.
+async fn check_tables(
+    catalog: &Catalog,
+    cfg: &Config,
+    server: &Server,
+    publication: Option<&PublicationFacts>,
+    report: &mut Report,
+) -> Result<Guarded, CatalogError> {
     let pub_name = &cfg.postgres.publication;
-    let publication = catalog.publication(pub_name).await?;
-    let mut specs = Vec::new();
-    let mut partitioned = Vec::new();
+    let mut guarded = Guarded::default();
     for (schema, name, table) in cfg.guarded() {
         let q = qualified(&schema, &name);
         let check = format!("table {schema}.{name}");
@@ -251,15 +326,14 @@ pub async fn database(
             continue;
         };
         if facts.partitioned {
-            partitioned.push(q.clone());
+            guarded.partitioned.push(q.clone());
         }
-        let judged =
-            table_spec(&schema, &name, table, &facts, &role).and_then(|(spec, note)| {
-                match generated_problem(version, pub_name, publication.as_ref(), &q, &facts, &spec.key) {
-                    Some(problem) => Err(problem),
-                    None => Ok((spec, note)),
-                }
-            });
+        let judged = table_spec(&schema, &name, table, &facts, &server.role).and_then(|(spec, note)| {
+            match generated_problem(server.version, pub_name, publication, &q, &facts, &spec.key) {
+                Some(problem) => Err(problem),
+                None => Ok((spec, note)),
+            }
+        });
         match judged {
             Ok((spec, note)) => {
                 match note {
@@ -273,221 +347,157 @@ pub async fn database(
                         ),
                     ),
                 }
-                specs.push(spec);
+                guarded.specs.push(spec);
             }
             Err((detail, fix)) => report.fail(&check, detail, Some(fix)),
         }
     }
+    Ok(guarded)
+}
 
+/// The publication, when it exists: it publishes every action, partitions under their root,
+/// and exactly the guarded tables. What `run` does by itself (create the publication, add a
+/// table) is a warning; each problem is reported, and a pass only when there is none.
+fn check_publication(pub_name: &str, publication: Option<&PublicationFacts>, guarded: &Guarded, report: &mut Report) {
     let name = "postgres.publication";
-    match &publication {
-        None => report.warn(
+    let Some(p) = publication else {
+        report.warn(
             name,
             format!("publication {pub_name} does not exist; run creates it for the guarded tables"),
             None,
-        ),
-        Some(p) => {
-            let labels = ["insert", "update", "delete", "truncate"];
-            let missing: Vec<&str> = labels
-                .iter()
-                .zip(p.actions)
-                .filter(|(_, on)| !on)
-                .map(|(l, _)| *l)
-                .collect();
-            let mut ok = true;
-            if !missing.is_empty() {
-                ok = false;
-                report.fail(
-                    name,
-                    format!("publication {pub_name} does not publish {}", missing.join(", ")),
-                    Some(format!(
-                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
-                        quote_ident(pub_name)
-                    )),
-                );
-            }
-            if !p.via_root && !partitioned.is_empty() {
-                ok = false;
-                report.fail(
-                    name,
-                    format!(
-                        "publication {pub_name} publishes partitions under their own names, but {} is partitioned",
-                        partitioned.join(", ")
-                    ),
-                    Some(format!(
-                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
-                        quote_ident(pub_name)
-                    )),
-                );
-            }
-            let guarded: Vec<(String, String)> = specs.iter().map(|s| (s.schema.clone(), s.name.clone())).collect();
-            let absent: Vec<String> = guarded
-                .iter()
-                .filter(|g| !p.all_tables && !p.tables.contains(g))
-                .map(|(s, n)| format!("{s}.{n}"))
-                .collect();
-            if !absent.is_empty() {
-                ok = false;
-                report.warn(
-                    name,
-                    format!("{} not in publication {pub_name} yet; run adds them", absent.join(", ")),
-                    None,
-                );
-            }
-            let extra: Vec<String> = p
-                .tables
-                .iter()
-                .filter(|t| !guarded.contains(t))
-                .map(|(s, n)| qualified(s, n))
-                .collect();
-            if p.all_tables {
-                ok = false;
-                report.warn(
-                    name,
-                    format!("publication {pub_name} is FOR ALL TABLES: every table without a replica identity fails its UPDATEs and DELETEs"),
-                    Some(format!("use a publication FOR TABLE the guarded tables only (DROP PUBLICATION {}; run recreates it)", quote_ident(pub_name))),
-                );
-            } else if !extra.is_empty() {
-                ok = false;
-                report.warn(
-                    name,
-                    format!("publication {pub_name} also publishes {}: walguard ignores their changes, and their writers need a replica identity too", extra.join(", ")),
-                    Some(format!("ALTER PUBLICATION {} DROP TABLE {};", quote_ident(pub_name), extra.join(", "))),
-                );
-            }
-            if ok {
-                report.pass(
-                    name,
-                    format!("publication {pub_name} publishes exactly the guarded tables"),
-                );
-            }
-        }
+        );
+        return;
+    };
+    let tables: Vec<(String, String)> = guarded
+        .specs
+        .iter()
+        .map(|s| (s.schema.clone(), s.name.clone()))
+        .collect();
+    let problems: Vec<Verdict> = [
+        unpublished_actions(pub_name, p),
+        partitions_under_own_names(pub_name, p, &guarded.partitioned),
+        tables_not_yet_published(pub_name, p, &tables),
+        other_tables_published(pub_name, p, &tables),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() {
+        report.pass(
+            name,
+            format!("publication {pub_name} publishes exactly the guarded tables"),
+        );
     }
-    Ok((specs, publication))
+    for problem in problems {
+        report.record(name, problem);
+    }
 }
 
-fn identity_name(identity: char) -> &'static str {
+/// An action the publication leaves out is a change the stream would silently miss.
+fn unpublished_actions(pub_name: &str, p: &PublicationFacts) -> Option<Verdict> {
+    let labels = ["insert", "update", "delete", "truncate"];
+    let missing: Vec<&str> = labels
+        .iter()
+        .zip(p.actions)
+        .filter(|(_, on)| !on)
+        .map(|(l, _)| *l)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        Verdict::fail(
+            format!("publication {pub_name} does not publish {}", missing.join(", ")),
+            format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                quote_ident(pub_name)
+            ),
+        )
+    })
+}
+
+/// Without `publish_via_partition_root` a partitioned table's changes arrive under the names
+/// of its partitions, which are not guarded.
+fn partitions_under_own_names(pub_name: &str, p: &PublicationFacts, partitioned: &[String]) -> Option<Verdict> {
+    (!p.via_root && !partitioned.is_empty()).then(|| {
+        Verdict::fail(
+            format!(
+                "publication {pub_name} publishes partitions under their own names, but {} is partitioned",
+                partitioned.join(", ")
+            ),
+            format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+                quote_ident(pub_name)
+            ),
+        )
+    })
+}
+
+/// Guarded tables the publication lacks: `run` adds them.
+fn tables_not_yet_published(pub_name: &str, p: &PublicationFacts, guarded: &[(String, String)]) -> Option<Verdict> {
+    let absent: Vec<String> = guarded
+        .iter()
+        .filter(|g| !p.all_tables && !p.tables.contains(g))
+        .map(|(s, n)| format!("{s}.{n}"))
+        .collect();
+    (!absent.is_empty()).then(|| Verdict {
+        outcome: Outcome::Warn,
+        detail: format!("{} not in publication {pub_name} yet; run adds them", absent.join(", ")),
+        fix: None,
+    })
+}
+
+/// Tables published besides the guarded ones cost WAL decoding walguard throws away, and
+/// their writers need a replica identity too: PostgreSQL refuses UPDATE and DELETE on a
+/// published table without one.
+fn other_tables_published(pub_name: &str, p: &PublicationFacts, guarded: &[(String, String)]) -> Option<Verdict> {
+    if p.all_tables {
+        return Some(Verdict::warn(
+            format!("publication {pub_name} is FOR ALL TABLES: every table without a replica identity fails its UPDATEs and DELETEs"),
+            format!("use a publication FOR TABLE the guarded tables only (DROP PUBLICATION {}; run recreates it)", quote_ident(pub_name)),
+        ));
+    }
+    let extra: Vec<String> = p
+        .tables
+        .iter()
+        .filter(|t| !guarded.contains(t))
+        .map(|(s, n)| qualified(s, n))
+        .collect();
+    (!extra.is_empty()).then(|| {
+        Verdict::warn(
+            format!("publication {pub_name} also publishes {}: walguard ignores their changes, and their writers need a replica identity too", extra.join(", ")),
+            format!("ALTER PUBLICATION {} DROP TABLE {};", quote_ident(pub_name), extra.join(", ")),
+        )
+    })
+}
+
+/// As ALTER TABLE ... REPLICA IDENTITY spells it.
+fn identity_name(identity: ReplicaIdentity) -> &'static str {
     match identity {
-        'd' => "DEFAULT",
-        'f' => "FULL",
-        'i' => "USING INDEX",
-        'n' => "NOTHING",
-        _ => "unknown",
+        ReplicaIdentity::Default => "DEFAULT",
+        ReplicaIdentity::Full => "FULL",
+        ReplicaIdentity::Index => "USING INDEX",
+        ReplicaIdentity::Nothing => "NOTHING",
     }
 }
 
 type Problem = (String, String);
 
 /// Decides whether a table can be guarded without breaking its writers and what its entity
-/// key is. `Ok` may carry a warning (detail, fix).
+/// key is. `Ok` may carry a warning (detail, fix). The checks run in this order and the first
+/// problem is the one reported.
 fn table_spec(
     schema: &str,
     name: &str,
-    table: &crate::config::TableConfig,
+    table: &TableConfig,
     facts: &TableFacts,
     role: &str,
 ) -> Result<(TableSpec, Option<Problem>), Problem> {
     let q = qualified(schema, name);
-    if !facts.is_table {
-        return Err((
-            "is not a table; only tables and partitioned tables can be guarded".into(),
-            format!("guard the table behind {q}"),
-        ));
-    }
-    if !facts.can_select {
-        return Err((
-            format!("role {role} cannot SELECT it"),
-            format!("GRANT SELECT ON {q} TO {};", quote_ident(role)),
-        ));
-    }
-    let identity_columns: Vec<String> = match facts.identity {
-        'd' => facts.primary_key.clone(),
-        'i' => facts.identity_index.clone(),
-        'f' => facts.columns.clone(),
-        _ => Vec::new(),
-    };
-    match facts.identity {
-        'n' => {
-            return Err((
-                "has REPLICA IDENTITY NOTHING: published, its UPDATEs and DELETEs would fail".into(),
-                format!("ALTER TABLE {q} REPLICA IDENTITY FULL;"),
-            ))
-        }
-        'd' if facts.primary_key.is_empty() && !facts.partitioned => {
-            return Err((
-                "has no primary key and REPLICA IDENTITY DEFAULT: published, every UPDATE and DELETE of its writers would fail".into(),
-                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; and configure key = [...] for it in [[tables]]"),
-            ))
-        }
-        _ => {}
-    }
-    for leaf in &facts.leaves {
-        let usable = match leaf.identity {
-            'f' => true,
-            'i' => leaf.has_identity_index,
-            'd' => leaf.has_pk,
-            _ => false,
-        };
-        if !usable {
-            return Err((
-                format!(
-                    "partition {} has no usable replica identity: published, its UPDATEs and DELETEs would fail",
-                    leaf.name
-                ),
-                format!(
-                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key to {q})",
-                    leaf.name
-                ),
-            ));
-        }
-    }
-    let key = match &table.key {
-        Some(k) => k.clone(),
-        None if !facts.primary_key.is_empty() => facts.primary_key.clone(),
-        None => {
-            return Err((
-                "has no primary key, so walguard does not know the entity key".into(),
-                format!(
-                    "configure key = [\"col\", ...] for {schema}.{name} in [[tables]] (with REPLICA IDENTITY FULL)"
-                ),
-            ))
-        }
-    };
-    if let Some(col) = table.hash_columns.iter().find(|c| !facts.columns.contains(c)) {
-        return Err((
-            format!("hash column {col:?} does not exist"),
-            "fix `hash_columns` in [[tables]]".into(),
-        ));
-    }
-    if let Some(problem) = hashed_key_problem(schema, name, table, &key) {
+    if let Some(problem) = access_problem(&q, facts, role).or_else(|| identity_problem(&q, facts)) {
         return Err(problem);
     }
-    let leaves_full = facts.leaves.iter().all(|l| l.identity == 'f');
-    for k in &key {
-        if !facts.columns.contains(k) {
-            return Err((
-                format!("key column {k:?} does not exist"),
-                "fix `key` in [[tables]]".into(),
-            ));
-        }
-        let carried =
-            identity_columns.contains(k) && (!facts.partitioned || leaves_full || facts.primary_key.contains(k));
-        if !carried {
-            return Err((
-                format!("key column {k:?} is not part of the replica identity, so deletes would not carry it"),
-                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; (on every partition too), or use the replica identity columns as `key`"),
-            ));
-        }
+    let key = entity_key(schema, name, table, facts)?;
+    if let Some(problem) = hash_problem(schema, name, table, facts, &key).or_else(|| key_problem(&q, facts, &key)) {
+        return Err(problem);
     }
-    let note = (facts.identity == 'd' || facts.identity == 'i').then(|| {
-        (
-            format!(
-                "replica identity {}: consumers get only the old key in `before`, and unchanged TOASTed columns are left out of `after` (listed in `unchanged`)",
-                identity_name(facts.identity)
-            ),
-            format!("ALTER TABLE {q} REPLICA IDENTITY FULL; for full before images (costs WAL on UPDATE and DELETE)"),
-        )
-    });
     Ok((
         TableSpec {
             type_prefix: table.type_prefix.clone().unwrap_or_else(|| format!("{schema}.{name}")),
@@ -497,14 +507,134 @@ fn table_spec(
             configured_key: table.key.is_some(),
             hashed: table.hash_columns.clone(),
         },
-        note,
+        identity_note(&q, facts),
     ))
+}
+
+/// Only a table, or a partitioned one, that the role can read can be guarded (snapshots
+/// SELECT it).
+fn access_problem(q: &str, facts: &TableFacts, role: &str) -> Option<Problem> {
+    if !facts.is_table {
+        return Some((
+            "is not a table; only tables and partitioned tables can be guarded".into(),
+            format!("guard the table behind {q}"),
+        ));
+    }
+    if !facts.can_select {
+        return Some((
+            format!("role {role} cannot SELECT it"),
+            format!("GRANT SELECT ON {q} TO {};", quote_ident(role)),
+        ));
+    }
+    None
+}
+
+/// PostgreSQL refuses UPDATE and DELETE on a published table whose replica identity cannot
+/// name the old row: NOTHING, DEFAULT without a primary key, or, for a partitioned table, any
+/// such leaf (the writers write the leaves).
+fn identity_problem(q: &str, facts: &TableFacts) -> Option<Problem> {
+    match facts.identity {
+        ReplicaIdentity::Nothing => {
+            return Some((
+                "has REPLICA IDENTITY NOTHING: published, its UPDATEs and DELETEs would fail".into(),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL;"),
+            ))
+        }
+        ReplicaIdentity::Default if facts.primary_key.is_empty() && !facts.partitioned => {
+            return Some((
+                "has no primary key and REPLICA IDENTITY DEFAULT: published, every UPDATE and DELETE of its writers would fail".into(),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; and configure key = [...] for it in [[tables]]"),
+            ))
+        }
+        _ => {}
+    }
+    let leaf = facts.leaves.iter().find(|leaf| !leaf_identity_usable(leaf))?;
+    Some((
+        format!(
+            "partition {} has no usable replica identity: published, its UPDATEs and DELETEs would fail",
+            leaf.name
+        ),
+        format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key to {q})",
+            leaf.name
+        ),
+    ))
+}
+
+fn leaf_identity_usable(leaf: &Leaf) -> bool {
+    match leaf.identity {
+        ReplicaIdentity::Full => true,
+        ReplicaIdentity::Index => leaf.has_identity_index,
+        ReplicaIdentity::Default => leaf.has_pk,
+        ReplicaIdentity::Nothing => false,
+    }
+}
+
+/// The entity key: the configured `key`, else the primary key.
+fn entity_key(schema: &str, name: &str, table: &TableConfig, facts: &TableFacts) -> Result<Vec<String>, Problem> {
+    match &table.key {
+        Some(k) => Ok(k.clone()),
+        None if !facts.primary_key.is_empty() => Ok(facts.primary_key.clone()),
+        None => Err((
+            "has no primary key, so walguard does not know the entity key".into(),
+            format!("configure key = [\"col\", ...] for {schema}.{name} in [[tables]] (with REPLICA IDENTITY FULL)"),
+        )),
+    }
+}
+
+/// Every hash column exists and none is part of the entity key (`hashed_key_problem`).
+fn hash_problem(schema: &str, name: &str, table: &TableConfig, facts: &TableFacts, key: &[String]) -> Option<Problem> {
+    if let Some(col) = table.hash_columns.iter().find(|c| !facts.columns.contains(c)) {
+        return Some((
+            format!("hash column {col:?} does not exist"),
+            "fix `hash_columns` in [[tables]]".into(),
+        ));
+    }
+    hashed_key_problem(schema, name, table, key)
+}
+
+/// Every key column exists and is carried by the replica identity, so that a DELETE names
+/// the entity it deletes. The writers of a partitioned table write its leaves, whose
+/// identities may differ from the root's: there a key column is sure to be carried only when
+/// every leaf is FULL or it is in the primary key, which every leaf shares.
+fn key_problem(q: &str, facts: &TableFacts, key: &[String]) -> Option<Problem> {
+    let leaves_full = facts.leaves.iter().all(|l| l.identity == ReplicaIdentity::Full);
+    for k in key {
+        if !facts.columns.contains(k) {
+            return Some((
+                format!("key column {k:?} does not exist"),
+                "fix `key` in [[tables]]".into(),
+            ));
+        }
+        let carried = facts.identity_columns().contains(k)
+            && (!facts.partitioned || leaves_full || facts.primary_key.contains(k));
+        if !carried {
+            return Some((
+                format!("key column {k:?} is not part of the replica identity, so deletes would not carry it"),
+                format!("ALTER TABLE {q} REPLICA IDENTITY FULL; (on every partition too), or use the replica identity columns as `key`"),
+            ));
+        }
+    }
+    None
+}
+
+/// DEFAULT and USING INDEX work, with limits a consumer should know of: a warning.
+fn identity_note(q: &str, facts: &TableFacts) -> Option<Problem> {
+    matches!(facts.identity, ReplicaIdentity::Default | ReplicaIdentity::Index).then(|| {
+        (
+            format!(
+                "replica identity {}: consumers get only the old key in `before`, and unchanged TOASTed columns are left out of `after` (listed in `unchanged`)",
+                identity_name(facts.identity)
+            ),
+            format!("ALTER TABLE {q} REPLICA IDENTITY FULL; for full before images (costs WAL on UPDATE and DELETE)"),
+        )
+    })
 }
 
 /// A column of the entity key may not be hashed: the key also names the entity in the
 /// CloudEvents `subject` (`schema.table/value`), which is published as it is, so a hashed key
 /// column would be hashed in `data.key` and in clear in `subject`.
-fn hashed_key_problem(schema: &str, name: &str, table: &crate::config::TableConfig, key: &[String]) -> Option<Problem> {
+fn hashed_key_problem(schema: &str, name: &str, table: &TableConfig, key: &[String]) -> Option<Problem> {
     let col = table.hash_columns.iter().find(|c| key.contains(c))?;
     let (what, fix) = if table.key.is_some() {
         (
@@ -559,14 +689,14 @@ fn generated_problem(
             ),
         ));
     }
-    let relations: Vec<(&str, char, &Generated)> = if facts.partitioned {
+    let relations: Vec<(&str, ReplicaIdentity, &Generated)> = if facts.partitioned {
         let leaves = facts.leaves.iter();
         leaves.map(|l| (l.name.as_str(), l.identity, &l.generated)).collect()
     } else {
         vec![(table, facts.identity, &facts.generated)]
     };
     for (rel, identity, generated) in &relations {
-        if let (Some(col), 'f') = (generated.virtual_columns.first(), identity) {
+        if let (Some(col), ReplicaIdentity::Full) = (generated.virtual_columns.first(), identity) {
             return Some((
                 format!(
                     "{rel} has REPLICA IDENTITY FULL and the virtual generated column {col:?}: PostgreSQL 18 never publishes virtual generated columns, so once published every UPDATE and DELETE of its writers would fail (\"Replica identity must not contain unpublished generated columns\")"
@@ -729,8 +859,8 @@ pub async fn slot(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Resul
             human_bytes(s)
         ))
     );
-    match info.wal_status.as_deref() {
-        Some("lost") => report.fail(
+    match info.wal_status {
+        Some(WalStatus::Lost) => report.fail(
             name,
             format!(
                 "slot {slot} has lost WAL it needs (wal_status lost): changes after {} are gone",
@@ -738,7 +868,7 @@ pub async fn slot(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Resul
             ),
             Some("walguard resync -c FILE (records the gap in the stream and starts from a new slot)".to_owned()),
         ),
-        Some("unreserved") => report.warn(
+        Some(WalStatus::Unreserved) => report.warn(
             name,
             format!("{detail}; wal_status unreserved: WAL it needs will be removed at the next checkpoint"),
             Some("make walguard catch up now, or raise max_slot_wal_keep_size".to_owned()),
@@ -876,7 +1006,6 @@ pub async fn preflight(cfg: &Config) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::catalog::Leaf;
 
     #[test]
     fn report_outcomes_and_exit_codes() {
@@ -899,7 +1028,7 @@ mod tests {
         assert_eq!(json["checks"][2]["fix"], "do this");
     }
 
-    fn facts(identity: char, primary_key: &[&str], columns: &[&str]) -> TableFacts {
+    fn facts(identity: ReplicaIdentity, primary_key: &[&str], columns: &[&str]) -> TableFacts {
         let names = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         TableFacts {
             oid: 1,
@@ -916,8 +1045,8 @@ mod tests {
         }
     }
 
-    fn table(key: Option<&[&str]>, hash_columns: &[&str]) -> crate::config::TableConfig {
-        crate::config::TableConfig {
+    fn table(key: Option<&[&str]>, hash_columns: &[&str]) -> TableConfig {
+        TableConfig {
             name: "public.people".into(),
             type_prefix: None,
             key: key.map(|k| k.iter().map(|c| c.to_string()).collect()),
@@ -925,13 +1054,13 @@ mod tests {
         }
     }
 
-    fn spec(t: &crate::config::TableConfig, f: &TableFacts) -> Result<TableSpec, Problem> {
+    fn spec(t: &TableConfig, f: &TableFacts) -> Result<TableSpec, Problem> {
         table_spec("public", "people", t, f, "walguard").map(|(spec, _)| spec)
     }
 
     #[test]
     fn a_hashed_column_of_the_configured_key_is_refused() {
-        let f = facts('f', &[], &["email", "name"]);
+        let f = facts(ReplicaIdentity::Full, &[], &["email", "name"]);
         let (detail, fix) = spec(&table(Some(&["email"]), &["email"]), &f).unwrap_err();
         assert!(
             detail.contains("\"email\"") && detail.contains("configured `key`"),
@@ -940,7 +1069,7 @@ mod tests {
         assert!(detail.contains("subject"), "{detail}");
         assert!(fix.contains("hash_columns") && fix.contains("public.people"), "{fix}");
         // One column of a composite key is enough.
-        let f = facts('f', &[], &["email", "site", "name"]);
+        let f = facts(ReplicaIdentity::Full, &[], &["email", "site", "name"]);
         assert!(spec(&table(Some(&["site", "email"]), &["email"]), &f).is_err());
         // Hashing a column outside the key stays allowed.
         let s = spec(&table(Some(&["email"]), &["name"]), &f).unwrap();
@@ -949,11 +1078,11 @@ mod tests {
 
     #[test]
     fn a_hashed_primary_key_column_is_refused_unless_another_key_is_configured() {
-        let f = facts('d', &["id"], &["id", "email"]);
+        let f = facts(ReplicaIdentity::Default, &["id"], &["id", "email"]);
         let (detail, _) = spec(&table(None, &["id"]), &f).unwrap_err();
         assert!(detail.contains("\"id\"") && detail.contains("primary key"), "{detail}");
         // With a configured key the primary key is not the entity key, and may be hashed.
-        let f = facts('f', &["id"], &["id", "email"]);
+        let f = facts(ReplicaIdentity::Full, &["id"], &["id", "email"]);
         assert_eq!(spec(&table(Some(&["email"]), &["id"]), &f).unwrap().key, ["email"]);
     }
 
@@ -980,7 +1109,7 @@ mod tests {
 
     #[test]
     fn a_stored_generated_column_under_full_needs_a_publication_that_publishes_it() {
-        let mut f = facts('f', &[], &["id", "qty", "total"]);
+        let mut f = facts(ReplicaIdentity::Full, &[], &["id", "qty", "total"]);
         f.generated = generated(&["total"], &[], &["total"]);
         let t = "\"public\".\"lines\"";
         let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), t, &f, &[]).unwrap();
@@ -1011,7 +1140,7 @@ mod tests {
 
     #[test]
     fn a_generated_key_column_before_18_is_refused() {
-        let mut f = facts('d', &["code"], &["code", "raw"]);
+        let mut f = facts(ReplicaIdentity::Default, &["code"], &["code", "raw"]);
         f.generated = generated(&["code"], &[], &["code"]);
         let key = ["code".to_owned()];
         for version in [150000, 170000] {
@@ -1033,7 +1162,7 @@ mod tests {
 
     #[test]
     fn a_stored_generated_column_in_the_primary_key_or_identity_index_breaks_writers_too() {
-        for identity in ['d', 'i'] {
+        for identity in [ReplicaIdentity::Default, ReplicaIdentity::Index] {
             let mut f = facts(identity, &["code"], &["code", "raw"]);
             f.generated = generated(&["code"], &[], &["code"]);
             let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
@@ -1046,7 +1175,7 @@ mod tests {
 
     #[test]
     fn a_stored_generated_column_outside_the_identity_must_be_published_too() {
-        let mut f = facts('d', &["id"], &["id", "qty", "total"]);
+        let mut f = facts(ReplicaIdentity::Default, &["id"], &["id", "qty", "total"]);
         f.generated = generated(&["total"], &[], &[]);
         let (detail, fix) = generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]).unwrap();
         assert!(
@@ -1062,7 +1191,7 @@ mod tests {
 
     #[test]
     fn a_virtual_generated_column_under_full_is_refused_whatever_the_publication() {
-        let mut f = facts('f', &[], &["id", "qty", "double"]);
+        let mut f = facts(ReplicaIdentity::Full, &[], &["id", "qty", "double"]);
         f.generated = generated(&[], &["double"], &[]);
         for p in [None, Some(publication(true)), Some(publication(false))] {
             let (detail, fix) = generated_problem(PG18, "wg", p.as_ref(), "t", &f, &[]).unwrap();
@@ -1073,7 +1202,7 @@ mod tests {
             );
         }
         // Under DEFAULT a virtual column is simply not published.
-        let mut f = facts('d', &["id"], &["id", "qty", "double"]);
+        let mut f = facts(ReplicaIdentity::Default, &["id"], &["id", "qty", "double"]);
         f.generated = generated(&[], &["double"], &[]);
         assert_eq!(
             generated_problem(PG18, "wg", Some(&publication(false)), "t", &f, &[]),
@@ -1083,7 +1212,7 @@ mod tests {
 
     #[test]
     fn partitions_are_judged_leaf_by_leaf() {
-        let mut f = facts('d', &[], &["id", "region", "total"]);
+        let mut f = facts(ReplicaIdentity::Default, &[], &["id", "region", "total"]);
         f.partitioned = true;
         f.generated = generated(&["total"], &[], &[]);
         let leaf = |name: &str, identity, g| Leaf {
@@ -1094,8 +1223,12 @@ mod tests {
             generated: g,
         };
         f.leaves = vec![
-            leaf("readings_eu", 'd', generated(&["total"], &[], &[])),
-            leaf("readings_us", 'f', generated(&["total"], &[], &["total"])),
+            leaf("readings_eu", ReplicaIdentity::Default, generated(&["total"], &[], &[])),
+            leaf(
+                "readings_us",
+                ReplicaIdentity::Full,
+                generated(&["total"], &[], &["total"]),
+            ),
         ];
         let (detail, _) = generated_problem(PG18, "wg", Some(&publication(false)), "root", &f, &[]).unwrap();
         assert!(
@@ -1107,7 +1240,7 @@ mod tests {
             None
         );
         f.leaves[0].generated.virtual_columns = vec!["v".into()];
-        f.leaves[0].identity = 'f';
+        f.leaves[0].identity = ReplicaIdentity::Full;
         let (detail, _) = generated_problem(PG18, "wg", Some(&publication(true)), "root", &f, &[]).unwrap();
         assert!(detail.contains("readings_eu") && detail.contains("virtual"), "{detail}");
     }

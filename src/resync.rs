@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 
+use crate::check;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::builder::Naming;
@@ -17,14 +18,14 @@ use crate::event::envelope::sha256;
 use crate::event::{Envelope, Signer};
 use crate::lsn::Lsn;
 use crate::sink::{self, publisher, stream, SinkError};
-use crate::source::catalog::Catalog;
+use crate::source::catalog::{Catalog, WalStatus};
 use crate::source::conn::ReplicationConnection;
 
 pub async fn run(cfg: &Config) -> Result<String, Error> {
     let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
     let pg = cfg.pg_config();
     let catalog = Catalog::connect(&pg).await?;
-    crate::app::prepare_database(&catalog, cfg).await?;
+    check::prepare_database(&catalog, cfg).await?;
     let mut repl = ReplicationConnection::connect(&pg).await?;
     let system = repl.identify_system().await?;
     let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
@@ -34,20 +35,8 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let keyring = cfg.keyring(Some(&signer))?;
     let tail = stream::read_tail(&mut st, &keyring, envelope.source()).await?;
 
-    if let Some(info) = catalog.slot(slot).await? {
-        if let Some(pid) = info.active_pid {
-            return Err(Error::Refused(format!(
-                "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
-            )));
-        }
-        tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_deref().unwrap_or(""), "resync: dropping the old slot");
-        catalog
-            .client()
-            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .await
-            .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
-    }
-    let failover = crate::app::failover_slot(cfg, &repl)?;
+    drop_old_slot(&catalog, slot).await?;
+    let failover = check::failover_slot(cfg, &repl)?;
     let (point, _) = repl.create_slot(slot, false, failover).await?;
     tracing::warn!(slot = %slot, consistent_point = %point, "resync: created a new slot");
 
@@ -81,32 +70,56 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let mut payload = Vec::new();
     envelope.write(&draft, sequence, &prev, &mut payload);
     let headers = publisher::headers(&draft, sequence, Some(&signer), &payload);
-    let ack = js
-        .send_publish(
-            draft.nats_subject.clone(),
-            PublishMessage::build().payload(Bytes::from(payload)).headers(headers),
-        )
-        .await
-        .map_err(|e| SinkError::Publish {
-            sequence,
-            reason: e.to_string(),
-        })?
-        .await
-        .map_err(|e| SinkError::Publish {
-            sequence,
-            reason: e.to_string(),
-        })?;
-    if ack.sequence != sequence {
-        return Err(SinkError::Publish {
-            sequence,
-            reason: format!("stored as sequence {}", ack.sequence),
-        }
-        .into());
-    }
+    let message = PublishMessage::build().payload(Bytes::from(payload)).headers(headers);
+    publish_at(&js, draft.nats_subject.clone(), message, sequence).await?;
     let summary = format!(
         "resync recorded at stream sequence {sequence}: changes committed between {lost_after} and {point} are not in the stream{}; slot {slot} starts again at {point}",
         if unverified == "null" { String::new() } else { format!(", and sequences {unverified} were not verified") }
     );
     tracing::warn!("{summary}");
     Ok(summary)
+}
+
+/// Drops the slot the resync replaces, unless a process streams from it: a running walguard
+/// would go on confirming from a slot that no longer exists.
+async fn drop_old_slot(catalog: &Catalog, slot: &str) -> Result<(), Error> {
+    let Some(info) = catalog.slot(slot).await? else {
+        return Ok(());
+    };
+    if let Some(pid) = info.active_pid {
+        return Err(Error::Refused(format!(
+            "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
+        )));
+    }
+    tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_ref().map_or("", WalStatus::as_str), "resync: dropping the old slot");
+    catalog
+        .client()
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
+    Ok(())
+}
+
+/// Publishes the resync event and makes sure the stream stored it at `sequence`, the place
+/// its chain link was computed for.
+async fn publish_at(
+    js: &async_nats::jetstream::Context,
+    subject: impl async_nats::subject::ToSubject,
+    message: PublishMessage,
+    sequence: u64,
+) -> Result<(), Error> {
+    let failed = |e: &dyn std::fmt::Display| SinkError::Publish {
+        sequence,
+        reason: e.to_string(),
+    };
+    let ack = js
+        .send_publish(subject, message)
+        .await
+        .map_err(|e| failed(&e))?
+        .await
+        .map_err(|e| failed(&e))?;
+    if ack.sequence != sequence {
+        return Err(failed(&format_args!("stored as sequence {}", ack.sequence)).into());
+    }
+    Ok(())
 }

@@ -90,6 +90,20 @@ pub enum ReplicaIdentity {
     Index,
 }
 
+impl ReplicaIdentity {
+    /// From PostgreSQL's one-letter code, the same in the Relation message and in
+    /// `pg_class.relreplident`: `d`efault, `n`othing, `f`ull, `i`ndex.
+    pub fn from_code(code: u8) -> Option<ReplicaIdentity> {
+        match code {
+            b'd' => Some(ReplicaIdentity::Default),
+            b'n' => Some(ReplicaIdentity::Nothing),
+            b'f' => Some(ReplicaIdentity::Full),
+            b'i' => Some(ReplicaIdentity::Index),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     /// Part of the replica identity (every column under FULL).
@@ -253,18 +267,11 @@ fn relation(c: &mut Cursor) -> Result<Relation, DecodeError> {
     let oid = c.u32("relation oid")?;
     let namespace = c.cstr("relation namespace")?;
     let name = c.cstr("relation name")?;
-    let replica_identity = match c.u8("relation replica identity")? {
-        b'd' => ReplicaIdentity::Default,
-        b'n' => ReplicaIdentity::Nothing,
-        b'f' => ReplicaIdentity::Full,
-        b'i' => ReplicaIdentity::Index,
-        tag => {
-            return Err(DecodeError::UnknownTag {
-                what: "replica identity",
-                tag,
-            })
-        }
-    };
+    let tag = c.u8("relation replica identity")?;
+    let replica_identity = ReplicaIdentity::from_code(tag).ok_or(DecodeError::UnknownTag {
+        what: "replica identity",
+        tag,
+    })?;
     let count = column_count(c, "relation column count")?;
     let mut columns = Vec::with_capacity(count);
     for _ in 0..count {

@@ -12,7 +12,7 @@
 
 use crate::error::Error;
 use crate::lsn::Lsn;
-use crate::source::catalog::SlotInfo;
+use crate::source::catalog::{SlotInfo, WalStatus};
 
 /// The names a refusal speaks of.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +63,7 @@ pub fn decide_start(
             info.plugin, info.database
         )));
     }
-    if info.wal_status.as_deref() == Some("lost") {
+    if info.wal_status == Some(WalStatus::Lost) {
         return Err(Error::Refused(format!(
             "replication slot {slot_name} has lost required WAL (wal_status lost): changes after {stream_at} are gone from the server; start over explicitly with `walguard resync`"
         )));
@@ -90,13 +90,13 @@ mod tests {
         database: "app",
     };
 
-    fn slot(plugin: &str, database: &str, confirmed: u64, wal_status: &str) -> SlotInfo {
+    fn slot(plugin: &str, database: &str, confirmed: u64, wal_status: WalStatus) -> SlotInfo {
         SlotInfo {
             plugin: Some(plugin.into()),
             database: Some(database.into()),
             active_pid: None,
             confirmed_flush: Some(Lsn(confirmed)),
-            wal_status: Some(wal_status.into()),
+            wal_status: Some(wal_status),
             retained_bytes: None,
             safe_wal_size: None,
         }
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn every_cell_of_the_slot_by_tail_matrix() {
-        let ok = slot("pgoutput", "app", 0x500, "reserved");
+        let ok = slot("pgoutput", "app", 0x500, WalStatus::Reserved);
         let cases: Vec<Case> = vec![
             ("no slot, empty stream", None, true, None, Ok(Start::CreateSlot)),
             (
@@ -122,28 +122,28 @@ mod tests {
             ),
             (
                 "slot of another plugin",
-                Some(slot("wal2json", "app", 0x500, "reserved")),
+                Some(slot("wal2json", "app", 0x500, WalStatus::Reserved)),
                 true,
                 None,
                 Err(&["not a pgoutput slot of database app", "wal2json", "postgres.slot"]),
             ),
             (
                 "slot of another database",
-                Some(slot("pgoutput", "other", 0x500, "reserved")),
+                Some(slot("pgoutput", "other", 0x500, WalStatus::Reserved)),
                 false,
                 Some(Lsn(0x500)),
                 Err(&["not a pgoutput slot of database app", "other"]),
             ),
             (
                 "lost slot, empty stream",
-                Some(slot("pgoutput", "app", 0x500, "lost")),
+                Some(slot("pgoutput", "app", 0x500, WalStatus::Lost)),
                 true,
                 None,
                 Err(&["lost required WAL", "walguard resync"]),
             ),
             (
                 "lost slot, stream with events",
-                Some(slot("pgoutput", "app", 0x500, "lost")),
+                Some(slot("pgoutput", "app", 0x500, WalStatus::Lost)),
                 false,
                 Some(Lsn(0x480)),
                 Err(&["lost required WAL", "after 0/480"]),
@@ -157,7 +157,7 @@ mod tests {
             ),
             (
                 "slot behind the stream",
-                Some(slot("pgoutput", "app", 0x300, "extended")),
+                Some(slot("pgoutput", "app", 0x300, WalStatus::Extended)),
                 false,
                 Some(Lsn(0x500)),
                 Ok(Start::Resume { at: Lsn(0x500) }),
@@ -171,7 +171,7 @@ mod tests {
             ),
             (
                 "slot ahead of the stream",
-                Some(slot("pgoutput", "app", 0x900, "reserved")),
+                Some(slot("pgoutput", "app", 0x900, WalStatus::Reserved)),
                 false,
                 Some(Lsn(0x500)),
                 Err(&[

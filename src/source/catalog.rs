@@ -23,9 +23,6 @@ pub enum CatalogError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// Something only the operator can fix; the message says how.
-    #[error("{0}")]
-    Refused(String),
 }
 
 impl CatalogError {
@@ -36,7 +33,6 @@ impl CatalogError {
                 source.code().is_none_or(|c| super::sqlstate::is_transient(c.code()))
             }
             CatalogError::Connect { .. } => true,
-            CatalogError::Refused(_) => false,
         }
     }
 }
@@ -75,11 +71,62 @@ pub struct SlotInfo {
     pub database: Option<String>,
     pub active_pid: Option<i32>,
     pub confirmed_flush: Option<Lsn>,
-    pub wal_status: Option<String>,
+    /// `None` while the slot reserves no WAL (its `restart_lsn` is NULL).
+    pub wal_status: Option<WalStatus>,
     /// WAL the slot keeps from being removed: current WAL position minus `restart_lsn`.
     pub retained_bytes: Option<i64>,
     /// Bytes that can still be written before the slot is in danger of losing WAL.
     pub safe_wal_size: Option<i64>,
+}
+
+/// `pg_replication_slots.wal_status`: whether the WAL the slot needs is still on the server
+/// (PostgreSQL docs, "pg_replication_slots"). Only `lost` is final: the slot is unusable, a gap
+/// only `walguard resync` gets past. A value a newer server may add is kept as its text, so
+/// messages and logs show what the server said instead of a guess.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalStatus {
+    /// The WAL it needs is within `max_wal_size`.
+    Reserved,
+    /// Beyond `max_wal_size`, but kept by the slot or `wal_keep_size`.
+    Extended,
+    /// Some of the WAL it needs goes at the next checkpoint (`max_slot_wal_keep_size` is
+    /// exceeded); catching up in time returns it to `reserved` or `extended`.
+    Unreserved,
+    /// WAL it needs is gone.
+    Lost,
+    /// A value this walguard does not know, as the server wrote it.
+    Other(String),
+}
+
+impl WalStatus {
+    /// As `pg_replication_slots` shows it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            WalStatus::Reserved => "reserved",
+            WalStatus::Extended => "extended",
+            WalStatus::Unreserved => "unreserved",
+            WalStatus::Lost => "lost",
+            WalStatus::Other(text) => text,
+        }
+    }
+}
+
+impl From<String> for WalStatus {
+    fn from(text: String) -> WalStatus {
+        match text.as_str() {
+            "reserved" => WalStatus::Reserved,
+            "extended" => WalStatus::Extended,
+            "unreserved" => WalStatus::Unreserved,
+            "lost" => WalStatus::Lost,
+            _ => WalStatus::Other(text),
+        }
+    }
+}
+
+impl std::fmt::Display for WalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +135,7 @@ pub struct TableFacts {
     pub is_table: bool,
     pub partitioned: bool,
     pub is_partition: bool,
-    /// `d`efault, `n`othing, `f`ull or `i`ndex.
-    pub identity: char,
+    pub identity: ReplicaIdentity,
     pub can_select: bool,
     pub primary_key: Vec<String>,
     pub identity_index: Vec<String>,
@@ -99,10 +145,31 @@ pub struct TableFacts {
     pub leaves: Vec<Leaf>,
 }
 
+impl TableFacts {
+    /// The columns the replica identity holds, which an UPDATE or DELETE carries as the old
+    /// row: the primary key (DEFAULT), the identity index (USING INDEX), every column (FULL).
+    pub fn identity_columns(&self) -> &[String] {
+        match self.identity {
+            ReplicaIdentity::Default => &self.primary_key,
+            ReplicaIdentity::Index => &self.identity_index,
+            ReplicaIdentity::Full => &self.columns,
+            ReplicaIdentity::Nothing => &[],
+        }
+    }
+}
+
+/// `pg_class.relreplident`, which is always one of the four letters (PostgreSQL docs,
+/// "pg_class"). Anything else would come from a server walguard does not know, and is read as
+/// NOTHING, which `check` refuses, rather than guessed usable.
+fn identity_of(relreplident: String) -> ReplicaIdentity {
+    let code = relreplident.bytes().next().unwrap_or(b'n');
+    ReplicaIdentity::from_code(code).unwrap_or(ReplicaIdentity::Nothing)
+}
+
 #[derive(Debug, Clone)]
 pub struct Leaf {
     pub name: String,
-    pub identity: char,
+    pub identity: ReplicaIdentity,
     pub has_pk: bool,
     pub has_identity_index: bool,
     pub generated: Generated,
@@ -321,7 +388,7 @@ impl Catalog {
                 .iter()
                 .map(|r| Leaf {
                     name: r.get(0),
-                    identity: r.get::<_, String>(1).chars().next().unwrap_or('d'),
+                    identity: identity_of(r.get(1)),
                     has_pk: r.get(2),
                     has_identity_index: r.get(3),
                     generated: generated_at(r, 4),
@@ -333,7 +400,7 @@ impl Catalog {
             partitioned: kind == "p",
             is_table: matches!(kind.as_str(), "r" | "p"),
             is_partition: row.get(3),
-            identity: row.get::<_, String>(2).chars().next().unwrap_or('d'),
+            identity: identity_of(row.get(2)),
             can_select: row.get(4),
             primary_key: row.get(5),
             identity_index: row.get(6),
@@ -367,17 +434,12 @@ impl Catalog {
             )
             .await
             .map_err(self.err())?;
-        let identity_columns: &[String] = match facts.identity {
-            'd' => &facts.primary_key,
-            'i' => &facts.identity_index,
-            _ => &[],
-        };
         let columns = rows
             .iter()
             .map(|r| {
                 let name: String = r.get(0);
                 Column {
-                    key: facts.identity == 'f' || identity_columns.contains(&name),
+                    key: facts.identity_columns().contains(&name),
                     name,
                     type_oid: r.get(1),
                     type_modifier: r.get(2),
@@ -388,12 +450,7 @@ impl Catalog {
             oid: facts.oid,
             namespace: schema.to_owned(),
             name: name.to_owned(),
-            replica_identity: match facts.identity {
-                'f' => ReplicaIdentity::Full,
-                'i' => ReplicaIdentity::Index,
-                'n' => ReplicaIdentity::Nothing,
-                _ => ReplicaIdentity::Default,
-            },
+            replica_identity: facts.identity,
             columns,
         }))
     }
@@ -562,7 +619,7 @@ impl Catalog {
             database: r.get(1),
             active_pid: r.get(2),
             confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
-            wal_status: r.get(4),
+            wal_status: r.get::<_, Option<String>>(4).map(WalStatus::from),
             retained_bytes: r.get(5),
             safe_wal_size: r.get(6),
         }))
@@ -627,5 +684,29 @@ impl Catalog {
             .await
             .map_err(self.err())?;
         Ok(row.and_then(|r| r.get::<_, String>(0).bytes().next()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_status_reads_the_known_values_and_keeps_an_unknown_one_as_text() {
+        for text in ["reserved", "extended", "unreserved", "lost", "future"] {
+            let status = WalStatus::from(text.to_owned());
+            assert_eq!(status.to_string(), text);
+            assert_eq!(matches!(status, WalStatus::Other(_)), text == "future", "{text}");
+        }
+        assert_eq!(WalStatus::from("lost".to_owned()), WalStatus::Lost);
+    }
+
+    #[test]
+    fn relreplident_reads_as_the_replica_identity_and_fails_closed() {
+        assert_eq!(identity_of("f".into()), ReplicaIdentity::Full);
+        assert_eq!(identity_of("i".into()), ReplicaIdentity::Index);
+        assert_eq!(identity_of("d".into()), ReplicaIdentity::Default);
+        assert_eq!(identity_of("n".into()), ReplicaIdentity::Nothing);
+        assert_eq!(identity_of("x".into()), ReplicaIdentity::Nothing);
     }
 }
