@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::check;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::error::{Error, Recovery};
+use crate::error::{Error, Recovery, Refusal};
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
@@ -168,7 +168,7 @@ async fn session(
                     crate::source::conn::quote_literal(name)
                 ))
                 .await
-                .map_err(|e| Error::Refused(format!("importing the slot's snapshot: {e}")))?;
+                .map_err(|e| Error::Refused(Refusal::Snapshot, format!("importing the slot's snapshot: {e}")))?;
             Some(reader)
         }
         None => None,
@@ -318,7 +318,7 @@ async fn session(
             return match s {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Ok(()),
-                Err(join) => Err(Error::Refused(format!("snapshot task failed: {join}"))),
+                Err(join) => Err(Error::Refused(Refusal::Internal, format!("snapshot task failed: {join}"))),
             };
         }
         m = &mut monitor => {
@@ -327,7 +327,7 @@ async fn session(
             return match m {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Ok(()),
-                Err(join) => Err(Error::Refused(format!("slot monitor failed: {join}"))),
+                Err(join) => Err(Error::Refused(Refusal::Internal, format!("slot monitor failed: {join}"))),
             };
         }
         p = &mut publisher => {
@@ -335,7 +335,7 @@ async fn session(
             return match p {
                 Ok(Err(e)) => Err(e.into()),
                 Ok(Ok(())) => Ok(()),
-                Err(join) => Err(Error::Refused(format!("publisher task failed: {join}"))),
+                Err(join) => Err(Error::Refused(Refusal::Internal, format!("publisher task failed: {join}"))),
             };
         }
         f = &mut feedback => {
@@ -343,7 +343,7 @@ async fn session(
             return match f {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(_)) => Ok(()),
-                Err(join) => Err(Error::Refused(format!("feedback task failed: {join}"))),
+                Err(join) => Err(Error::Refused(Refusal::Internal, format!("feedback task failed: {join}"))),
             };
         }
     };
@@ -355,7 +355,10 @@ async fn session(
     let publisher_failure = match tokio::time::timeout(DRAIN_DEADLINE, &mut publisher).await {
         Ok(Ok(Ok(()))) => None,
         Ok(Ok(Err(e))) => Some(Error::from(e)),
-        Ok(Err(join)) => Some(Error::Refused(format!("publisher task failed: {join}"))),
+        Ok(Err(join)) => Some(Error::Refused(
+            Refusal::Internal,
+            format!("publisher task failed: {join}"),
+        )),
         Err(_) => {
             tracing::warn!("acks still in flight at the shutdown deadline; they will be replayed on restart");
             publisher.abort();
@@ -366,7 +369,12 @@ async fn session(
     let mut writer = match feedback.await {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => return Err(e),
-        Err(join) => return Err(Error::Refused(format!("feedback task failed: {join}"))),
+        Err(join) => {
+            return Err(Error::Refused(
+                Refusal::Internal,
+                format!("feedback task failed: {join}"),
+            ))
+        }
     };
     tracing::info!(confirmed = %checkpoint.confirmable(Instant::now()), "final status update sent; closing the replication stream");
     let close = async {
@@ -405,12 +413,12 @@ async fn watch_slot(
         let confirmed = checkpoint.confirmable(Instant::now());
         match catalog.slot(&slot).await? {
             None => {
-                return Err(Error::Refused(format!(
+                return Err(Error::Refused(Refusal::LostSlot, format!(
                     "replication slot {slot} was dropped while walguard streamed: changes after {confirmed} may be missing; start over explicitly with `walguard resync`"
                 )))
             }
             Some(info) if info.wal_status == Some(WalStatus::Lost) => {
-                return Err(Error::Refused(format!(
+                return Err(Error::Refused(Refusal::LostSlot, format!(
                     "replication slot {slot} has lost WAL it needs (wal_status lost): changes after {confirmed} are gone from the server; start over explicitly with `walguard resync`"
                 )))
             }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
+use crate::error::Refusal;
 use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::signing::PAYLOAD_TYPE;
 
@@ -524,7 +525,7 @@ pub async fn reconcile_table(
     let table = crate::snapshot::qualified(spec);
     let catalog = Catalog::connect(pg).await?;
     let reader = Catalog::connect(pg).await?;
-    let failed = |e: tokio_postgres::Error| crate::Error::Refused(format!("reading {table}: {e}"));
+    let failed = |e: tokio_postgres::Error| crate::Error::Refused(Refusal::Audit, format!("reading {table}: {e}"));
     reader
         .client()
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -549,7 +550,7 @@ pub async fn reconcile_table(
     let rel = catalog
         .relation(&spec.schema, &spec.name)
         .await?
-        .ok_or_else(|| crate::Error::Refused(format!("table {table} does not exist")))?;
+        .ok_or_else(|| crate::Error::Refused(Refusal::Audit, format!("table {table} does not exist")))?;
     let mut types = std::collections::HashMap::new();
     let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
     catalog.resolve_types(missing, &mut types).await?;
@@ -565,7 +566,8 @@ pub async fn reconcile_table(
     let mut out = Vec::new();
     let take = |out: &mut Vec<crate::event::Draft>, live: &mut TableState| {
         for d in out.drain(..).filter(|d| d.op == crate::event::builder::Op::Snapshot) {
-            let (key, row) = live_row(&d).map_err(|e| crate::Error::Refused(format!("reconciling {table}: {e}")))?;
+            let (key, row) =
+                live_row(&d).map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reconciling {table}: {e}")))?;
             live.rows.insert(key, row);
         }
         Ok::<(), crate::Error>(())
@@ -600,7 +602,7 @@ pub async fn reconcile_table(
     wait_until_covered(js, stream, at, wait).await?;
     let derived = restore(js, stream, &table, None, None, Some(at))
         .await
-        .map_err(crate::Error::Refused)?;
+        .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
     let mut differences = Vec::new();
     for (key, row) in &live.rows {
         match derived.rows.get(key) {
@@ -641,9 +643,10 @@ pub async fn reconcile_table(
 /// LSN (defaulting to `0/0` would compare the table with an empty stream).
 fn wal_position(table: &str, text: &str) -> Result<crate::lsn::Lsn, crate::Error> {
     text.parse().map_err(|e| {
-        crate::Error::Refused(format!(
-            "reading {table}: pg_current_wal_lsn() returned {text:?}, which is not an LSN ({e})"
-        ))
+        crate::Error::Refused(
+            Refusal::Audit,
+            format!("reading {table}: pg_current_wal_lsn() returned {text:?}, which is not an LSN ({e})"),
+        )
     })
 }
 
@@ -677,7 +680,7 @@ async fn wait_until_covered(
         };
         if std::time::Instant::now() > deadline {
             return Err(failure.unwrap_or_else(|| {
-                crate::Error::Refused(format!(
+                crate::Error::Refused(Refusal::Audit, format!(
                     "stream {stream} does not cover {at} yet: is walguard running? (it publishes a watermark within nats.watermark_interval)"
                 ))
             }));
@@ -698,9 +701,12 @@ async fn newest_position(js: &jetstream::Context, stream: &str) -> Result<Option
     let last = state.last_sequence;
     let msg = st.get_raw_message(last).await.map_err(|e| nats(e.to_string()))?;
     let attrs = crate::event::envelope::Attributes::parse(&msg.payload).map_err(|e| {
-        crate::Error::Refused(format!(
+        crate::Error::Refused(
+            Refusal::Audit,
+            format!(
             "stream {stream} sequence {last}, its newest message, is not a walguard event ({e}): run `walguard verify`"
-        ))
+        ),
+        )
     })?;
     Ok(Some(attrs.pgendlsn.map_or(attrs.pglsn, |end| end.max(attrs.pglsn))))
 }
@@ -720,10 +726,10 @@ pub async fn restore_into(
     let source = format!("{}.{}", quote_ident(src_schema), quote_ident(src_table));
     let target = format!("{}.{}", quote_ident(schema), quote_ident(src_table));
     let failed = |e: tokio_postgres::Error| {
-        crate::Error::Refused(format!(
-            "restoring into {target}: {}",
-            crate::source::catalog::error_chain(&e)
-        ))
+        crate::Error::Refused(
+            Refusal::Audit,
+            format!("restoring into {target}: {}", crate::source::catalog::error_chain(&e)),
+        )
     };
     client
         .batch_execute(&format!(

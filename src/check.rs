@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Config, TableConfig};
 use crate::decode::pgoutput::ReplicaIdentity;
+use crate::error::Refusal;
 use crate::error::{exit, Error};
 use crate::event::builder::TableSpec;
 use crate::lsn::Lsn;
@@ -206,7 +207,7 @@ pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<Tab
     let (tables, publication) = database(catalog, cfg, &mut report).await?;
     report.log_warnings();
     if !report.ready() {
-        return Err(Error::Refused(report.failures()));
+        return Err(Error::Refused(Refusal::Preflight, report.failures()));
     }
     catalog
         .ensure_publication(&cfg.postgres.publication, publication.as_ref(), &tables)
@@ -220,11 +221,14 @@ pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<Tab
 /// the slot is to be a failover slot.
 pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
     if cfg.postgres.failover_slot && repl.server_major() < 17 {
-        return Err(Error::Refused(format!(
-            "postgres.failover_slot = true needs PostgreSQL 17 or later (this server is {}); remove it from {}",
-            repl.server_version,
-            cfg.file.display()
-        )));
+        return Err(Error::Refused(
+            Refusal::Preflight,
+            format!(
+                "postgres.failover_slot = true needs PostgreSQL 17 or later (this server is {}); remove it from {}",
+                repl.server_version,
+                cfg.file.display()
+            ),
+        ));
     }
     Ok(cfg.postgres.failover_slot)
 }

@@ -22,9 +22,10 @@ pub enum Error {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// walguard refuses to go on: continuing could lose or fork events.
-    #[error("{0}")]
-    Refused(String),
+    /// walguard refuses to go on: continuing could lose or fork events. The kind says why,
+    /// for the metric and for tests; the message says what to do.
+    #[error("{1}")]
+    Refused(Refusal, String),
 }
 
 pub mod exit {
@@ -33,6 +34,49 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const UNAVAILABLE: i32 = 69;
     pub const CONFIG: i32 = 78;
+}
+
+/// Why walguard refuses to go on: the `kind` of `walguard_errors_total` for a refusal, and
+/// what tests match instead of the wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The slot is gone or lost WAL it needs while the stream has events: changes may be
+    /// missing (G7).
+    LostSlot,
+    /// The slot confirmed beyond what the stream proves (G7).
+    SlotAhead,
+    /// The slot belongs to another plugin or database.
+    ForeignSlot,
+    /// The stream holds what this walguard did not write, or lost what it wrote: a foreign
+    /// or unreadable message, a tail not signed by its key, a mismatch on re-derivation.
+    ForeignMessage,
+    /// The stream's settings could lose or rewrite events (SPEC section 3).
+    UnsafeStream,
+    /// A start-up check failed (the same checks as `walguard check`).
+    Preflight,
+    /// The baseline snapshot cannot go on (a table vanished, a row without its key).
+    Snapshot,
+    /// One of walguard's own tasks failed.
+    Internal,
+    /// An audit tool (restore, history, reconcile) cannot go on.
+    Audit,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::LostSlot => "lost_slot",
+            Refusal::SlotAhead => "slot_ahead",
+            Refusal::ForeignSlot => "foreign_slot",
+            Refusal::ForeignMessage => "foreign_message",
+            Refusal::UnsafeStream => "unsafe_stream",
+            Refusal::Preflight => "preflight",
+            Refusal::Snapshot => "snapshot",
+            Refusal::Internal => "internal",
+            Refusal::Audit => "audit",
+        }
+    }
 }
 
 /// What the daemon does when a session ends with an error.
@@ -56,14 +100,22 @@ pub enum Recovery {
 
 /// Every value of the `kind` label of `walguard_errors_total`, each exported at 0 from
 /// start-up so that `increase()` sees the first error of a kind (SPEC section 5).
-pub const ERROR_KINDS: [&str; 7] = [
+pub const ERROR_KINDS: [&str; 15] = [
     "config",
     "key",
     "postgres",
     "nats",
     "encode",
     "payload_too_large",
-    "refused",
+    "lost_slot",
+    "slot_ahead",
+    "foreign_slot",
+    "foreign_message",
+    "unsafe_stream",
+    "preflight",
+    "snapshot",
+    "internal",
+    "audit",
 ];
 
 impl Error {
@@ -90,7 +142,7 @@ impl Error {
             Error::Source(e) => e.is_transient(),
             Error::Catalog(e) => e.is_transient(),
             Error::Sink(e) => e.is_transient(),
-            Error::Config(_) | Error::Key(_) | Error::Build(_) | Error::Refused(_) => false,
+            Error::Config(_) | Error::Key(_) | Error::Build(_) | Error::Refused(..) => false,
         }
     }
 
@@ -108,10 +160,10 @@ impl Error {
             Error::Source(_) => "postgres",
             Error::Catalog(_) => "postgres",
             Error::Sink(SinkError::PayloadTooLarge { .. }) => "payload_too_large",
-            Error::Sink(SinkError::Refused(_)) => "refused",
+            Error::Sink(SinkError::Refused(kind, _)) => kind.as_str(),
             Error::Sink(_) => "nats",
             Error::Build(_) => "encode",
-            Error::Refused(_) => "refused",
+            Error::Refused(kind, _) => kind.as_str(),
         }
     }
 
@@ -156,11 +208,15 @@ mod tests {
             Error::Sink(SinkError::Request("timed out".into())).recovery(),
             Recovery::Retry
         );
-        let refused = Error::Refused("replication slot s has lost required WAL".into());
+        let refused = Error::Refused(Refusal::LostSlot, "replication slot s has lost required WAL".into());
         assert_eq!(refused.recovery(), Recovery::Stop);
-        let foreign = Error::Sink(SinkError::Refused("stream sequence 7 is not ours".into()));
+        let foreign = Error::Sink(SinkError::Refused(
+            Refusal::ForeignMessage,
+            "stream sequence 7 is not ours".into(),
+        ));
         assert_eq!(foreign.recovery(), Recovery::Stop);
-        assert_eq!(foreign.kind(), "refused");
+        assert_eq!(foreign.kind(), "foreign_message");
+        assert_eq!(refused.kind(), "lost_slot");
         for e in [too_large, unencodable, refused, foreign] {
             assert!(ERROR_KINDS.contains(&e.kind()), "{} is not a known kind", e.kind());
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::check;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::event::builder::Naming;
 use crate::event::envelope::sha256;
 use crate::event::{Envelope, Signer};
@@ -87,16 +87,19 @@ async fn drop_old_slot(catalog: &Catalog, slot: &str) -> Result<(), Error> {
         return Ok(());
     };
     if let Some(pid) = info.active_pid {
-        return Err(Error::Refused(format!(
-            "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
-        )));
+        return Err(Error::Refused(
+            Refusal::Preflight,
+            format!(
+                "replication slot {slot} is in use by PID {pid}: stop walguard (and any other consumer) before resync"
+            ),
+        ));
     }
     tracing::warn!(slot = %slot, confirmed_flush = %info.confirmed_flush.unwrap_or(Lsn::ZERO), wal_status = info.wal_status.as_ref().map_or("", WalStatus::as_str), "resync: dropping the old slot");
     catalog
         .client()
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
-        .map_err(|e| Error::Refused(format!("dropping slot {slot}: {e}")))?;
+        .map_err(|e| Error::Refused(Refusal::Preflight, format!("dropping slot {slot}: {e}")))?;
     Ok(())
 }
 

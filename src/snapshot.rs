@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::decode::pgoutput::{Message, Relation};
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::event::builder::{EntityKey, TableSpec, Touched};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
@@ -99,7 +99,7 @@ pub fn resume(
         return Ok((progress, None));
     };
     let unreadable = |what: &str| {
-        Error::Refused(format!(
+        Error::Refused(Refusal::ForeignMessage, format!(
             "stream sequence {seq}, the verified head, is a snapshot row without a readable {what}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
@@ -162,7 +162,7 @@ fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
         progress: Progress,
     }
     let refused = |why: String| {
-        Error::Refused(format!(
+        Error::Refused(Refusal::ForeignMessage, format!(
             "stream sequence {seq}, the last snapshot progress event, cannot be read ({why}): run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
@@ -308,7 +308,7 @@ impl Meter {
 }
 
 fn gone(_: PublisherGone) -> Error {
-    Error::Refused("the publisher stopped during the snapshot".into())
+    Error::Refused(Refusal::Internal, "the publisher stopped during the snapshot".into())
 }
 
 /// Hands `out`'s drafts to the publisher, then flushes.
@@ -368,10 +368,12 @@ async fn relation_for(
     builder: &mut EventBuilder,
     types: &mut HashMap<u32, crate::event::value::ValueKind>,
 ) -> Result<Relation, Error> {
-    let rel = catalog
-        .relation(&spec.schema, &spec.name)
-        .await?
-        .ok_or_else(|| Error::Refused(format!("table {} disappeared during the snapshot", qualified(spec))))?;
+    let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
+        Error::Refused(
+            Refusal::Snapshot,
+            format!("table {} disappeared during the snapshot", qualified(spec)),
+        )
+    })?;
     let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, types).collect();
     catalog.resolve_types(missing, types).await?;
     builder.add_relation(rel.clone(), types)?;
@@ -480,10 +482,13 @@ impl Chunk {
                 break;
             }
             let key = builder.snapshot_key(oid, &row).ok_or_else(|| {
-                Error::Refused(format!(
-                    "table {}: a snapshot row has no entity key; check `key` in [[tables]]",
-                    qualified(&self.spec)
-                ))
+                Error::Refused(
+                    Refusal::Snapshot,
+                    format!(
+                        "table {}: a snapshot row has no entity key; check `key` in [[tables]]",
+                        qualified(&self.spec)
+                    ),
+                )
             })?;
             if !self.changed.contains(&key) {
                 builder.snapshot_row(oid, row, out)?;
@@ -510,10 +515,12 @@ pub async fn incremental(
     let mut n = 0u64;
     for (spec, mut after) in pending {
         let table = qualified(&spec);
-        let rel = catalog
-            .relation(&spec.schema, &spec.name)
-            .await?
-            .ok_or_else(|| Error::Refused(format!("table {table} disappeared during the snapshot")))?;
+        let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
+            Error::Refused(
+                Refusal::Snapshot,
+                format!("table {table} disappeared during the snapshot"),
+            )
+        })?;
         let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
         catalog.resolve_types(missing, &mut types).await?;
         let positions = key_positions(&spec, &rel);
@@ -565,7 +572,7 @@ pub async fn incremental(
             catalog.emit_message(MARK_PREFIX, &mark("high")).await?;
             done_rx
                 .await
-                .map_err(|_| Error::Refused("the WAL reader stopped during the snapshot".into()))?;
+                .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
             progress = next;
             if !full {
                 break;
@@ -624,7 +631,7 @@ mod tests {
         ] {
             let err = resume(Some((41, &garbage)), None, None, &specs).unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, Error::Refused(_)), "{msg}");
+            assert!(matches!(err, Error::Refused(Refusal::ForeignMessage, _)), "{msg}");
             assert!(
                 msg.contains("stream sequence 41") && msg.contains("walguard verify"),
                 "{msg}"

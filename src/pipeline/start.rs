@@ -10,7 +10,7 @@
 //! | `wal_status` lost            | refuse: WAL is gone          | refuse: WAL is gone               |
 //! | confirmed at `S`             | start at `S` (genesis watermark) | `S` <= stream's `E`: resume at `E`; `S` > `E`: refuse, `E..S` may be missing |
 
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::lsn::Lsn;
 use crate::source::catalog::{SlotInfo, WalStatus};
 
@@ -53,18 +53,18 @@ pub fn decide_start(
         if stream_empty {
             return Ok(Start::CreateSlot);
         }
-        return Err(Error::Refused(format!(
+        return Err(Error::Refused(Refusal::LostSlot, format!(
             "replication slot {slot_name} does not exist, but stream {stream} holds events up to LSN {stream_at}: changes committed after {stream_at} may be missing from the stream. Investigate, then start over explicitly with `walguard resync`"
         )));
     };
     if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(database) {
-        return Err(Error::Refused(format!(
+        return Err(Error::Refused(Refusal::ForeignSlot, format!(
             "replication slot {slot_name} is not a pgoutput slot of database {database} (plugin {:?}, database {:?}): choose another postgres.slot",
             info.plugin, info.database
         )));
     }
     if info.wal_status == Some(WalStatus::Lost) {
-        return Err(Error::Refused(format!(
+        return Err(Error::Refused(Refusal::LostSlot, format!(
             "replication slot {slot_name} has lost required WAL (wal_status lost): changes after {stream_at} are gone from the server; start over explicitly with `walguard resync`"
         )));
     }
@@ -73,7 +73,7 @@ pub fn decide_start(
         return Ok(Start::NewStream { at: slot_at });
     }
     if slot_at > stream_at {
-        return Err(Error::Refused(format!(
+        return Err(Error::Refused(Refusal::SlotAhead, format!(
             "replication slot {slot_name} has confirmed up to {slot_at}, but stream {stream} only proves events up to {stream_at}: changes committed between {stream_at} and {slot_at} may be missing. Investigate (was the stream replaced or another consumer using the slot?), then start over explicitly with `walguard resync`"
         )));
     }
@@ -102,8 +102,8 @@ mod tests {
         }
     }
 
-    /// `Ok(start)` or `Err(parts the refusal must name)`.
-    type Want = Result<Start, &'static [&'static str]>;
+    /// `Ok(start)` or `Err((the refusal's kind, parts its message must name))`.
+    type Want = Result<Start, (Refusal, &'static [&'static str])>;
 
     /// (case, slot, stream empty, stream's newest `pgendlsn`, want)
     type Case = (&'static str, Option<SlotInfo>, bool, Option<Lsn>, Want);
@@ -118,35 +118,41 @@ mod tests {
                 None,
                 false,
                 Some(Lsn(0x400)),
-                Err(&["slot wg does not exist", "WALGUARD", "after 0/400", "walguard resync"]),
+                Err((
+                    Refusal::LostSlot,
+                    &["slot wg does not exist", "WALGUARD", "after 0/400", "walguard resync"],
+                )),
             ),
             (
                 "slot of another plugin",
                 Some(slot("wal2json", "app", 0x500, WalStatus::Reserved)),
                 true,
                 None,
-                Err(&["not a pgoutput slot of database app", "wal2json", "postgres.slot"]),
+                Err((
+                    Refusal::ForeignSlot,
+                    &["not a pgoutput slot of database app", "wal2json", "postgres.slot"],
+                )),
             ),
             (
                 "slot of another database",
                 Some(slot("pgoutput", "other", 0x500, WalStatus::Reserved)),
                 false,
                 Some(Lsn(0x500)),
-                Err(&["not a pgoutput slot of database app", "other"]),
+                Err((Refusal::ForeignSlot, &["not a pgoutput slot of database app", "other"])),
             ),
             (
                 "lost slot, empty stream",
                 Some(slot("pgoutput", "app", 0x500, WalStatus::Lost)),
                 true,
                 None,
-                Err(&["lost required WAL", "walguard resync"]),
+                Err((Refusal::LostSlot, &["lost required WAL", "walguard resync"])),
             ),
             (
                 "lost slot, stream with events",
                 Some(slot("pgoutput", "app", 0x500, WalStatus::Lost)),
                 false,
                 Some(Lsn(0x480)),
-                Err(&["lost required WAL", "after 0/480"]),
+                Err((Refusal::LostSlot, &["lost required WAL", "after 0/480"])),
             ),
             (
                 "slot, empty stream",
@@ -174,26 +180,29 @@ mod tests {
                 Some(slot("pgoutput", "app", 0x900, WalStatus::Reserved)),
                 false,
                 Some(Lsn(0x500)),
-                Err(&[
-                    "confirmed up to 0/900",
-                    "only proves events up to 0/500",
-                    "between 0/500 and 0/900",
-                ]),
+                Err((
+                    Refusal::SlotAhead,
+                    &[
+                        "confirmed up to 0/900",
+                        "only proves events up to 0/500",
+                        "between 0/500 and 0/900",
+                    ],
+                )),
             ),
             (
                 "slot ahead of a stream with no pgendlsn yet",
                 Some(ok),
                 false,
                 None,
-                Err(&["between 0/0 and 0/500"]),
+                Err((Refusal::SlotAhead, &["between 0/0 and 0/500"])),
             ),
         ];
         for (name, info, empty, confirmed, want) in cases {
             let got = decide_start(info.as_ref(), empty, confirmed, NAMES);
             match (got, want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
-                (Err(e), Err(parts)) => {
-                    assert!(matches!(e, Error::Refused(_)), "{name}: {e:?}");
+                (Err(e), Err((kind, parts))) => {
+                    assert!(matches!(e, Error::Refused(k, _) if k == kind), "{name}: {e:?}");
                     let message = e.to_string();
                     for part in parts {
                         assert!(message.contains(part), "{name}: {part:?} missing from {message}");

@@ -28,13 +28,13 @@ pub enum SinkError {
         limit: usize,
     },
     /// Something only the operator can fix; the message says how.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{1}")]
+    Refused(crate::error::Refusal, String),
 }
 
 impl SinkError {
     pub fn is_transient(&self) -> bool {
-        !matches!(self, SinkError::Refused(_) | SinkError::PayloadTooLarge { .. })
+        !matches!(self, SinkError::Refused(..) | SinkError::PayloadTooLarge { .. })
     }
 }
 

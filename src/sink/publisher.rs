@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use super::stream::{message, Tail};
 use super::SinkError;
 use crate::checkpoint::Checkpoint;
+use crate::error::Refusal;
 use crate::event::builder::{Naming, Op};
 use crate::event::chain::MAX_UNSIGNED_RUN;
 use crate::event::envelope::{sha256, Hash, CONTENT_TYPE, HEADER_KEY_ID, HEADER_SIGNATURE};
@@ -267,7 +268,7 @@ impl Publisher {
                         // The held draft takes the next sequence; it counts as re-derived.
                         let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
                         if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
-                            return Err(SinkError::Refused(format!(
+                            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
                                 "stream messages {} to {} were not re-derived from the WAL up to {replay_end}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
                                 chain.next_sequence, ctx.compare_through
                             )));
@@ -307,7 +308,7 @@ impl Publisher {
             }
         }
         .await;
-        if let Err(SinkError::Refused(_) | SinkError::PayloadTooLarge { .. }) = &outcome {
+        if let Err(SinkError::Refused(..) | SinkError::PayloadTooLarge { .. }) = &outcome {
             // walguard stops here (for good, or until the limit is raised): at the refused
             // event, not before it, so what was sent ahead of it is stored first.
             ctx.settle().await;
@@ -377,7 +378,7 @@ impl Ctx<'_> {
     async fn compare_stored(&mut self, sequence: u64, draft: &Draft) -> Result<(), SinkError> {
         let stored = message(self.stream, sequence).await?;
         if stored.payload[..] != self.buf[..] {
-            return Err(SinkError::Refused(format!(
+            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
                 "stream sequence {sequence} is not the event walguard derives from the WAL at {} (table {}, event id {}): it was not written by this walguard from this slot; run `walguard verify` to see the damage",
                 draft.pglsn, draft.table, draft.id
             )));

@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, stream};
 
 use super::SinkError;
 use crate::config::NatsConfig;
+use crate::error::Refusal;
 use crate::event::chain::SIGNED_WINDOW;
 use crate::event::envelope::{sha256, Attributes, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::{Keyring, Position};
@@ -79,7 +80,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stream:
             let info = s.info().await.map_err(|e| SinkError::Request(e.to_string()))?;
             let problems = stream_problems(cfg, &info.config);
             if !problems.is_empty() {
-                return Err(SinkError::Refused(problems.join("; ")));
+                return Err(SinkError::Refused(Refusal::UnsafeStream, problems.join("; ")));
             }
             if info.config.num_replicas != cfg.replicas {
                 tracing::warn!(stream = %cfg.stream, have = info.config.num_replicas, want = cfg.replicas, "stream replicas differ from nats.replicas");
@@ -150,7 +151,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
         .clone();
     if state.messages == 0 {
         if state.last_sequence != 0 {
-            return Err(SinkError::Refused(format!(
+            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
                 "stream {name} is empty but its last sequence is {}: its messages were removed; the chain cannot be continued (start a new stream)",
                 state.last_sequence
             )));
@@ -173,19 +174,20 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
             break msg;
         }
         if seq <= lowest {
-            return Err(SinkError::Refused(format!(
+            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
                 "stream {name}: none of messages {lowest} to {last} is signed by walguard's key: the tail was not written by this walguard (or the key changed); run `walguard verify` and investigate"
             )));
         }
         seq -= 1;
     };
     let attrs = Attributes::parse(&head.payload).map_err(|e| {
-        SinkError::Refused(format!(
-            "stream {name} sequence {seq} is signed but not a walguard event: {e}"
-        ))
+        SinkError::Refused(
+            Refusal::ForeignMessage,
+            format!("stream {name} sequence {seq} is signed but not a walguard event: {e}"),
+        )
     })?;
     if attrs.source != source {
-        return Err(SinkError::Refused(format!(
+        return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
             "stream {name} holds events of source {}, not of this database and slot ({source}): use a stream of its own for each slot",
             attrs.source
         )));
@@ -201,7 +203,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
                 let msg = message(stream, prev).await?;
                 Attributes::parse(&msg.payload)
                     .map_err(|e| {
-                        SinkError::Refused(format!(
+                        SinkError::Refused(Refusal::ForeignMessage, format!(
                             "stream {name} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate"
                         ))
                     })?

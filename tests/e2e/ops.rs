@@ -116,7 +116,14 @@ async fn metrics_count_what_was_written_and_readiness_follows_nats() {
     }
     assert!(metric(&text, "walguard_confirmed_lsn").unwrap_or(0.0) > 0.0, "{text}");
     // Every error kind is there at 0 before its first error, so increase() sees the first one.
-    for kind in ["payload_too_large", "nats", "postgres", "encode", "refused"] {
+    for kind in [
+        "payload_too_large",
+        "nats",
+        "postgres",
+        "encode",
+        "lost_slot",
+        "foreign_message",
+    ] {
         assert_eq!(
             metric(&text, &format!("walguard_errors_total{{kind=\"{kind}\"}}")),
             Some(0.0),

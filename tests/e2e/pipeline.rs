@@ -307,6 +307,7 @@ async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
     let log = wg.output();
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains(&format!("{intruder}")), "{log}");
+    assert!(log.contains("\"foreign_message\""), "{log}");
     // Nothing was written behind the intruder.
     let stream = env.read_stream().await;
     assert_eq!(stream.last().unwrap().seq, intruder, "{stream:?}");
@@ -409,6 +410,7 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         out.contains("may be missing") && out.contains("has confirmed up to"),
         "{out}"
     );
+    assert!(out.contains("\"slot_ahead\""), "{out}");
 
     // The slot is dropped while the stream holds events.
     env.db
@@ -423,6 +425,7 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         out.contains("does not exist") && out.contains("may be missing"),
         "{out}"
     );
+    assert!(out.contains("\"lost_slot\""), "{out}");
     // Recreated behind walguard's back: the new slot starts after the gap.
     env.db
         .batch_execute("INSERT INTO ledger VALUES (3, 3, 0)")
@@ -443,6 +446,7 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         out.contains("may be missing") && out.contains("only proves events up to"),
         "{out}"
     );
+    assert!(out.contains("\"slot_ahead\""), "{out}");
     // Still only the one event.
     assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
 }
