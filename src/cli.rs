@@ -256,7 +256,7 @@ pub async fn verify(config: Option<&Path>, public_keys: &[PathBuf], file: Option
             }
             Err(_) => None,
         };
-        keyring = match cfg.keyring(signer.as_ref()) {
+        keyring = match Keyring::from_config(&cfg.signing, signer.as_ref()) {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -437,9 +437,9 @@ pub async fn reconcile(config: &Path, tables: &[String]) -> i32 {
         }
         // A commit racing the consistent point can show as a difference; look again before
         // reporting one.
-        let hasher = match crate::app::load_hasher(&cfg) {
+        let hasher = match crate::event::ColumnHasher::from_config(&cfg.hashing) {
             Ok(h) => h,
-            Err(e) => return report(&e),
+            Err(e) => return report(&e.into()),
         };
         let mut result = None;
         for attempt in 0..3 {

@@ -497,21 +497,6 @@ impl Config {
         Ok(())
     }
 
-    /// The signing key's public key and every `signing.trusted_keys` entry.
-    pub fn keyring(
-        &self,
-        signer: Option<&crate::event::Signer>,
-    ) -> Result<crate::event::Keyring, crate::event::KeyError> {
-        let mut ring = crate::event::Keyring::default();
-        if let Some(s) = signer {
-            ring.add(s.verifying_key());
-        }
-        for path in &self.signing.trusted_keys {
-            ring.add_pem_file(path)?;
-        }
-        Ok(ring)
-    }
-
     pub fn pg_config(&self) -> crate::source::tls::PgConfig {
         crate::source::tls::PgConfig::parse(self.postgres.url.expose()).expect("validated at load")
     }
