@@ -578,6 +578,7 @@ fn without_source_lines(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::value::tests::{ci_config, tricky_text};
 
     fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
         let p = dir.path().join("walguard.toml");
@@ -681,11 +682,12 @@ key_file = "walguard.key"
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 
-    /// `url` as `postgres.url` of MINIMAL, in a TOML basic string.
+    /// `url` as `postgres.url` of MINIMAL, in a TOML basic string (only `\\` and `"` need
+    /// escapes there: `\\PC` and the URLs below have no control characters).
     fn with_postgres_url(url: &str) -> String {
         MINIMAL.replace(
             "url = \"postgres://walguard:s3cret@127.0.0.1:5432/app\"",
-            &format!("url = \"{}\"", url.replace('\\', "\\\\")),
+            &format!("url = \"{}\"", url.replace('\\', "\\\\").replace('"', "\\\"")),
         )
     }
 
@@ -753,5 +755,27 @@ key_file = "walguard.key"
         let shown = format!("{:?}", Config::load(&p).unwrap());
         assert!(!shown.contains("natspw") && !shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("nats://u:***@h:4222,nats://***@g:4222"), "{shown}");
+    }
+
+    // Standing in for fuzzing in CI, as `decode::fuzz` does for the decoders: `postgres.url`
+    // is sliced and percent-decoded by walguard itself, so it gets the same text dense in
+    // multibyte characters as the timestamp parser.
+    proptest::proptest! {
+        #![proptest_config(ci_config())]
+
+        #[test]
+        fn postgres_url_with_multibyte_characters_never_panics(value in tricky_text(), form in 0usize..5) {
+            // The `sslmode` and `sslrootcert` values are percent-decoded by walguard itself.
+            let url = match form {
+                0 => format!("postgres://u@db/app?sslrootcert={value}"),
+                1 => format!("postgres://u:{value}@db/app?sslmode={value}&application_name=x"),
+                2 => format!("host=db sslrootcert={value} sslmode=require"),
+                3 => format!("postgresql://{value}"),
+                _ => value,
+            };
+            // Loaded the way `run` loads it.
+            let dir = tempfile::tempdir().unwrap();
+            let _ = Config::load(&write(&dir, &with_postgres_url(&url)));
+        }
     }
 }
