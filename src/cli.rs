@@ -156,8 +156,9 @@ pub enum Failure {
     Unavailable(String),
     /// Anything else that stops the command, such as an output file it cannot write (exit 1).
     Problem(String),
-    /// The crate's error: logged with its kind as well, and its exit code is the one
-    /// [`Error::exit_code`] gives for what it is (so `run` and `reconcile` exit alike).
+    /// The crate's error: logged with its kind as well, and its code is the one
+    /// [`Error::exit_code`] gives for what it is (78 configuration or key, 69 a server or a
+    /// blocked event, 1 a refusal), the same whichever command met it.
     Error(Error),
 }
 
