@@ -37,7 +37,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Runs the daemon until `shutdown` turns true.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
     let signer = Arc::new(Signer::load(&cfg.signing.key_file)?);
-    let hasher = load_hasher(&cfg)?;
+    let hasher = ColumnHasher::from_config(&cfg.hashing)?;
     tracing::info!(key_id = signer.key_id(), slot = %cfg.postgres.slot, stream = %cfg.nats.stream, "walguard starting");
     let mut backoff = Duration::from_millis(500);
     let mut streamed_once = false;
@@ -128,7 +128,7 @@ async fn session(
 
     let slot_name = &cfg.postgres.slot;
     let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot_name);
-    let keyring = cfg.keyring(Some(signer))?;
+    let keyring = crate::event::Keyring::from_config(&cfg.signing, Some(signer))?;
     let tail = stream::read_tail(&mut stream, &keyring, envelope.source()).await?;
 
     let slot = catalog.slot(slot_name).await?;
@@ -458,12 +458,4 @@ async fn snapshot_state(
         head,
         tables,
     )
-}
-
-/// The salt for `hash_columns`, when configured.
-pub fn load_hasher(cfg: &Config) -> Result<Option<Arc<ColumnHasher>>, Error> {
-    Ok(match &cfg.hashing.salt_file {
-        Some(path) => Some(Arc::new(ColumnHasher::load(path)?)),
-        None => None,
-    })
 }

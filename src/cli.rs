@@ -1,4 +1,8 @@
-//! One function per subcommand. Each returns the process exit code (SPEC section 5).
+//! One function per subcommand. Each returns what it found, or why it stopped ([`Failure`]),
+//! and [`exit_code`] alone turns that into the process's exit code (SPEC section 5: 0
+//! success; 1 the check or verification found a problem; 2 usage; 78 configuration error; 69
+//! a server unavailable). Usage errors in the arguments themselves are clap's: it prints them
+//! and exits 2 before any subcommand runs.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{exit, Error};
-use crate::event::{Keyring, Signer};
+use crate::event::{ColumnHasher, Keyring, Signer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -135,29 +139,66 @@ pub fn init_logging() {
     }
 }
 
-fn load(path: &Path) -> Result<Config, i32> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::CONFIG
-    })
+/// What a subcommand that ran to its end found, as its exit code: `exit::OK`, or
+/// `exit::PROBLEM` when the check or verification found a problem it has printed (`check`
+/// also gives `exit::UNAVAILABLE` when its report names a server it could not reach).
+pub type Found = i32;
+
+/// Why a subcommand stopped before its end: the kind says which exit code, the message is
+/// printed as `error: {message}` on stderr by [`exit_code`].
+#[derive(Debug)]
+pub enum Failure {
+    /// A command-line value the subcommand cannot use (exit 2).
+    Usage(String),
+    /// The configuration, a key file or a local address is wrong (exit 78).
+    Config(String),
+    /// NATS or PostgreSQL could not be reached, or failed while reading (exit 69).
+    Unavailable(String),
+    /// Anything else that stops the command, such as an output file it cannot write (exit 1).
+    Problem(String),
+    /// The crate's error: logged with its kind as well, and its code is the one
+    /// [`Error::exit_code`] gives for what it is (78 configuration or key, 69 a server or a
+    /// blocked event, 1 a refusal), the same whichever command met it.
+    Error(Error),
 }
 
-pub async fn run(config: &Path) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let listener = match tokio::net::TcpListener::bind(&cfg.server.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: configuration {}: server.listen {}: cannot listen ({e}); choose a free address",
-                cfg.file.display(),
-                cfg.server.listen
-            );
-            return exit::CONFIG;
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// The one place a subcommand's result becomes the process's exit code; a failure is said
+/// here, once, on stderr.
+pub fn exit_code(result: Result<Found, Failure>) -> i32 {
+    let (code, message) = match result {
+        Ok(found) => return found,
+        Err(Failure::Usage(m)) => (exit::USAGE, m),
+        Err(Failure::Config(m)) => (exit::CONFIG, m),
+        Err(Failure::Unavailable(m)) => (exit::UNAVAILABLE, m),
+        Err(Failure::Problem(m)) => (exit::PROBLEM, m),
+        Err(Failure::Error(e)) => {
+            tracing::error!(kind = e.kind(), "{e}");
+            (e.exit_code(), e.to_string())
         }
     };
+    eprintln!("error: {message}");
+    code
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure::Config(e.to_string()))
+}
+
+pub async fn run(config: &Path) -> Result<Found, Failure> {
+    let cfg = load(config)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.map_err(|e| {
+        Failure::Config(format!(
+            "configuration {}: server.listen {}: cannot listen ({e}); choose a free address",
+            cfg.file.display(),
+            cfg.server.listen
+        ))
+    })?;
     tokio::spawn(crate::telemetry::serve(listener));
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -171,39 +212,25 @@ pub async fn run(config: &Path) -> i32 {
         );
         let _ = tx.send(true);
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        // The one exit that does not go through `exit_code`: the person asked for it while
+        // the daemon is still draining, so nothing is left to return to (128 + SIGINT, as a
+        // shell reports an interrupted command).
         std::process::exit(130);
     });
-    match crate::app::run(cfg, rx).await {
-        Ok(()) => {
-            tracing::info!("stopped");
-            exit::OK
-        }
-        Err(e) => report(&e),
-    }
+    crate::app::run(cfg, rx).await?;
+    tracing::info!("stopped");
+    Ok(exit::OK)
 }
 
-pub fn report(e: &Error) -> i32 {
-    tracing::error!(kind = e.kind(), "{e}");
-    eprintln!("error: {e}");
-    e.exit_code()
+pub fn keygen(out: &Path) -> Result<Found, Failure> {
+    let signer = Signer::generate(out).map_err(|e| Failure::Config(e.to_string()))?;
+    print!("{}", signer.public_key_pem());
+    println!("key id: {}", signer.key_id());
+    eprintln!("wrote private key to {} (mode 0600)", out.display());
+    Ok(exit::OK)
 }
 
-pub fn keygen(out: &Path) -> i32 {
-    match Signer::generate(out) {
-        Ok(signer) => {
-            print!("{}", signer.public_key_pem());
-            println!("key id: {}", signer.key_id());
-            eprintln!("wrote private key to {} (mode 0600)", out.display());
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::CONFIG
-        }
-    }
-}
-
-fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[crate::verify::Problem]) -> i32 {
+fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[crate::verify::Problem]) -> Found {
     println!(
         "{what}: {} messages (sequences {} to {}), {} events, {} markers, {} signed, LSN {} to {}",
         summary.messages,
@@ -231,137 +258,105 @@ fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[
     }
 }
 
-pub async fn verify(config: Option<&Path>, public_keys: &[PathBuf], file: Option<&Path>) -> i32 {
-    let cfg = match config.map(load).transpose() {
-        Ok(c) => c,
-        Err(code) => return code,
+pub async fn verify(config: Option<&Path>, public_keys: &[PathBuf], file: Option<&Path>) -> Result<Found, Failure> {
+    let cfg = config.map(load).transpose()?;
+    let keyring = verification_keys(cfg.as_ref(), public_keys)?;
+    if let Some(file) = file {
+        let (summary, problems) =
+            crate::verify::verify_file(file, &keyring).map_err(|e| Failure::Problem(e.to_string()))?;
+        return Ok(print_verification(&file.display().to_string(), &summary, &problems));
+    }
+    let Some(cfg) = cfg else {
+        // clap requires -c without --file; said here too, so no path is left without an answer.
+        return Err(Failure::Usage(
+            "pass -c FILE, or --file FILE to verify an export".into(),
+        ));
     };
+    let js = jetstream(&cfg).await?;
+    let (summary, problems) = crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    Ok(print_verification(
+        &format!("stream {}", cfg.nats.stream),
+        &summary,
+        &problems,
+    ))
+}
+
+/// The keys `verify` accepts: the `--public-key` files, else the configured signing key and
+/// `signing.trusted_keys` (the signing key may be missing when trusted keys are given).
+fn verification_keys(cfg: Option<&Config>, public_keys: &[PathBuf]) -> Result<Keyring, Failure> {
     let mut keyring = Keyring::default();
     for p in public_keys {
-        if let Err(e) = keyring.add_pem_file(p) {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
+        keyring.add_pem_file(p).map_err(|e| Failure::Config(e.to_string()))?;
     }
-    if keyring.is_empty() {
-        let Some(cfg) = &cfg else {
-            eprintln!("error: pass --public-key FILE (or -c FILE) to verify signatures");
-            return exit::USAGE;
-        };
-        let signer = match Signer::load(&cfg.signing.key_file) {
-            Ok(s) => Some(s),
-            Err(e) if cfg.signing.trusted_keys.is_empty() => {
-                eprintln!("error: {e} (or pass --public-key FILE)");
-                return exit::CONFIG;
-            }
-            Err(_) => None,
-        };
-        keyring = match cfg.keyring(signer.as_ref()) {
-            Ok(k) => k,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::CONFIG;
-            }
-        };
+    if !keyring.is_empty() {
+        return Ok(keyring);
     }
-    if let Some(file) = file {
-        return match crate::verify::verify_file(file, &keyring) {
-            Ok((summary, problems)) => print_verification(&file.display().to_string(), &summary, &problems),
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::PROBLEM
-            }
-        };
-    }
-    let cfg = cfg.expect("clap requires -c without --file");
-    let js = match jetstream(&cfg).await {
-        Ok(js) => js,
-        Err(code) => return code,
+    let Some(cfg) = cfg else {
+        return Err(Failure::Usage(
+            "pass --public-key FILE (or -c FILE) to verify signatures".into(),
+        ));
     };
-    match crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring).await {
-        Ok((summary, problems)) => print_verification(&format!("stream {}", cfg.nats.stream), &summary, &problems),
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::UNAVAILABLE
+    let signer = match Signer::load(&cfg.signing.key_file) {
+        Ok(s) => Some(s),
+        Err(e) if cfg.signing.trusted_keys.is_empty() => {
+            return Err(Failure::Config(format!("{e} (or pass --public-key FILE)")))
         }
-    }
+        Err(_) => None,
+    };
+    Keyring::from_config(&cfg.signing, signer.as_ref()).map_err(|e| Failure::Config(e.to_string()))
 }
 
-async fn jetstream(cfg: &Config) -> Result<async_nats::jetstream::Context, i32> {
-    match crate::sink::connect(&cfg.nats).await {
-        Ok(c) => Ok(async_nats::jetstream::new(c)),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(exit::UNAVAILABLE)
-        }
-    }
+async fn jetstream(cfg: &Config) -> Result<async_nats::jetstream::Context, Failure> {
+    let client = crate::sink::connect(&cfg.nats)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    Ok(async_nats::jetstream::new(client))
 }
 
-pub async fn export(config: &Path, from: u64, to: Option<u64>, out: &Path) -> i32 {
-    let (cfg, js) = match config_and_stream(config).await {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let file = match std::fs::File::create(out) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {}: {e}", out.display());
-            return exit::PROBLEM;
-        }
-    };
+pub async fn export(config: &Path, from: u64, to: Option<u64>, out: &Path) -> Result<Found, Failure> {
+    let (cfg, js) = config_and_stream(config).await?;
+    let cannot_write = |e: std::io::Error| Failure::Problem(format!("{}: {e}", out.display()));
+    let file = std::fs::File::create(out).map_err(cannot_write)?;
     let mut w = std::io::BufWriter::new(file);
-    match crate::audit::export(&js, &cfg.nats.stream, from, to, &mut w).await {
-        Ok(n) => {
-            if let Err(e) = std::io::Write::flush(&mut w) {
-                eprintln!("error: {}: {e}", out.display());
-                return exit::PROBLEM;
-            }
-            eprintln!(
-                "exported {n} messages of stream {} to {}",
-                cfg.nats.stream,
-                out.display()
-            );
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::UNAVAILABLE
-        }
-    }
+    let n = crate::audit::export(&js, &cfg.nats.stream, from, to, &mut w)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    std::io::Write::flush(&mut w).map_err(cannot_write)?;
+    eprintln!(
+        "exported {n} messages of stream {} to {}",
+        cfg.nats.stream,
+        out.display()
+    );
+    Ok(exit::OK)
 }
 
-/// The configuration and a JetStream context on its NATS server, or the exit code.
-async fn config_and_stream(config: &Path) -> Result<(Config, async_nats::jetstream::Context), i32> {
+/// The configuration and a JetStream context on its NATS server.
+async fn config_and_stream(config: &Path) -> Result<(Config, async_nats::jetstream::Context), Failure> {
     let cfg = load(config)?;
     let js = jetstream(&cfg).await?;
     Ok((cfg, js))
 }
 
-fn table_arg(table: &str) -> Result<String, i32> {
+fn table_arg(table: &str) -> Result<String, Failure> {
     crate::config::parse_table_name(table)
         .map(|(s, t)| format!("{s}.{t}"))
-        .ok_or_else(|| {
-            eprintln!("error: table {table:?}: expected schema.table");
-            exit::USAGE
-        })
+        .ok_or_else(|| Failure::Usage(format!("table {table:?}: expected schema.table")))
 }
 
-pub async fn restore(config: &Path, table: &str, key: Option<&str>, at: Option<u64>, into: Option<&str>) -> i32 {
-    let (cfg, js) = match config_and_stream(config).await {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let table = match table_arg(table) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let state = match crate::audit::restore(&js, &cfg.nats.stream, &table, key, at, None).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::UNAVAILABLE;
-        }
-    };
+pub async fn restore(
+    config: &Path,
+    table: &str,
+    key: Option<&str>,
+    at: Option<u64>,
+    into: Option<&str>,
+) -> Result<Found, Failure> {
+    let (cfg, js) = config_and_stream(config).await?;
+    let table = table_arg(table)?;
+    let state = crate::audit::restore(&js, &cfg.nats.stream, &table, key, at, None)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
     match into {
         None => {
             for row in state.rows.values() {
@@ -372,95 +367,68 @@ pub async fn restore(config: &Path, table: &str, key: Option<&str>, at: Option<u
                 state.rows.len(),
                 at.map_or("the head".to_owned(), |s| format!("sequence {s}"))
             );
-            exit::OK
         }
-        Some(schema) => match crate::audit::restore_into(&cfg.pg_config(), &table, schema, &state).await {
-            Ok(target) => {
-                println!("restored {} rows of {table} into {target}", state.rows.len());
-                exit::OK
-            }
-            Err(e) => report(&e),
-        },
-    }
-}
-
-pub async fn history(config: &Path, table: &str, key: &str) -> i32 {
-    let (cfg, js) = match config_and_stream(config).await {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let table = match table_arg(table) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    match crate::audit::history(&js, &cfg.nats.stream, &table, key).await {
-        Ok(lines) if lines.is_empty() => {
-            println!("no events for {table}/{key}");
-            exit::PROBLEM
-        }
-        Ok(lines) => {
-            for l in lines {
-                println!("{l}");
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::UNAVAILABLE
+        Some(schema) => {
+            let target = crate::audit::restore_into(&cfg.pg_config(), &table, schema, &state).await?;
+            println!("restored {} rows of {table} into {target}", state.rows.len());
         }
     }
+    Ok(exit::OK)
 }
 
-pub async fn reconcile(config: &Path, tables: &[String]) -> i32 {
-    let (cfg, js) = match config_and_stream(config).await {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
+pub async fn history(config: &Path, table: &str, key: &str) -> Result<Found, Failure> {
+    let (cfg, js) = config_and_stream(config).await?;
+    let table = table_arg(table)?;
+    let lines = crate::audit::history(&js, &cfg.nats.stream, &table, key)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    if lines.is_empty() {
+        println!("no events for {table}/{key}");
+        return Ok(exit::PROBLEM);
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(exit::OK)
+}
+
+pub async fn reconcile(config: &Path, tables: &[String]) -> Result<Found, Failure> {
+    let (cfg, js) = config_and_stream(config).await?;
     let pg = cfg.pg_config();
-    let specs = match async {
-        let catalog = crate::source::catalog::Catalog::connect(&pg).await?;
-        let mut report = crate::check::Report::default();
-        let (specs, _) = crate::check::database(&catalog, &cfg, &mut report).await?;
-        Ok::<_, Error>(specs)
-    }
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return report(&e),
-    };
-    let mut code = exit::OK;
+    let catalog = crate::source::catalog::Catalog::connect(&pg)
+        .await
+        .map_err(Error::from)?;
+    let mut report = crate::check::Report::default();
+    let (specs, _) = crate::check::database(&catalog, &cfg, &mut report)
+        .await
+        .map_err(Error::from)?;
+    let mut found = exit::OK;
     for spec in specs {
         let name = crate::snapshot::qualified(&spec);
         let wanted = tables.is_empty() || tables.iter().any(|t| table_arg(t).is_ok_and(|q| q == name));
         if !wanted {
             continue;
         }
+        let hasher = ColumnHasher::from_config(&cfg.hashing).map_err(Error::from)?;
         // A commit racing the consistent point can show as a difference; look again before
-        // reporting one.
-        let hasher = match crate::app::load_hasher(&cfg) {
-            Ok(h) => h,
-            Err(e) => return report(&e),
-        };
-        let mut result = None;
-        for attempt in 0..3 {
-            let wait = std::time::Duration::from_secs(60);
-            match crate::audit::reconcile_table(&pg, &js, &cfg.nats.stream, &spec, hasher.clone(), wait).await {
-                Ok(r) if r.differences.is_empty() || attempt == 2 => {
-                    result = Some(r);
-                    break;
-                }
-                Ok(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
-                Err(e) => return report(&e),
+        // reporting one (three looks in all).
+        let wait = std::time::Duration::from_secs(60);
+        let mut looks = 0;
+        let r = loop {
+            let r = crate::audit::reconcile_table(&pg, &js, &cfg.nats.stream, &spec, hasher.clone(), wait).await?;
+            looks += 1;
+            if r.differences.is_empty() || looks == 3 {
+                break r;
             }
-        }
-        let r = result.expect("set by the last attempt");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        };
         if r.differences.is_empty() {
             println!(
                 "{}: {} rows, the stream and the table agree at {}",
                 r.table, r.rows, r.at
             );
         } else {
-            code = exit::PROBLEM;
+            found = exit::PROBLEM;
             println!(
                 "{}: {} rows in the table, {} keys differ at {}",
                 r.table,
@@ -473,32 +441,22 @@ pub async fn reconcile(config: &Path, tables: &[String]) -> i32 {
             }
         }
     }
-    code
+    Ok(found)
 }
 
-pub async fn check(config: &Path, format: Format) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub async fn check(config: &Path, format: Format) -> Result<Found, Failure> {
+    let cfg = load(config)?;
     let report = crate::check::preflight(&cfg).await;
     match format {
         Format::Text => print!("{}", report.render_text()),
         Format::Json => println!("{}", report.render_json()),
     }
-    report.exit_code()
+    Ok(report.exit_code())
 }
 
-pub async fn resync(config: &Path) -> i32 {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match crate::resync::run(&cfg).await {
-        Ok(summary) => {
-            println!("{summary}");
-            exit::OK
-        }
-        Err(e) => report(&e),
-    }
+pub async fn resync(config: &Path) -> Result<Found, Failure> {
+    let cfg = load(config)?;
+    let summary = crate::resync::run(&cfg).await?;
+    println!("{summary}");
+    Ok(exit::OK)
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::source::tls::PgConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration {file}: {message}")]
@@ -24,28 +26,57 @@ fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A validated configuration. Only [`Config::load`] builds one (its private fields see to
+/// that), so what `load` checked holds for every `Config` in the process, and what it parsed
+/// is kept: the PostgreSQL target and the guarded tables' names are read once, here, and no
+/// caller parses them again or has a parse error to handle.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub postgres: PostgresConfig,
-    #[serde(default)]
-    pub tables: Vec<TableConfig>,
-    #[serde(default)]
     pub nats: NatsConfig,
     pub signing: SigningConfig,
-    #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
     pub hashing: HashingConfig,
     /// The file this was loaded from; relative paths in it are resolved against its folder.
-    #[serde(skip)]
     pub file: PathBuf,
+    /// `postgres.url`, parsed: see [`Config::pg_config`].
+    target: PgConfig,
+    /// `[[tables]]` in the file's order, with their names parsed: see [`Config::guarded`].
+    tables: Vec<GuardedTable>,
 }
 
-#[derive(Clone, Deserialize)]
+/// The file as serde reads it, before [`Config::load`] validates it into a [`Config`]. Its
+/// fields and their order are the file's sections and serde's messages name them; it is
+/// called `Config` in those messages, as it always was.
+#[derive(Deserialize)]
+#[serde(rename = "Config", deny_unknown_fields)]
+struct ConfigFile {
+    postgres: PostgresConfig,
+    #[serde(default)]
+    tables: Vec<TableConfig>,
+    #[serde(default)]
+    nats: NatsConfig,
+    signing: SigningConfig,
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    hashing: HashingConfig,
+}
+
+/// A `[[tables]]` entry and its name split as PostgreSQL reads it ([`parse_table_name`]).
+#[derive(Debug, Clone)]
+struct GuardedTable {
+    schema: String,
+    name: String,
+    config: TableConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    pub url: Secret,
+    /// `postgres.url` as written, which may hold the password; only [`Config::load`] reads
+    /// it, everything else uses the parsed [`Config::pg_config`].
+    url: Secret,
     #[serde(default = "default_slot")]
     pub slot: String,
     #[serde(default = "default_publication")]
@@ -57,18 +88,6 @@ pub struct PostgresConfig {
     /// Warn when the slot retains more WAL than this (`"1GiB"`, `"512MB"`, bytes).
     #[serde(default = "default_retained_wal_warn", deserialize_with = "de_size")]
     pub retained_wal_warn: u64,
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &PostgresUrl(&self.url))
-            .field("slot", &self.slot)
-            .field("publication", &self.publication)
-            .field("failover_slot", &self.failover_slot)
-            .field("retained_wal_warn", &self.retained_wal_warn)
-            .finish()
-    }
 }
 
 /// A string that Debug and Display never print.
@@ -85,19 +104,6 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
-    }
-}
-
-/// `postgres.url` for Debug: what the parsed configuration says (host, port, user, database,
-/// TLS, whether a password is set), so no form of writing the password can slip through.
-struct PostgresUrl<'a>(&'a Secret);
-
-impl std::fmt::Debug for PostgresUrl<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match crate::source::tls::PgConfig::parse(self.0.expose()) {
-            Ok(pg) => pg.fmt(f),
-            Err(_) => f.write_str("<invalid>"),
-        }
     }
 }
 
@@ -388,63 +394,46 @@ impl Config {
             )
             .build()
             .map_err(|e| invalid(file, without_source_lines(&e.to_string())))?;
-        let mut cfg: Config = raw.try_deserialize().map_err(|e| invalid(file, describe(e)))?;
-        cfg.file = file.to_owned();
-        cfg.validate()?;
-        Ok(cfg)
+        let parsed: ConfigFile = raw.try_deserialize().map_err(|e| invalid(file, describe(e)))?;
+        Config::validate(parsed, file)
     }
 
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        let file = self.file.clone();
-        let e = |m: String| invalid(&file, m);
+    /// The one validation step: every check, in the order the messages were always given,
+    /// then the relative paths resolved against the file's folder.
+    fn validate(parsed: ConfigFile, file: &Path) -> Result<Config, ConfigError> {
+        let ConfigFile {
+            postgres,
+            tables,
+            mut nats,
+            mut signing,
+            server,
+            mut hashing,
+        } = parsed;
+        let e = |m: String| invalid(file, m);
         // The message names the problem but never quotes the URL: any part of it may be the
         // password.
-        crate::source::tls::PgConfig::parse(self.postgres.url.expose()).map_err(|err| {
+        let target = PgConfig::parse(postgres.url.expose()).map_err(|err| {
             e(format!(
                 "postgres.url is not a valid libpq URL or key=value string: {err}"
             ))
         })?;
-        let slot_ok = !self.postgres.slot.is_empty()
-            && self.postgres.slot.len() <= 63
-            && self
-                .postgres
+        let slot_ok = !postgres.slot.is_empty()
+            && postgres.slot.len() <= 63
+            && postgres
                 .slot
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !slot_ok {
             return Err(e(format!(
                 "postgres.slot {:?}: expected 1 to 63 lowercase letters, digits or underscores (PostgreSQL's rule for slot names)",
-                self.postgres.slot
+                postgres.slot
             )));
         }
-        if self.postgres.publication.is_empty() {
+        if postgres.publication.is_empty() {
             return Err(e("postgres.publication: expected a publication name".into()));
         }
-        if self.tables.is_empty() {
-            return Err(e(
-                "[[tables]]: no table is guarded; add at least one [[tables]] entry with name = \"schema.table\""
-                    .into(),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, t) in self.tables.iter().enumerate() {
-            let parsed = parse_table_name(&t.name).ok_or_else(|| {
-                e(format!(
-                    "tables[{i}].name {:?}: expected \"schema.table\" (double-quote parts that need it)",
-                    t.name
-                ))
-            })?;
-            if !seen.insert(parsed) {
-                return Err(e(format!("tables[{i}].name {:?} is listed twice", t.name)));
-            }
-            if t.key
-                .as_ref()
-                .is_some_and(|k| k.is_empty() || k.iter().any(String::is_empty))
-            {
-                return Err(e(format!("tables[{i}].key: expected a non-empty list of column names")));
-            }
-        }
-        let n = &self.nats;
+        let tables = guarded_tables(tables).map_err(e)?;
+        let n = &nats;
         if n.stream.is_empty() || n.stream.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
             return Err(e(format!(
                 "nats.stream {:?}: expected a name without spaces, '.', '*', '>', '/' or '\\'",
@@ -467,62 +456,94 @@ impl Config {
         if n.watermark_interval.is_zero() {
             return Err(e("nats.watermark_interval: expected a positive duration".into()));
         }
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(e(format!(
                 "server.listen {:?}: expected host:port such as 127.0.0.1:9187",
-                self.server.listen
+                server.listen
             )));
         }
-        let base = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut self.signing.key_file);
-        self.signing.trusted_keys.iter_mut().for_each(resolve);
+        resolve(&mut signing.key_file);
+        signing.trusted_keys.iter_mut().for_each(resolve);
         for p in [
-            &mut self.hashing.salt_file,
-            &mut self.nats.creds_file,
-            &mut self.nats.nkey_file,
-            &mut self.nats.tls_ca_file,
-            &mut self.nats.tls_cert_file,
-            &mut self.nats.tls_key_file,
+            &mut hashing.salt_file,
+            &mut nats.creds_file,
+            &mut nats.nkey_file,
+            &mut nats.tls_ca_file,
+            &mut nats.tls_cert_file,
+            &mut nats.tls_key_file,
         ]
         .into_iter()
         .flatten()
         {
             resolve(p);
         }
-        Ok(())
+        Ok(Config {
+            postgres,
+            nats,
+            signing,
+            server,
+            hashing,
+            file: file.to_owned(),
+            target,
+            tables,
+        })
     }
 
-    /// The signing key's public key and every `signing.trusted_keys` entry.
-    pub fn keyring(
-        &self,
-        signer: Option<&crate::event::Signer>,
-    ) -> Result<crate::event::Keyring, crate::event::KeyError> {
-        let mut ring = crate::event::Keyring::default();
-        if let Some(s) = signer {
-            ring.add(s.verifying_key());
-        }
-        for path in &self.signing.trusted_keys {
-            ring.add_pem_file(path)?;
-        }
-        Ok(ring)
-    }
-
-    pub fn pg_config(&self) -> crate::source::tls::PgConfig {
-        crate::source::tls::PgConfig::parse(self.postgres.url.expose()).expect("validated at load")
+    /// The PostgreSQL target (`postgres.url`), parsed and checked at load; every connection
+    /// to the database is made from it. A copy (a few strings, taken once per connection
+    /// attempt), so callers own it as they always have.
+    pub fn pg_config(&self) -> PgConfig {
+        self.target.clone()
     }
 
     /// The guarded tables as `(schema, table, config)`.
     pub fn guarded(&self) -> impl Iterator<Item = (String, String, &TableConfig)> {
-        self.tables.iter().map(|t| {
-            let (schema, name) = parse_table_name(&t.name).expect("validated at load");
-            (schema, name, t)
-        })
+        self.tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone(), &t.config))
     }
+}
+
+/// `[[tables]]` with their names parsed: at least one table, every name valid and listed
+/// once (as PostgreSQL reads it, so `Orders` and `public.orders` are the same table), every
+/// `key` a non-empty list of names. Messages name the entry (`tables[2].name`).
+fn guarded_tables(tables: Vec<TableConfig>) -> Result<Vec<GuardedTable>, String> {
+    if tables.is_empty() {
+        return Err(
+            "[[tables]]: no table is guarded; add at least one [[tables]] entry with name = \"schema.table\"".into(),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut guarded = Vec::with_capacity(tables.len());
+    for (i, t) in tables.into_iter().enumerate() {
+        let (schema, name) = parse_table_name(&t.name).ok_or_else(|| {
+            format!(
+                "tables[{i}].name {:?}: expected \"schema.table\" (double-quote parts that need it)",
+                t.name
+            )
+        })?;
+        if !seen.insert((schema.clone(), name.clone())) {
+            return Err(format!("tables[{i}].name {:?} is listed twice", t.name));
+        }
+        if t.key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.iter().any(String::is_empty))
+        {
+            return Err(format!("tables[{i}].key: expected a non-empty list of column names"));
+        }
+        guarded.push(GuardedTable {
+            schema,
+            name,
+            config: t,
+        });
+    }
+    Ok(guarded)
 }
 
 /// serde's messages name the field but not its section; the config crate adds the key path
@@ -557,6 +578,7 @@ fn without_source_lines(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::value::tests::{ci_config, tricky_text};
 
     fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
         let p = dir.path().join("walguard.toml");
@@ -635,7 +657,7 @@ key_file = "walguard.key"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walguard.example.toml");
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.tables.len(), 2);
-        assert_eq!(cfg.tables[0].type_prefix.as_deref(), Some("com.acme.customer"));
+        assert_eq!(cfg.tables[0].config.type_prefix.as_deref(), Some("com.acme.customer"));
     }
 
     #[test]
@@ -660,11 +682,12 @@ key_file = "walguard.key"
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 
-    /// `url` as `postgres.url` of MINIMAL, in a TOML basic string.
+    /// `url` as `postgres.url` of MINIMAL, in a TOML basic string (only `\\` and `"` need
+    /// escapes there: `\\PC` and the URLs below have no control characters).
     fn with_postgres_url(url: &str) -> String {
         MINIMAL.replace(
             "url = \"postgres://walguard:s3cret@127.0.0.1:5432/app\"",
-            &format!("url = \"{}\"", url.replace('\\', "\\\\")),
+            &format!("url = \"{}\"", url.replace('\\', "\\\\").replace('"', "\\\"")),
         )
     }
 
@@ -732,5 +755,27 @@ key_file = "walguard.key"
         let shown = format!("{:?}", Config::load(&p).unwrap());
         assert!(!shown.contains("natspw") && !shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("nats://u:***@h:4222,nats://***@g:4222"), "{shown}");
+    }
+
+    // Standing in for fuzzing in CI, as `decode::fuzz` does for the decoders: `postgres.url`
+    // is sliced and percent-decoded by walguard itself, so it gets the same text dense in
+    // multibyte characters as the timestamp parser.
+    proptest::proptest! {
+        #![proptest_config(ci_config())]
+
+        #[test]
+        fn postgres_url_with_multibyte_characters_never_panics(value in tricky_text(), form in 0usize..5) {
+            // The `sslmode` and `sslrootcert` values are percent-decoded by walguard itself.
+            let url = match form {
+                0 => format!("postgres://u@db/app?sslrootcert={value}"),
+                1 => format!("postgres://u:{value}@db/app?sslmode={value}&application_name=x"),
+                2 => format!("host=db sslrootcert={value} sslmode=require"),
+                3 => format!("postgresql://{value}"),
+                _ => value,
+            };
+            // Loaded the way `run` loads it.
+            let dir = tempfile::tempdir().unwrap();
+            let _ = Config::load(&write(&dir, &with_postgres_url(&url)));
+        }
     }
 }

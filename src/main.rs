@@ -1,8 +1,12 @@
-//! The `walguard` binary: parse the command line, call into the library, map the outcome to
-//! an exit code.
+//! The `walguard` binary: parse the command line, call into the library, and let
+//! `cli::exit_code` turn the outcome into the exit code.
 
 use clap::Parser;
 use walguard::cli::{self, Cli, Command};
+
+/// sysexits' EX_SOFTWARE: walguard itself could not start (no async runtime), before any
+/// subcommand ran, so none of SPEC section 5's codes applies.
+const CANNOT_START: i32 = 70;
 
 fn main() {
     let cli = Cli::parse();
@@ -15,10 +19,10 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(70);
+            std::process::exit(CANNOT_START);
         }
     };
-    let code = runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => cli::run(&config).await,
             Command::Check { config, format } => cli::check(&config, format).await,
@@ -40,9 +44,10 @@ fn main() {
             } => cli::restore(&config, &table, key.as_deref(), at, into.as_deref()).await,
             Command::History { config, table, key } => cli::history(&config, &table, &key).await,
             Command::Reconcile { config, tables } => cli::reconcile(&config, &tables).await,
-            Command::Demo => walguard::demo::run().await,
+            Command::Demo => Ok(walguard::demo::run().await),
         }
     });
+    let code = cli::exit_code(result);
     drop(runtime);
     std::process::exit(code);
 }

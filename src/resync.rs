@@ -32,7 +32,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let mut st = stream::ensure(&js, &cfg.nats).await?;
     let slot = &cfg.postgres.slot;
     let envelope = Envelope::new(&system.system_identifier, &system.dbname, slot);
-    let keyring = cfg.keyring(Some(&signer))?;
+    let keyring = crate::event::Keyring::from_config(&cfg.signing, Some(&signer))?;
     let tail = stream::read_tail(&mut st, &keyring, envelope.source()).await?;
 
     drop_old_slot(&catalog, slot).await?;

@@ -22,6 +22,8 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest, Sha256};
 
+use crate::config::SigningConfig;
+
 pub const PAYLOAD_TYPE: &str = "application/cloudevents+json";
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,23 @@ pub fn pae(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Refuses a secret file (a private key, the hashing salt) that group or others can read, as
+/// ssh refuses such keys: a secret others could copy no longer proves who wrote an event.
+pub(super) fn refuse_loose_permissions(path: &Path) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Lowercase hex of the first 8 bytes of SHA-256 over the raw 32-byte public key.
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -83,19 +102,11 @@ impl Signer {
 
     /// Loads a PKCS#8 PEM private key (v1 or v2), refusing files that group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
+        refuse_loose_permissions(path)?;
+        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
             path: path.to_owned(),
             source,
-        };
-        let meta = fs::metadata(path).map_err(io)?;
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let pem = fs::read_to_string(path).map_err(io)?;
+        })?;
         Ok(Signer::new(private_key_from_pem(path, &pem)?))
     }
 
@@ -194,6 +205,20 @@ pub enum SignatureError {
 }
 
 impl Keyring {
+    /// The keys a stream written under this configuration may be signed with: the signing
+    /// key's public key (when it was loaded) and every `signing.trusted_keys` entry, so a
+    /// stream signed before a key rotation still verifies and resumes.
+    pub fn from_config(cfg: &SigningConfig, signer: Option<&Signer>) -> Result<Keyring, KeyError> {
+        let mut ring = Keyring::default();
+        if let Some(s) = signer {
+            ring.add(s.verifying_key());
+        }
+        for path in &cfg.trusted_keys {
+            ring.add_pem_file(path)?;
+        }
+        Ok(ring)
+    }
+
     pub fn add(&mut self, key: VerifyingKey) {
         self.keys.insert(key_id(&key), key);
     }
@@ -238,18 +263,6 @@ mod tests {
         0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49,
         0xc5, 0x69, 0x7b, 0x7b, 0x3a, 0x7b, 0x64, 0x6f, 0x5c, 0x6f, 0x49, 0x47, 0x57, 0x9b,
     ];
-
-    const HMAC_GOLDEN: &str = "W3AWzV7ie014Es/0s/ISyfQHEr9hUmipcDHtAgf+yb0=";
-
-    #[test]
-    fn column_hash_golden() {
-        // Independent oracle: `printf 'a@x' | openssl dgst -sha256 -hmac 'salt-of-16-bytes!' -binary | base64`.
-        let h = ColumnHasher::new(b"salt-of-16-bytes!".to_vec());
-        assert_eq!(h.hash(b"a@x"), h.hash(b"a@x"));
-        assert_ne!(h.hash(b"a@x"), h.hash(b"b@x"));
-        assert!(h.hash(b"a@x").starts_with("hmac-sha256:"));
-        assert_eq!(h.hash(b"a@x"), format!("hmac-sha256:{}", HMAC_GOLDEN));
-    }
 
     #[test]
     fn pae_golden() {
@@ -411,59 +424,5 @@ mod tests {
             loaded.public_key_pem(),
             openssl(&["pkey", "-in", theirs_str, "-pubout"])
         );
-    }
-}
-
-/// The keyed hash that replaces personal data in events: HMAC-SHA-256 over the column's
-/// text with a secret salt, `hmac-sha256:` + standard base64. Equal values give equal hashes,
-/// so consumers see that a value changed without seeing it.
-#[derive(Clone)]
-pub struct ColumnHasher {
-    salt: Vec<u8>,
-}
-
-impl std::fmt::Debug for ColumnHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ColumnHasher(<secret>)")
-    }
-}
-
-impl ColumnHasher {
-    pub fn new(salt: Vec<u8>) -> Self {
-        ColumnHasher { salt }
-    }
-
-    /// Loads the salt, refusing files readable by group or others and salts under 16 bytes.
-    pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = fs::metadata(path).map_err(io)?.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let salt = fs::read(path).map_err(io)?;
-        if salt.len() < 16 {
-            return Err(KeyError::Format {
-                path: path.to_owned(),
-                expected: "salt",
-                reason: format!("{} bytes; use at least 16 random bytes", salt.len()),
-            });
-        }
-        Ok(ColumnHasher::new(salt))
-    }
-
-    pub fn hash(&self, value: &[u8]) -> String {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.salt).expect("HMAC takes keys of any size");
-        mac.update(value);
-        format!(
-            "hmac-sha256:{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        )
     }
 }

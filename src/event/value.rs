@@ -449,7 +449,9 @@ impl<'a> ArrayParser<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn json(oid: u32, text: &str) -> String {
@@ -628,5 +630,56 @@ mod tests {
         write_uint(0, &mut out);
         write_uint(731, &mut out);
         assert_eq!(out, b"0731");
+    }
+
+    /// The property tests' settings: 4,000 cases per property in CI; PROPTEST_CASES sets
+    /// more for the long run. `config`'s property uses them too.
+    pub(crate) fn ci_config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4000),
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Strings dense in what trips byte-offset slicing and URL parsing: `%`, separators, quotes,
+    /// backslashes and characters of two, three and four bytes; or any printable text. Shared
+    /// with `config`'s `postgres.url` property.
+    pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
+        prop_oneof!["[%a-fA-F0-9=&?@:/' \\\\éß€中😀]{0,24}", "\\PC{0,24}"]
+    }
+
+    // Standing in for fuzzing in CI (issue "prove it under faults"), as `decode::fuzz` does for
+    // the decoders: the value parsers take arbitrary text without panicking, and text sliced
+    // at byte offsets (timestamps) also gets multibyte characters where the offsets fall.
+    proptest! {
+        #![proptest_config(ci_config())]
+
+        #[test]
+        fn value_parsers_never_panic(text in "\\PC{0,40}", oid in prop::sample::select(vec![16u32, 17, 20, 23, 700, 701, 1007, 1009, 1022, 1114, 1184, 1185, 3802, 3807, 1020])) {
+            let kind = ValueKind::builtin(oid).unwrap();
+            let _ = kind.write_json(text.as_bytes(), &mut Vec::new());
+        }
+
+        #[test]
+        fn array_literals_never_panic(text in "[{}\\\\\",a-zNUL0-9\\[\\]:=; ]{0,40}") {
+            for oid in [1007u32, 1009, 3807, 1020] {
+                let _ = ValueKind::builtin(oid).unwrap().write_json(text.as_bytes(), &mut Vec::new());
+            }
+        }
+
+        #[test]
+        fn timestamptz_with_multibyte_characters_never_panics(at in 0usize..=29, insert in tricky_text()) {
+            // Characters inserted anywhere in a valid text, so that some straddle byte 19 (after
+            // `HH:MM:SS`), where the fraction is sliced off.
+            let mut text = String::from("2026-11-29 09:48:11.767852+00");
+            text.insert_str(at, &insert);
+            for oid in [1184u32, 1114, 1185] {
+                let value = if oid == 1185 { format!("{{\"{text}\"}}") } else { text.clone() };
+                let _ = ValueKind::builtin(oid).unwrap().write_json(value.as_bytes(), &mut Vec::new());
+            }
+        }
     }
 }
