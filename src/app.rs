@@ -20,13 +20,14 @@ use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
 use crate::pipeline::handoff::{Batcher, QUEUED_BATCHES};
+use crate::pipeline::reader::WalReader;
 use crate::pipeline::start::{decide_start, Names, Start};
+use crate::pipeline::{feedback, slot_monitor};
 use crate::sink::publisher::Publisher;
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
-use crate::source::catalog::{Catalog, WalStatus};
+use crate::source::catalog::Catalog;
 use crate::source::conn::ReplicationConnection;
-use crate::source::{self, WalReader};
 use crate::telemetry;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -296,14 +297,14 @@ async fn session(
     };
 
     let (stop_feedback, feedback_stop_rx) = watch::channel(false);
-    let mut feedback = tokio::spawn(source::feedback(
+    let mut feedback = tokio::spawn(feedback::feedback(
         writer,
         checkpoint.clone(),
         reply_now,
         feedback_stop_rx,
     ));
 
-    let mut monitor = tokio::spawn(watch_slot(
+    let mut monitor = tokio::spawn(slot_monitor::watch_slot(
         catalog.clone(),
         slot_name.clone(),
         cfg.postgres.retained_wal_warn,
@@ -392,50 +393,6 @@ async fn session(
     match publisher_failure {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// How often the slot's health is read while streaming.
-pub const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(15);
-
-/// Watches the slot while streaming: warns when it retains more WAL than configured, and
-/// stops walguard when the slot lost WAL or vanished (never a silent restart from a new slot).
-async fn watch_slot(
-    catalog: Arc<Catalog>,
-    slot: String,
-    warn_above: u64,
-    checkpoint: Arc<Checkpoint>,
-) -> Result<(), Error> {
-    let mut tick = tokio::time::interval(SLOT_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let confirmed = checkpoint.confirmable(Instant::now());
-        match catalog.slot(&slot).await? {
-            None => {
-                return Err(Error::Refused(Refusal::LostSlot, format!(
-                    "replication slot {slot} was dropped while walguard streamed: changes after {confirmed} may be missing; start over explicitly with `walguard resync`"
-                )))
-            }
-            Some(info) if info.wal_status == Some(WalStatus::Lost) => {
-                return Err(Error::Refused(Refusal::LostSlot, format!(
-                    "replication slot {slot} has lost WAL it needs (wal_status lost): changes after {confirmed} are gone from the server; start over explicitly with `walguard resync`"
-                )))
-            }
-            Some(info) => {
-                let retained = info.retained_bytes.unwrap_or(0);
-                telemetry::metrics().slot_retained_wal_bytes.set(retained);
-                if retained as u64 > warn_above {
-                    tracing::warn!(
-                        slot = %slot,
-                        retained = %check::human_bytes(retained),
-                        threshold = %check::human_bytes(warn_above as i64),
-                        wal_status = info.wal_status.as_ref().map_or("", WalStatus::as_str),
-                        "the slot retains more WAL than postgres.retained_wal_warn"
-                    );
-                }
-            }
-        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! The stages that run on a started stream and the decisions a session makes before it
 //! starts one. `start`: where to start, from the slot and the stream's tail (pure).
 //! `handoff`: the bounded channel of batches from the producers of drafts to the publisher.
+//! `reader`: the WAL reader stage; `feedback`: the standby status updates; `slot_monitor`:
+//! the slot's health while streaming.
 
+pub mod feedback;
 pub mod handoff;
+pub mod reader;
+pub mod slot_monitor;
 pub mod start;
