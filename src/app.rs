@@ -57,10 +57,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
                 telemetry::metrics().restarts.inc();
                 telemetry::health().blocked(format!("{}: {e}", e.kind()), e.blocked_at());
                 tracing::error!(error = %e, kind = e.kind(), retry_in = ?backoff, "progress is blocked at an event that cannot be published; nothing after it is published, retrying");
-                let mut sd = shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = sd.changed() => return Ok(()),
+                if pause(backoff, &shutdown).await {
+                    return Ok(());
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -72,10 +70,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
                     tracing::info!(slot = %cfg.postgres.slot, "the slot is active for another process; waiting as standby");
                     standby_logged = true;
                 }
-                let mut sd = shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(STANDBY_POLL) => {}
-                    _ = sd.changed() => return Ok(()),
+                if pause(STANDBY_POLL, &shutdown).await {
+                    return Ok(());
                 }
                 continue;
             }
@@ -90,10 +86,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
                     backoff = Duration::from_millis(500);
                 }
                 tracing::warn!(error = %e, kind = e.kind(), retry_in = ?backoff, "session failed; retrying from the stream's tail");
-                let mut sd = shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = sd.changed() => return Ok(()),
+                if pause(backoff, &shutdown).await {
+                    return Ok(());
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -103,6 +97,15 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Err
                 return Err(e);
             }
         }
+    }
+}
+
+/// Waits `d` between sessions; `true` when shutdown was asked for meanwhile.
+async fn pause(d: Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let mut sd = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = sd.changed() => true,
     }
 }
 

@@ -170,6 +170,19 @@ impl Env {
         }
     }
 
+    /// Starts `walguard run` and expects it to stop by itself within 30 s with exit `code`
+    /// and a log that names every one of `parts`; returns the log.
+    pub fn expect_run_exit(&self, code: i32, parts: &[&str]) -> String {
+        let mut wg = self.spawn();
+        let got = wg.wait_exit(Duration::from_secs(30));
+        let log = wg.output();
+        assert_eq!(got, Some(code), "{log}");
+        for part in parts {
+            assert!(log.contains(part), "{part:?} missing from:\n{log}");
+        }
+        log
+    }
+
     /// Runs a walguard command to completion: (exit code, stdout, stderr).
     pub fn command(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
