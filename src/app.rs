@@ -227,7 +227,7 @@ async fn session(
     let mut out = Vec::new();
     if let Some((lsn, idx)) = close {
         tracing::info!(%lsn, "closing the snapshot group a previous run left open; the rest follows incrementally");
-        builder.begin_snapshot_group(lsn, idx, snapshot::unix_micros())?;
+        builder.begin_snapshot_group(lsn, idx, crate::clock::unix_micros())?;
         builder.end_snapshot_group(progress.data(), &mut out)?;
         // A stopped publisher reports its own failure below.
         let _ = snapshot::send_all(&mut tx, &mut out).await;

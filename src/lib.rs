@@ -6,6 +6,7 @@ pub mod audit;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -5,7 +5,6 @@
 //! one that could not be re-derived. `run` then resumes from that event.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
@@ -62,10 +61,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
         slot: slot.clone(),
         subject_prefix: cfg.nats.subject_prefix.clone(),
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::unix_micros();
     let draft = naming.resync(point, now, data.into_bytes());
     let mut payload = Vec::new();
     envelope.write(&draft, sequence, &prev, &mut payload);

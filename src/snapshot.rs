@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::clock::unix_micros;
 use crate::decode::pgoutput::{Message, Relation};
 use crate::error::{Error, Refusal};
 use crate::event::builder::{EntityKey, TableSpec, Touched};
@@ -378,13 +379,6 @@ async fn relation_for(
     catalog.resolve_types(missing, types).await?;
     builder.add_relation(rel.clone(), types)?;
     Ok(rel)
-}
-
-pub fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// One incremental chunk between its low and high watermark.

@@ -3,11 +3,12 @@
 //! position `checkpoint` says may be confirmed (G2).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
 use crate::checkpoint::Checkpoint;
+use crate::clock::unix_micros;
 use crate::decode::frame::standby_status_update;
 use crate::error::Error;
 use crate::lsn::Lsn;
@@ -16,13 +17,6 @@ use crate::source::conn::ReplicationWriter;
 /// How often a standby status update is sent: well inside the default 60 s
 /// `wal_sender_timeout`, and often enough that confirmed positions reach the slot promptly.
 pub const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
-
-fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 /// Sends standby status updates until told to stop, then one last one; returns the writer for
 /// the clean close.

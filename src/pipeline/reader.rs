@@ -75,7 +75,7 @@ impl WalReader {
                                     &mut self.builder,
                                     &self.types,
                                     *lsn,
-                                    crate::snapshot::unix_micros(),
+                                    crate::clock::unix_micros(),
                                     &mut out,
                                 )?;
                                 if tx.push_events(&mut out).await.is_err() {

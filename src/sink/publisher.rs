@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use super::stream::{message, Tail};
 use super::SinkError;
 use crate::checkpoint::Checkpoint;
+use crate::clock::unix_micros;
 use crate::error::Refusal;
 use crate::event::builder::{Naming, Op};
 use crate::event::chain::MAX_UNSIGNED_RUN;
@@ -177,13 +178,6 @@ struct Chain {
     unsigned_run: u32,
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 impl Publisher {
     /// Publishes until the WAL reader closes the channel (on shutdown or failure), then
     /// drains the acks in flight.
@@ -239,7 +233,7 @@ impl Publisher {
         };
         let outcome: Result<(), SinkError> = async {
             if let Some(lsn) = genesis {
-                let wm = naming.watermark(lsn, now_micros());
+                let wm = naming.watermark(lsn, unix_micros());
                 ctx.publish(&mut chain, wm, true).await?;
             }
             let mut server_position = Lsn::ZERO;
@@ -276,7 +270,7 @@ impl Publisher {
                         let quiet = !rederiving && ctx.in_flight.is_empty() && pending.as_slice().is_empty() && rx.is_empty();
                         let moved = server_position > chain.last_end && server_position > chain.position.lsn;
                         if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
-                            let wm = naming.watermark(server_position, now_micros());
+                            let wm = naming.watermark(server_position, unix_micros());
                             ctx.publish(&mut chain, wm, true).await?;
                             last_watermark = Instant::now();
                         }
@@ -546,7 +540,7 @@ impl Ctx<'_> {
         let lag = if op == Op::Watermark {
             0.0
         } else {
-            ((now_micros() - commit_micros) as f64 / 1e6).max(0.0)
+            ((unix_micros() - commit_micros) as f64 / 1e6).max(0.0)
         };
         m.replication_lag_seconds.set(lag);
         Ok(())
