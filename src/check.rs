@@ -991,7 +991,7 @@ pub async fn preflight(cfg: &Config) -> Report {
         Ok(catalog) => {
             report.pass(
                 "postgres.connect",
-                crate::source::conn::describe_target(&cfg.pg_config()),
+                crate::source::tls::describe_target(&cfg.pg_config()),
             );
             let result = async {
                 database(&catalog, cfg, &mut report).await?;

@@ -242,6 +242,58 @@ impl Default for ServerConfig {
     }
 }
 
+/// `postgres.*`: the URL parsed into the one target every connection is made from, the slot
+/// and publication names checked.
+fn check_postgres(postgres: &PostgresConfig) -> Result<PgConfig, String> {
+    // The message names the problem but never quotes the URL: any part of it may be the
+    // password.
+    let target = PgConfig::parse(postgres.url.expose())
+        .map_err(|err| format!("postgres.url is not a valid libpq URL or key=value string: {err}"))?;
+    let slot_ok = !postgres.slot.is_empty()
+        && postgres.slot.len() <= 63
+        && postgres
+            .slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !slot_ok {
+        return Err(format!(
+            "postgres.slot {:?}: expected 1 to 63 lowercase letters, digits or underscores (PostgreSQL's rule for slot names)",
+            postgres.slot
+        ));
+    }
+    if postgres.publication.is_empty() {
+        return Err("postgres.publication: expected a publication name".into());
+    }
+    Ok(target)
+}
+
+/// `nats.*`: names and subjects JetStream would refuse, and values that cannot work.
+fn check_nats(n: &NatsConfig) -> Result<(), String> {
+    if n.stream.is_empty() || n.stream.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
+        return Err(format!(
+            "nats.stream {:?}: expected a name without spaces, '.', '*', '>', '/' or '\\'",
+            n.stream
+        ));
+    }
+    let prefix_ok = !n.subject_prefix.is_empty()
+        && n.subject_prefix
+            .split('.')
+            .all(|t| !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '*' || c == '>'));
+    if !prefix_ok {
+        return Err(format!(
+            "nats.subject_prefix {:?}: expected dot-separated subject tokens without wildcards",
+            n.subject_prefix
+        ));
+    }
+    if !(1..=5).contains(&n.replicas) {
+        return Err(format!("nats.replicas {}: expected 1 to 5", n.replicas));
+    }
+    if n.watermark_interval.is_zero() {
+        return Err("nats.watermark_interval: expected a positive duration".into());
+    }
+    Ok(())
+}
+
 fn default_slot() -> String {
     "walguard".into()
 }
@@ -410,52 +462,9 @@ impl Config {
             mut hashing,
         } = parsed;
         let e = |m: String| invalid(file, m);
-        // The message names the problem but never quotes the URL: any part of it may be the
-        // password.
-        let target = PgConfig::parse(postgres.url.expose()).map_err(|err| {
-            e(format!(
-                "postgres.url is not a valid libpq URL or key=value string: {err}"
-            ))
-        })?;
-        let slot_ok = !postgres.slot.is_empty()
-            && postgres.slot.len() <= 63
-            && postgres
-                .slot
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !slot_ok {
-            return Err(e(format!(
-                "postgres.slot {:?}: expected 1 to 63 lowercase letters, digits or underscores (PostgreSQL's rule for slot names)",
-                postgres.slot
-            )));
-        }
-        if postgres.publication.is_empty() {
-            return Err(e("postgres.publication: expected a publication name".into()));
-        }
+        let target = check_postgres(&postgres).map_err(e)?;
         let tables = guarded_tables(tables).map_err(e)?;
-        let n = &nats;
-        if n.stream.is_empty() || n.stream.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
-            return Err(e(format!(
-                "nats.stream {:?}: expected a name without spaces, '.', '*', '>', '/' or '\\'",
-                n.stream
-            )));
-        }
-        let prefix_ok = !n.subject_prefix.is_empty()
-            && n.subject_prefix
-                .split('.')
-                .all(|t| !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '*' || c == '>'));
-        if !prefix_ok {
-            return Err(e(format!(
-                "nats.subject_prefix {:?}: expected dot-separated subject tokens without wildcards",
-                n.subject_prefix
-            )));
-        }
-        if !(1..=5).contains(&n.replicas) {
-            return Err(e(format!("nats.replicas {}: expected 1 to 5", n.replicas)));
-        }
-        if n.watermark_interval.is_zero() {
-            return Err(e("nats.watermark_interval: expected a positive duration".into()));
-        }
+        check_nats(&nats).map_err(e)?;
         if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(e(format!(
                 "server.listen {:?}: expected host:port such as 127.0.0.1:9187",

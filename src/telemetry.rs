@@ -53,6 +53,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Long but flat: one `register` per metric, each with its name and help text (SPEC
+    /// section 5's table), then every labelled family's known values exported at 0.
     fn new() -> Self {
         let m = Metrics {
             events_published: Family::default(),

@@ -131,6 +131,8 @@ pub enum Datum {
 }
 
 impl Message {
+    /// Long but flat: one arm per pgoutput message tag, each reading that message's fields
+    /// in wire order (the layouts in PostgreSQL's protocol-logicalrep-message-formats).
     pub fn parse(data: Bytes) -> Result<Message, DecodeError> {
         let mut c = Cursor::new(data);
         let msg = match c.u8("pgoutput message tag")? {

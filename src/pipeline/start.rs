@@ -108,6 +108,7 @@ mod tests {
     /// (case, slot, stream empty, stream's newest `pgendlsn`, want)
     type Case = (&'static str, Option<SlotInfo>, bool, Option<Lsn>, Want);
 
+    /// Long but flat: the table of cases, one row per cell of G7's slot x tail matrix.
     #[test]
     fn every_cell_of_the_slot_by_tail_matrix() {
         let ok = slot("pgoutput", "app", 0x500, WalStatus::Reserved);

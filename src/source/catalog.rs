@@ -224,7 +224,7 @@ pub struct PublicationFacts {
 
 impl Catalog {
     pub async fn connect(pg: &PgConfig) -> Result<Catalog, CatalogError> {
-        let target = super::conn::describe_target(pg);
+        let target = super::tls::describe_target(pg);
         let mut cfg: tokio_postgres::Config = (**pg).clone();
         cfg.options(SESSION_OPTIONS);
         if cfg.get_application_name().is_none() {

@@ -21,7 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
 use crate::lsn::Lsn;
-use crate::source::tls::{PgConfig, SslMode};
+use crate::source::tls::{describe_target, user_of, PgConfig, SslMode};
 
 /// Refuse messages larger than this: a garbage length must not allocate gigabytes. pgoutput
 /// rows are bounded by PostgreSQL's 1 GB field limit plus framing.
@@ -192,28 +192,6 @@ pub struct ReplicationConnection {
     framed: Framed<ReadHalf<BoxSocket>>,
     write: WriteHalf<BoxSocket>,
     pub server_version: String,
-}
-
-/// Where a libpq-style configuration points, for messages (never with the password).
-pub fn describe_target(cfg: &tokio_postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{host}:{port} (user {}, database {})",
-        user_of(cfg),
-        cfg.get_dbname().unwrap_or(user_of(cfg).as_str())
-    )
-}
-
-pub fn user_of(cfg: &tokio_postgres::Config) -> String {
-    cfg.get_user()
-        .map(str::to_owned)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "postgres".into())
 }
 
 async fn open_socket(cfg: &tokio_postgres::Config) -> Result<BoxSocket, SourceError> {

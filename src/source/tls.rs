@@ -21,6 +21,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::Host;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -68,7 +69,7 @@ pub struct PgConfig {
 impl std::fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConfig")
-            .field("target", &super::conn::describe_target(&self.inner))
+            .field("target", &describe_target(&self.inner))
             .field("password", &self.inner.get_password().map(|_| "<redacted>"))
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
@@ -81,6 +82,29 @@ impl Deref for PgConfig {
     fn deref(&self) -> &tokio_postgres::Config {
         &self.inner
     }
+}
+
+/// Where a libpq-style configuration points, for messages (never with the password).
+pub fn describe_target(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port} (user {}, database {})",
+        user_of(cfg),
+        cfg.get_dbname().unwrap_or(user_of(cfg).as_str())
+    )
+}
+
+/// The user a configuration connects as, as libpq picks it.
+pub fn user_of(cfg: &tokio_postgres::Config) -> String {
+    cfg.get_user()
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "postgres".into())
 }
 
 /// `%XX` decoding of a URL query value, as libpq does. It works on bytes, so a `%` before a
