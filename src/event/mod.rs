@@ -12,6 +12,7 @@ pub mod builder;
 pub mod chain;
 pub mod envelope;
 pub mod hashing;
+pub mod schema;
 pub mod signing;
 pub mod value;
 

@@ -258,7 +258,7 @@ impl Catalog {
         })
     }
 
-    fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
+    pub(super) fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
         |source| CatalogError::Postgres {
             target: self.target.clone(),
             source,

@@ -4,5 +4,6 @@
 
 pub mod catalog;
 pub mod conn;
+pub mod schema;
 pub mod sqlstate;
 pub mod tls;

@@ -11,4 +11,5 @@ mod ledger;
 mod legacy_tables;
 mod ops;
 mod pipeline;
+mod schema;
 mod tls;
