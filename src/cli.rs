@@ -59,15 +59,35 @@ pub enum Command {
     /// transactions, order. Exit 0 with a summary, 1 naming every problem and its sequence.
     Verify {
         /// The configuration file (stream, NATS, keys); not needed with --file and --public-key.
-        #[arg(short = 'c', long = "config", required_unless_present = "file")]
+        #[arg(short = 'c', long = "config", required_unless_present_any = ["file", "archive"])]
         config: Option<PathBuf>,
         /// A public key (SPKI PEM) to accept signatures from; repeat for rotated keys. Default:
         /// the public key of `signing.key_file` and `signing.trusted_keys`.
         #[arg(long = "public-key")]
         public_keys: Vec<PathBuf>,
         /// Verify an export (`walguard export`) instead of the stream.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "archive")]
         file: Option<PathBuf>,
+        /// Verify an archive folder (`walguard archive`): every segment, and that none is
+        /// missing, partial or altered.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Copy the stream into verified, fsynced segment files (`{stream}-{first}-{last}.jsonl`)
+    /// in DIR, resuming after the newest one. Needs only read access to the stream.
+    Archive {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// The archive folder (created when missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keep copying; seal a segment at least every `archive.segment_seconds`. SIGTERM
+        /// seals and exits 0.
+        #[arg(long)]
+        follow: bool,
+        /// A public key (SPKI PEM) to verify with, as for `verify`. Default: the configured keys.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
     },
     /// Write the stream (or a range) as JSON lines of DSSE envelopes, checkable offline.
     Export {
@@ -200,6 +220,16 @@ pub async fn run(config: &Path) -> Result<Found, Failure> {
         ))
     })?;
     tokio::spawn(crate::telemetry::serve(listener));
+    let rx = shutdown_on_signal(
+        "shutting down: stopping the WAL reader, waiting for acks in flight (a second signal exits at once)",
+    );
+    crate::app::run(cfg, rx).await?;
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}
+
+/// Turns true at the first SIGTERM or SIGINT (logging `message`); a second one exits at once.
+fn shutdown_on_signal(message: &'static str) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -207,19 +237,46 @@ pub async fn run(config: &Path) -> Result<Found, Failure> {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!(
-            "shutting down: stopping the WAL reader, waiting for acks in flight (a second signal exits at once)"
-        );
+        tracing::info!("{message}");
         let _ = tx.send(true);
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         // The one exit that does not go through `exit_code`: the person asked for it while
-        // the daemon is still draining, so nothing is left to return to (128 + SIGINT, as a
+        // the command is still draining, so nothing is left to return to (128 + SIGINT, as a
         // shell reports an interrupted command).
         std::process::exit(130);
     });
-    crate::app::run(cfg, rx).await?;
-    tracing::info!("stopped");
+    rx
+}
+
+/// `walguard archive`: copies the stream into verified segments in `dir` (SPEC section 7).
+pub async fn archive(config: &Path, dir: &Path, follow: bool, public_keys: &[PathBuf]) -> Result<Found, Failure> {
+    let (cfg, js) = config_and_stream(config).await?;
+    let keyring = verification_keys(Some(&cfg), public_keys)?;
+    let limits = crate::archive::Limits {
+        segment_events: cfg.archive.segment_events,
+        segment_seconds: cfg.archive.segment_seconds,
+    };
+    let shutdown = shutdown_on_signal("archive: sealing the open segment and stopping");
+    let copied = crate::archive::run(&js, &cfg.nats.stream, dir, &keyring, limits, follow, shutdown)
+        .await
+        .map_err(archive_failure)?;
+    eprintln!(
+        "archive {}: {} new segment(s); stream {} archived up to sequence {}",
+        dir.display(),
+        copied.sealed.len(),
+        cfg.nats.stream,
+        copied.last
+    );
     Ok(exit::OK)
+}
+
+/// A stream that cannot be read is unavailable (69); a file or message at fault is a problem
+/// found (1), named.
+fn archive_failure(e: crate::archive::ArchiveError) -> Failure {
+    match e {
+        crate::archive::ArchiveError::Stream { .. } => Failure::Unavailable(e.to_string()),
+        _ => Failure::Problem(e.to_string()),
+    }
 }
 
 pub fn keygen(out: &Path) -> Result<Found, Failure> {
@@ -258,9 +315,26 @@ fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[
     }
 }
 
-pub async fn verify(config: Option<&Path>, public_keys: &[PathBuf], file: Option<&Path>) -> Result<Found, Failure> {
+pub async fn verify(
+    config: Option<&Path>,
+    public_keys: &[PathBuf],
+    file: Option<&Path>,
+    archive: Option<&Path>,
+) -> Result<Found, Failure> {
     let cfg = config.map(load).transpose()?;
     let keyring = verification_keys(cfg.as_ref(), public_keys)?;
+    if let Some(dir) = archive {
+        let stream = match &cfg {
+            Some(cfg) => cfg.nats.stream.clone(),
+            None => crate::archive::stream_of(dir).map_err(archive_failure)?,
+        };
+        let (summary, problems) = crate::archive::verify_archive(dir, &stream, &keyring).map_err(archive_failure)?;
+        return Ok(print_verification(
+            &format!("archive {} (stream {stream})", dir.display()),
+            &summary,
+            &problems,
+        ));
+    }
     if let Some(file) = file {
         let (summary, problems) =
             crate::verify::verify_file(file, &keyring).map_err(|e| Failure::Problem(e.to_string()))?;

@@ -37,6 +37,7 @@ pub struct Config {
     pub signing: SigningConfig,
     pub server: ServerConfig,
     pub hashing: HashingConfig,
+    pub archive: ArchiveConfig,
     /// The file this was loaded from; relative paths in it are resolved against its folder.
     pub file: PathBuf,
     /// `postgres.url`, parsed: see [`Config::pg_config`].
@@ -61,6 +62,8 @@ struct ConfigFile {
     server: ServerConfig,
     #[serde(default)]
     hashing: HashingConfig,
+    #[serde(default)]
+    archive: ArchiveConfig,
 }
 
 /// A `[[tables]]` entry and its name split as PostgreSQL reads it ([`parse_table_name`]).
@@ -225,6 +228,35 @@ pub struct HashingConfig {
     /// The secret salt (any bytes, at least 16) for `hash_columns`; a file readable only by
     /// its owner.
     pub salt_file: Option<PathBuf>,
+}
+
+/// `[archive]`: how `walguard archive` cuts the stream into segments (SPEC section 7).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// The most events in one segment.
+    #[serde(default = "default_segment_events")]
+    pub segment_events: u64,
+    /// With `--follow`, a segment with new events is sealed at least this often.
+    #[serde(default = "default_segment_seconds", deserialize_with = "de_duration")]
+    pub segment_seconds: Duration,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            segment_events: default_segment_events(),
+            segment_seconds: default_segment_seconds(),
+        }
+    }
+}
+
+fn default_segment_events() -> u64 {
+    100_000
+}
+
+fn default_segment_seconds() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -460,11 +492,18 @@ impl Config {
             mut signing,
             server,
             mut hashing,
+            archive,
         } = parsed;
         let e = |m: String| invalid(file, m);
         let target = check_postgres(&postgres).map_err(e)?;
         let tables = guarded_tables(tables).map_err(e)?;
         check_nats(&nats).map_err(e)?;
+        if archive.segment_events == 0 {
+            return Err(e("archive.segment_events: expected at least 1".into()));
+        }
+        if archive.segment_seconds.is_zero() {
+            return Err(e("archive.segment_seconds: expected a positive duration".into()));
+        }
         if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(e(format!(
                 "server.listen {:?}: expected host:port such as 127.0.0.1:9187",
@@ -498,6 +537,7 @@ impl Config {
             signing,
             server,
             hashing,
+            archive,
             file: file.to_owned(),
             target,
             tables,

@@ -2,6 +2,7 @@
 //! hash-chained CloudEvent in a NATS JetStream stream. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod archive;
 pub mod audit;
 pub mod check;
 pub mod checkpoint;

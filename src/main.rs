@@ -32,7 +32,14 @@ fn main() {
                 config,
                 public_keys,
                 file,
-            } => cli::verify(config.as_deref(), &public_keys, file.as_deref()).await,
+                archive,
+            } => cli::verify(config.as_deref(), &public_keys, file.as_deref(), archive.as_deref()).await,
+            Command::Archive {
+                config,
+                dir,
+                follow,
+                public_keys,
+            } => cli::archive(&config, &dir, follow, &public_keys).await,
             Command::Export { config, from, to, out } => cli::export(&config, from, to, &out).await,
             Command::Restore {
                 config,

@@ -3,6 +3,7 @@
 //! is the SQL the test writes and the stream the test reads back with its own consumer.
 //! Modules by behaviour; `harness` (shared with the benchmark) starts the servers.
 
+mod archive;
 mod audit;
 mod faults;
 #[path = "../harness/mod.rs"]

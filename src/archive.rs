@@ -1,0 +1,473 @@
+//! `walguard archive`: the stream copied into segment files that outlive NATS (SPEC section 7).
+//!
+//! A segment is `{stream}-{first:020}-{last:020}.jsonl`, the `export` lines (DSSE envelopes)
+//! of sequences `first..=last`, ending at a signed event, at most `archive.segment_events`
+//! long. Every message is verified (signature, chain, continuity with the previous segment)
+//! before the segment holding it is written; a segment is written to
+//! `{stream}-{first:020}.partial`, fsynced, renamed, and the folder fsynced, so a sealed name
+//! always holds a whole verified segment. On start the archive re-verifies every sealed
+//! segment and resumes after the newest one; a `.partial` file (an interrupted write) is named
+//! and removed, never built on; a sealed segment that fails verification, a gap between two
+//! segments, or a file whose lines do not match its name stops the archive, naming it.
+
+use std::fs::File;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::audit::{dsse_line, parse_dsse_line, Stored};
+use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::Keyring;
+use crate::verify::{Problem, Summary, Verifier};
+
+/// `archive.*` as the archiver uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub segment_events: u64,
+    pub segment_seconds: Duration,
+}
+
+/// Why the archive cannot go on; each names the file or sequence at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("archive {}: sequences {from} to {to} are missing (no segment holds them)", dir.display())]
+    Missing { dir: PathBuf, from: u64, to: u64 },
+    #[error("{}: partial segment: {reason}", path.display())]
+    Partial { path: PathBuf, reason: String },
+    #[error("{}: altered segment: {problem}", path.display())]
+    Altered { path: PathBuf, problem: Problem },
+    #[error("stream {stream}: {problem}; nothing from sequence {} on is archived", problem.sequence)]
+    Unverifiable { stream: String, problem: Problem },
+    #[error("stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
+    move |e| ArchiveError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// The file name of the segment holding `first..=last`.
+pub fn segment_name(stream: &str, first: u64, last: u64) -> String {
+    format!("{stream}-{first:020}-{last:020}.jsonl")
+}
+
+fn partial_name(stream: &str, first: u64) -> String {
+    format!("{stream}-{first:020}.partial")
+}
+
+/// `(first, last)` when `name` is a sealed segment of `stream`.
+pub fn parse_segment_name(stream: &str, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(stream)?.strip_prefix('-')?.strip_suffix(".jsonl")?;
+    let (first, last) = rest.split_once('-')?;
+    if first.len() != 20 || last.len() != 20 {
+        return None;
+    }
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub first: u64,
+    pub last: u64,
+    pub path: PathBuf,
+}
+
+/// The sealed segments of `stream` in `dir` in order, and the `.partial` files found.
+fn list(dir: &Path, stream: &str) -> Result<(Vec<Segment>, Vec<PathBuf>), ArchiveError> {
+    let mut segments = Vec::new();
+    let mut partial = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((first, last)) = parse_segment_name(stream, &name) {
+            segments.push(Segment {
+                first,
+                last,
+                path: entry.path(),
+            });
+        } else if name.starts_with(&format!("{stream}-")) && name.ends_with(".partial") {
+            partial.push(entry.path());
+        }
+    }
+    segments.sort_by_key(|s| s.first);
+    Ok((segments, partial))
+}
+
+/// The stream name the segments in `dir` belong to (for `verify --archive` without `-c`).
+pub fn stream_of(dir: &Path) -> Result<String, ArchiveError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name().to_string_lossy().into_owned();
+        let stream = name.strip_suffix(".jsonl").and_then(|stem| stem.rsplitn(3, '-').nth(2));
+        if let Some(stream) = stream.filter(|s| parse_segment_name(s, &name).is_some()) {
+            names.push(stream.to_owned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ArchiveError::Io {
+            path: dir.to_owned(),
+            reason: "no archive segments here (files named {stream}-{first}-{last}.jsonl)".into(),
+        }),
+        many => Err(ArchiveError::Io {
+            path: dir.to_owned(),
+            reason: format!(
+                "segments of several streams ({}); pass -c FILE to pick one",
+                many.join(", ")
+            ),
+        }),
+    }
+}
+
+/// Feeds every message of `segment` to `verifier`, checking that its lines are exactly the
+/// sequences its name promises and that it ends at a signed event.
+fn verify_segment(
+    segment: &Segment,
+    verifier: &mut Verifier<'_>,
+    mut each: impl FnMut(&Stored),
+) -> Result<(), ArchiveError> {
+    let path = &segment.path;
+    let partial = |reason: String| ArchiveError::Partial {
+        path: path.clone(),
+        reason,
+    };
+    let file = File::open(path).map_err(io(path))?;
+    let mut expected = segment.first;
+    let mut last_signed = false;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        let mut m = parse_dsse_line(&line).map_err(|e| partial(format!("line {}: {e}", n + 1)))?;
+        if m.sequence == 0 {
+            // A payload without a readable sequence: the verifier names what is wrong with it.
+            m.sequence = expected;
+        }
+        if m.sequence != expected {
+            return Err(if m.sequence > expected && expected <= segment.last {
+                partial(format!(
+                    "line {} holds sequence {}, expected {expected}",
+                    n + 1,
+                    m.sequence
+                ))
+            } else {
+                partial(format!(
+                    "line {} holds sequence {} beyond the name's {}",
+                    n + 1,
+                    m.sequence,
+                    segment.last
+                ))
+            });
+        }
+        let before = verifier.problems.len();
+        let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        verifier.message(m.sequence, sig, &m.payload);
+        if let Some(problem) = verifier.problems.get(before) {
+            return Err(ArchiveError::Altered {
+                path: path.clone(),
+                problem: problem.clone(),
+            });
+        }
+        last_signed = m.signature.is_some();
+        each(&m);
+        expected += 1;
+    }
+    if expected != segment.last + 1 {
+        return Err(partial(format!(
+            "ends at sequence {}, its name says {}",
+            expected.saturating_sub(1),
+            segment.last
+        )));
+    }
+    if !last_signed {
+        return Err(partial(format!(
+            "its last event (sequence {}) is not signed",
+            segment.last
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies every segment of `stream` in `dir` in order, continuity included. `each` sees
+/// every verified message (restore reads the archive through it).
+pub fn verify_dir<'k>(
+    dir: &Path,
+    stream: &str,
+    keyring: &'k Keyring,
+    mut each: impl FnMut(&Stored),
+) -> Result<(Vec<Segment>, Verifier<'k>), ArchiveError> {
+    let (segments, _) = list(dir, stream)?;
+    let mut verifier = match segments.first() {
+        Some(s) if s.first > 1 => Verifier::partial(keyring),
+        _ => Verifier::new(keyring),
+    };
+    let mut next = segments.first().map_or(1, |s| s.first);
+    for s in &segments {
+        if s.first != next {
+            return Err(if s.first > next {
+                ArchiveError::Missing {
+                    dir: dir.to_owned(),
+                    from: next,
+                    to: s.first - 1,
+                }
+            } else {
+                ArchiveError::Partial {
+                    path: s.path.clone(),
+                    reason: format!("overlaps the previous segment (starts at {}, expected {next})", s.first),
+                }
+            });
+        }
+        verify_segment(s, &mut verifier, &mut each)?;
+        next = s.last + 1;
+    }
+    Ok((segments, verifier))
+}
+
+/// `verify --archive DIR`: the whole archive, as `verify` reports a stream.
+pub fn verify_archive(dir: &Path, stream: &str, keyring: &Keyring) -> Result<(Summary, Vec<Problem>), ArchiveError> {
+    let (_, verifier) = verify_dir(dir, stream, keyring, |_| {})?;
+    Ok(verifier.finish())
+}
+
+/// The segment being written: the verified lines up to the newest signed event in the
+/// `.partial` file, the ones after it (at most `MAX_UNSIGNED_RUN`) held until a signature
+/// covers them.
+struct Writer {
+    dir: PathBuf,
+    stream: String,
+    first: u64,
+    written: u64,
+    file: Option<BufWriter<File>>,
+    held: Vec<(u64, String)>,
+    opened: Instant,
+}
+
+impl Writer {
+    fn new(dir: &Path, stream: &str, first: u64) -> Writer {
+        Writer {
+            dir: dir.to_owned(),
+            stream: stream.to_owned(),
+            first,
+            written: 0,
+            file: None,
+            held: Vec::new(),
+            opened: Instant::now(),
+        }
+    }
+
+    fn partial_path(&self) -> PathBuf {
+        self.dir.join(partial_name(&self.stream, self.first))
+    }
+
+    /// Adds a verified message; a signed one releases what was held into the file.
+    fn push(&mut self, m: &Stored, limits: Limits) -> Result<Option<Segment>, ArchiveError> {
+        self.held.push((m.sequence, dsse_line(m)));
+        if m.signature.is_none() {
+            return Ok(None);
+        }
+        let mut sealed = None;
+        if self.written > 0 && self.written + self.held.len() as u64 > limits.segment_events {
+            sealed = self.seal()?;
+        }
+        let path = self.partial_path();
+        if self.file.is_none() {
+            let file = File::create(&path).map_err(io(&path))?;
+            self.file = Some(BufWriter::new(file));
+            self.opened = Instant::now();
+        }
+        let file = self.file.as_mut().expect("opened above");
+        for (_, line) in self.held.drain(..) {
+            writeln!(file, "{line}").map_err(io(&path))?;
+            self.written += 1;
+        }
+        if self.written >= limits.segment_events {
+            sealed = sealed.or(self.seal()?);
+        }
+        Ok(sealed)
+    }
+
+    /// Seals what is written (up to the newest signed event): fsync, rename, fsync the folder.
+    fn seal(&mut self) -> Result<Option<Segment>, ArchiveError> {
+        let Some(file) = self.file.take() else { return Ok(None) };
+        let partial = self.partial_path();
+        let file = file.into_inner().map_err(|e| io(&partial)(e.into_error()))?;
+        file.sync_all().map_err(io(&partial))?;
+        drop(file);
+        let last = self.first + self.written - 1;
+        let path = self.dir.join(segment_name(&self.stream, self.first, last));
+        std::fs::rename(&partial, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        tracing::info!(segment = %path.display(), events = self.written, "archive segment sealed");
+        let segment = Segment {
+            first: self.first,
+            last,
+            path,
+        };
+        self.first = last + 1;
+        self.written = 0;
+        Ok(Some(segment))
+    }
+
+    fn due(&self, limits: Limits) -> bool {
+        self.file.is_some() && self.opened.elapsed() >= limits.segment_seconds
+    }
+}
+
+/// What one archive run did.
+#[derive(Debug, Default)]
+pub struct Copied {
+    pub sealed: Vec<Segment>,
+    /// The newest archived sequence (0 for an empty archive).
+    pub last: u64,
+}
+
+/// Copies `stream` into `dir` from after its newest sealed segment: up to the stream's
+/// last sequence at start, or, with `follow`, until `shutdown`.
+pub async fn run(
+    js: &jetstream::Context,
+    stream: &str,
+    dir: &Path,
+    keyring: &Keyring,
+    limits: Limits,
+    follow: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Copied, ArchiveError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (_, partial) = list(dir, stream)?;
+    for p in partial {
+        tracing::warn!(file = %p.display(), "removing a partial archive segment (an interrupted write); it is copied again");
+        std::fs::remove_file(&p).map_err(io(&p))?;
+    }
+    let (segments, mut verifier) = verify_dir(dir, stream, keyring, |_| {})?;
+    let next = segments.last().map_or(1, |s| s.last + 1);
+    let mut copied = Copied {
+        sealed: Vec::new(),
+        last: next - 1,
+    };
+    let stream_err = |reason: String| ArchiveError::Stream {
+        stream: stream.to_owned(),
+        reason,
+    };
+    let mut st = js.get_stream(stream).await.map_err(|e| stream_err(e.to_string()))?;
+    let info = st.info().await.map_err(|e| stream_err(e.to_string()))?.clone();
+    if segments.is_empty() && info.state.first_sequence > 1 {
+        verifier = Verifier::partial(keyring);
+    }
+    let end = info.state.last_sequence;
+    let start = next.max(info.state.first_sequence);
+    if !follow && (info.state.messages == 0 || start > end) {
+        return Ok(copied);
+    }
+    let consumer = st
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_err(format!("creating an ordered consumer: {e}")))?;
+    let mut messages = consumer.messages().await.map_err(|e| stream_err(e.to_string()))?;
+    let mut writer = Writer::new(dir, stream, start);
+    let mut tick = tokio::time::interval(Duration::from_millis(500).min(limits.segment_seconds));
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                if writer.due(limits) {
+                    copied.sealed.extend(writer.seal()?);
+                }
+                continue;
+            }
+            m = messages.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let msg = msg.map_err(|e| stream_err(e.to_string()))?;
+        let sequence = msg.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
+        let stored = stored_of(sequence, &msg);
+        let before = verifier.problems.len();
+        let sig = stored.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        verifier.message(sequence, sig, &stored.payload);
+        if let Some(problem) = verifier.problems.get(before) {
+            // What was verified before it is kept: sealed, so the archive holds it.
+            copied.sealed.extend(writer.seal()?);
+            return Err(ArchiveError::Unverifiable {
+                stream: stream.to_owned(),
+                problem: problem.clone(),
+            });
+        }
+        copied.sealed.extend(writer.push(&stored, limits)?);
+        if !follow && sequence >= end {
+            break;
+        }
+    }
+    copied.sealed.extend(writer.seal()?);
+    if let Some(s) = copied.sealed.last() {
+        copied.last = s.last;
+    }
+    Ok(copied)
+}
+
+fn stored_of(sequence: u64, msg: &jetstream::Message) -> Stored {
+    let headers = msg.headers.as_ref();
+    let kid = headers
+        .and_then(|h| h.get(HEADER_KEY_ID))
+        .map(|v| v.as_str().to_owned());
+    let sig = headers
+        .and_then(|h| h.get(HEADER_SIGNATURE))
+        .map(|v| v.as_str().to_owned());
+    Stored {
+        sequence,
+        signature: kid.zip(sig),
+        payload: msg.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_sort_by_sequence_and_read_back() {
+        let name = segment_name("WALGUARD", 1, 100000);
+        assert_eq!(name, "WALGUARD-00000000000000000001-00000000000000100000.jsonl");
+        assert_eq!(parse_segment_name("WALGUARD", &name), Some((1, 100000)));
+        assert_eq!(parse_segment_name("WAL", &name), None);
+        assert_eq!(
+            parse_segment_name("WALGUARD", "WALGUARD-00000000000000000001.partial"),
+            None
+        );
+        assert_eq!(parse_segment_name("WALGUARD", "WALGUARD-1-2.jsonl"), None);
+        assert_eq!(
+            parse_segment_name("WALGUARD", "WALGUARD-00000000000000000009-00000000000000000002.jsonl"),
+            None
+        );
+        let a = segment_name("S", 9, 99);
+        let b = segment_name("S", 100, 120);
+        assert!(a < b, "names sort in sequence order");
+    }
+
+    #[test]
+    fn the_stream_is_read_from_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(stream_of(dir.path()).is_err());
+        std::fs::write(dir.path().join(segment_name("MY-STREAM", 1, 2)), "").unwrap();
+        assert_eq!(stream_of(dir.path()).unwrap(), "MY-STREAM");
+        std::fs::write(dir.path().join(segment_name("OTHER", 1, 2)), "").unwrap();
+        assert!(stream_of(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("several streams"));
+    }
+}
