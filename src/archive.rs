@@ -131,65 +131,153 @@ pub fn stream_of(dir: &Path) -> Result<String, ArchiveError> {
     }
 }
 
-/// Feeds every message of `segment` to `verifier`, checking that its lines are exactly the
-/// sequences its name promises and that it ends at a signed event.
-fn verify_segment(
-    segment: &Segment,
-    verifier: &mut Verifier<'_>,
-    mut each: impl FnMut(&Stored),
-) -> Result<(), ArchiveError> {
-    let path = &segment.path;
-    let partial = |reason: String| ArchiveError::Partial {
-        path: path.clone(),
-        reason,
-    };
-    let file = File::open(path).map_err(io(path))?;
-    let mut expected = segment.first;
-    let mut last_signed = false;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        let mut m = parse_dsse_line(&line).map_err(|e| partial(format!("line {}: {e}", n + 1)))?;
+/// Reads an archive's segments in order, one verified message at a time: each line is fed
+/// to the verifier before it is returned, and a segment's name is checked against its lines
+/// (the sequences it promises, continuity with the previous one, a signed last event).
+pub struct ArchiveReader<'k> {
+    dir: PathBuf,
+    segments: std::vec::IntoIter<Segment>,
+    open: Option<OpenSegment>,
+    /// The first sequence the next segment must hold.
+    next: u64,
+    pub verifier: Verifier<'k>,
+    /// The sealed segments, in order.
+    pub listed: Vec<Segment>,
+}
+
+struct OpenSegment {
+    segment: Segment,
+    lines: std::io::Lines<std::io::BufReader<File>>,
+    line: usize,
+    expected: u64,
+    last_signed: bool,
+}
+
+impl<'k> ArchiveReader<'k> {
+    pub fn open(dir: &Path, stream: &str, keyring: &'k Keyring) -> Result<ArchiveReader<'k>, ArchiveError> {
+        let (segments, _) = list(dir, stream)?;
+        let verifier = match segments.first() {
+            Some(s) if s.first > 1 => Verifier::partial(keyring),
+            _ => Verifier::new(keyring),
+        };
+        Ok(ArchiveReader {
+            dir: dir.to_owned(),
+            next: segments.first().map_or(1, |s| s.first),
+            listed: segments.clone(),
+            segments: segments.into_iter(),
+            open: None,
+            verifier,
+        })
+    }
+
+    /// The next verified message, `None` at the end of the newest segment.
+    pub fn next_message(&mut self) -> Result<Option<Stored>, ArchiveError> {
+        loop {
+            if self.open.is_none() {
+                let Some(segment) = self.segments.next() else {
+                    return Ok(None);
+                };
+                self.open = Some(self.start(segment)?);
+            }
+            let open = self.open.as_mut().expect("opened above");
+            match open.lines.next() {
+                Some(line) => {
+                    let path = open.segment.path.clone();
+                    let line = line.map_err(io(&path))?;
+                    return self.message(&line).map(Some);
+                }
+                None => {
+                    let open = self.open.take().expect("open");
+                    finish_segment(&open)?;
+                    self.next = open.segment.last + 1;
+                }
+            }
+        }
+    }
+
+    fn start(&self, segment: Segment) -> Result<OpenSegment, ArchiveError> {
+        if segment.first != self.next {
+            return Err(if segment.first > self.next {
+                ArchiveError::Missing {
+                    dir: self.dir.clone(),
+                    from: self.next,
+                    to: segment.first - 1,
+                }
+            } else {
+                ArchiveError::Partial {
+                    path: segment.path.clone(),
+                    reason: format!(
+                        "overlaps the previous segment (starts at {}, expected {})",
+                        segment.first, self.next
+                    ),
+                }
+            });
+        }
+        let file = File::open(&segment.path).map_err(io(&segment.path))?;
+        Ok(OpenSegment {
+            expected: segment.first,
+            segment,
+            lines: std::io::BufReader::new(file).lines(),
+            line: 0,
+            last_signed: false,
+        })
+    }
+
+    fn message(&mut self, line: &str) -> Result<Stored, ArchiveError> {
+        let open = self.open.as_mut().expect("a segment is open");
+        open.line += 1;
+        let (n, expected, path) = (open.line, open.expected, &open.segment.path);
+        let partial = |reason: String| ArchiveError::Partial {
+            path: path.clone(),
+            reason,
+        };
+        let mut m = parse_dsse_line(line).map_err(|e| partial(format!("line {n}: {e}")))?;
         if m.sequence == 0 {
             // A payload without a readable sequence: the verifier names what is wrong with it.
             m.sequence = expected;
         }
         if m.sequence != expected {
-            return Err(if m.sequence > expected && expected <= segment.last {
-                partial(format!(
-                    "line {} holds sequence {}, expected {expected}",
-                    n + 1,
-                    m.sequence
-                ))
-            } else {
-                partial(format!(
-                    "line {} holds sequence {} beyond the name's {}",
-                    n + 1,
-                    m.sequence,
-                    segment.last
-                ))
-            });
+            return Err(partial(format!(
+                "line {n} holds sequence {}, expected {expected}",
+                m.sequence
+            )));
         }
-        let before = verifier.problems.len();
+        if m.sequence > open.segment.last {
+            return Err(partial(format!(
+                "line {n} holds sequence {} beyond the name's {}",
+                m.sequence, open.segment.last
+            )));
+        }
+        let before = self.verifier.problems.len();
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        verifier.message(m.sequence, sig, &m.payload);
-        if let Some(problem) = verifier.problems.get(before) {
+        self.verifier.message(m.sequence, sig, &m.payload);
+        if let Some(problem) = self.verifier.problems.get(before) {
             return Err(ArchiveError::Altered {
                 path: path.clone(),
                 problem: problem.clone(),
             });
         }
-        last_signed = m.signature.is_some();
-        each(&m);
-        expected += 1;
+        open.last_signed = m.signature.is_some();
+        open.expected += 1;
+        Ok(m)
     }
-    if expected != segment.last + 1 {
+}
+
+/// A segment read to its end: it held every sequence its name promises and ends signed.
+fn finish_segment(open: &OpenSegment) -> Result<(), ArchiveError> {
+    let segment = &open.segment;
+    let partial = |reason: String| ArchiveError::Partial {
+        path: segment.path.clone(),
+        reason,
+    };
+    if open.expected != segment.last + 1 {
         return Err(partial(format!(
             "ends at sequence {}, its name says {}",
-            expected.saturating_sub(1),
+            open.expected.saturating_sub(1),
             segment.last
         )));
     }
-    if !last_signed {
+    if !open.last_signed {
         return Err(partial(format!(
             "its last event (sequence {}) is not signed",
             segment.last
@@ -198,44 +286,20 @@ fn verify_segment(
     Ok(())
 }
 
-/// Verifies every segment of `stream` in `dir` in order, continuity included. `each` sees
-/// every verified message (restore reads the archive through it).
+/// Verifies every segment of `stream` in `dir` in order, continuity included.
 pub fn verify_dir<'k>(
     dir: &Path,
     stream: &str,
     keyring: &'k Keyring,
-    mut each: impl FnMut(&Stored),
 ) -> Result<(Vec<Segment>, Verifier<'k>), ArchiveError> {
-    let (segments, _) = list(dir, stream)?;
-    let mut verifier = match segments.first() {
-        Some(s) if s.first > 1 => Verifier::partial(keyring),
-        _ => Verifier::new(keyring),
-    };
-    let mut next = segments.first().map_or(1, |s| s.first);
-    for s in &segments {
-        if s.first != next {
-            return Err(if s.first > next {
-                ArchiveError::Missing {
-                    dir: dir.to_owned(),
-                    from: next,
-                    to: s.first - 1,
-                }
-            } else {
-                ArchiveError::Partial {
-                    path: s.path.clone(),
-                    reason: format!("overlaps the previous segment (starts at {}, expected {next})", s.first),
-                }
-            });
-        }
-        verify_segment(s, &mut verifier, &mut each)?;
-        next = s.last + 1;
-    }
-    Ok((segments, verifier))
+    let mut reader = ArchiveReader::open(dir, stream, keyring)?;
+    while reader.next_message()?.is_some() {}
+    Ok((reader.listed, reader.verifier))
 }
 
 /// `verify --archive DIR`: the whole archive, as `verify` reports a stream.
 pub fn verify_archive(dir: &Path, stream: &str, keyring: &Keyring) -> Result<(Summary, Vec<Problem>), ArchiveError> {
-    let (_, verifier) = verify_dir(dir, stream, keyring, |_| {})?;
+    let (_, verifier) = verify_dir(dir, stream, keyring)?;
     Ok(verifier.finish())
 }
 
@@ -350,7 +414,7 @@ pub async fn run(
         tracing::warn!(file = %p.display(), "removing a partial archive segment (an interrupted write); it is copied again");
         std::fs::remove_file(&p).map_err(io(&p))?;
     }
-    let (segments, mut verifier) = verify_dir(dir, stream, keyring, |_| {})?;
+    let (segments, mut verifier) = verify_dir(dir, stream, keyring)?;
     let next = segments.last().map_or(1, |s| s.last + 1);
     let mut copied = Copied {
         sealed: Vec::new(),
@@ -419,7 +483,7 @@ pub async fn run(
     Ok(copied)
 }
 
-fn stored_of(sequence: u64, msg: &jetstream::Message) -> Stored {
+pub fn stored_of(sequence: u64, msg: &jetstream::Message) -> Stored {
     let headers = msg.headers.as_ref();
     let kid = headers
         .and_then(|h| h.get(HEADER_KEY_ID))

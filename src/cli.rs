@@ -100,25 +100,10 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Rebuild a table, or one entity, from the stream alone as of a sequence.
-    Restore {
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-        /// `schema.table`
-        table: String,
-        /// Only this entity (composite keys: values joined by `,`).
-        #[arg(long)]
-        key: Option<String>,
-        /// The stream sequence to restore as of (default: the head).
-        #[arg(long)]
-        at: Option<u64>,
-        /// Create the table in this PostgreSQL schema (of the configured database) and fill it.
-        #[arg(long, conflicts_with = "json", required_unless_present = "json")]
-        into: Option<String>,
-        /// Print the rows as JSON lines instead.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Rebuild tables, or one entity, from the log alone (the stream, an archive or an
+    /// export) as of a sequence, with their types from the schema events. Verifies everything
+    /// it reads before it writes.
+    Restore(RestoreArgs),
     /// The audit trail of one entity: when, who, and what changed, column by column.
     History {
         #[arg(short = 'c', long = "config")]
@@ -137,6 +122,40 @@ pub enum Command {
     /// A throwaway PostgreSQL and nats-server, a legacy table, an outside writer, and the
     /// signed events flowing, verified at the end.
     Demo,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Read the stream named in this configuration file (its keys verify it).
+    #[arg(short = 'c', long = "config", required_unless_present_any = ["archive", "file"])]
+    pub config: Option<PathBuf>,
+    /// Read an archive folder (`walguard archive`) instead of the stream.
+    #[arg(long, conflicts_with_all = ["config", "file"])]
+    pub archive: Option<PathBuf>,
+    /// Read an export (`walguard export`) instead of the stream.
+    #[arg(long, conflicts_with = "config")]
+    pub file: Option<PathBuf>,
+    /// `schema.table` names (default with --into: every table the log has a schema for).
+    pub tables: Vec<String>,
+    /// Only this entity (composite keys: values joined by `,`).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The sequence to restore as of (default: the end of the log).
+    #[arg(long)]
+    pub at: Option<u64>,
+    /// Create the tables (and their types) in this schema and fill them, in one transaction.
+    #[arg(long, conflicts_with = "json", required_unless_present = "json")]
+    pub into: Option<String>,
+    /// The server to restore into (a libpq URL; default: `postgres.url`).
+    #[arg(long, requires = "into")]
+    pub target: Option<String>,
+    /// Print one table's rows as JSON lines instead.
+    #[arg(long)]
+    pub json: bool,
+    /// A public key (SPKI PEM) to verify with; repeat for rotated keys. Default: the
+    /// configured keys.
+    #[arg(long = "public-key")]
+    pub public_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -419,33 +438,63 @@ fn table_arg(table: &str) -> Result<String, Failure> {
         .ok_or_else(|| Failure::Usage(format!("table {table:?}: expected schema.table")))
 }
 
-pub async fn restore(
-    config: &Path,
-    table: &str,
-    key: Option<&str>,
-    at: Option<u64>,
-    into: Option<&str>,
-) -> Result<Found, Failure> {
-    let (cfg, js) = config_and_stream(config).await?;
-    let table = table_arg(table)?;
-    let state = crate::audit::restore(&js, &cfg.nats.stream, &table, key, at, None)
+pub async fn restore(args: &RestoreArgs) -> Result<Found, Failure> {
+    let cfg = args.config.as_deref().map(load).transpose()?;
+    let keyring = verification_keys(cfg.as_ref(), &args.public_keys)?;
+    let tables = args
+        .tables
+        .iter()
+        .map(|t| table_arg(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = match (&cfg, &args.archive, &args.file) {
+        (_, Some(dir), _) => crate::restore::Source::Archive {
+            stream: crate::archive::stream_of(dir).map_err(archive_failure)?,
+            dir: dir.clone(),
+        },
+        (_, None, Some(file)) => crate::restore::Source::File(file.clone()),
+        (Some(cfg), None, None) => crate::restore::Source::Stream {
+            js: jetstream(cfg).await?,
+            stream: cfg.nats.stream.clone(),
+        },
+        (None, None, None) => return Err(Failure::Usage("pass -c FILE, --archive DIR or --file FILE".into())),
+    };
+    let log = crate::restore::Log::open(&source, &keyring)
         .await
-        .map_err(|e| Failure::Unavailable(e.to_string()))?;
-    match into {
-        None => {
-            for row in state.rows.values() {
-                println!("{}", serde_json::Value::Object(row.clone()));
-            }
-            eprintln!(
-                "{} rows of {table} as of {}",
-                state.rows.len(),
-                at.map_or("the head".to_owned(), |s| format!("sequence {s}"))
-            );
+        .map_err(Failure::Unavailable)?;
+    let at = args
+        .at
+        .map_or("the end of the log".to_owned(), |s| format!("sequence {s}"));
+    let Some(into) = &args.into else {
+        let [table] = tables.as_slice() else {
+            return Err(Failure::Usage("--json prints one table: name it (schema.table)".into()));
+        };
+        let state = crate::restore::as_json(log, table, args.key.as_deref(), args.at).await?;
+        for row in state.rows.values() {
+            println!("{}", serde_json::Value::Object(row.clone()));
         }
-        Some(schema) => {
-            let target = crate::audit::restore_into(&cfg.pg_config(), &table, schema, &state).await?;
-            println!("restored {} rows of {table} into {target}", state.rows.len());
-        }
+        eprintln!("{} rows of {table} as of {at}", state.rows.len());
+        return Ok(exit::OK);
+    };
+    let target = match (&args.target, &cfg) {
+        (Some(url), _) => crate::source::tls::PgConfig::parse(url)
+            .map_err(|e| Failure::Usage(format!("--target is not a valid libpq URL or key=value string: {e}")))?,
+        (None, Some(cfg)) => cfg.pg_config(),
+        (None, None) => return Err(Failure::Usage("pass --target URL: the server to restore into".into())),
+    };
+    let wanted = crate::restore::Wanted {
+        tables,
+        key: args.key.clone(),
+        at: args.at,
+    };
+    let (restored, last) = crate::restore::into_schema(log, wanted, into, &target).await?;
+    for r in &restored {
+        println!(
+            "restored {} rows of {} into {} as of sequence {last}",
+            r.rows, r.table, r.target
+        );
+    }
+    if restored.is_empty() {
+        println!("nothing restored: the log up to sequence {last} holds no schema event for a wanted table");
     }
     Ok(exit::OK)
 }

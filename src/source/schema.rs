@@ -208,3 +208,18 @@ impl Catalog {
         Ok(self.bare(sql).await?.iter().map(|r| text(r, 0)).collect())
     }
 }
+
+impl Catalog {
+    /// The user-defined type named `name` (as a schema event spells it) on this server, as a
+    /// schema event would describe it; `None` when it does not exist.
+    pub async fn user_type(&self, name: &str) -> Result<Option<UserType>, CatalogError> {
+        let literal = crate::source::conn::quote_literal(name);
+        let rows = self.bare(&format!("SELECT to_regtype({literal})::oid")).await?;
+        let Some(oid) = rows.first().and_then(|r| r.get(0)).and_then(|v| v.parse::<u32>().ok()) else {
+            return Ok(None);
+        };
+        let mut walk = TypeWalk::default();
+        Box::pin(walk.visit(self, oid)).await?;
+        Ok(walk.types.pop().filter(|t| t.name == name))
+    }
+}
