@@ -12,5 +12,6 @@ mod ledger;
 mod legacy_tables;
 mod ops;
 mod pipeline;
+mod restore;
 mod schema;
 mod tls;
