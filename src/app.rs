@@ -19,10 +19,11 @@ use crate::error::{Error, Recovery, Refusal};
 use crate::event::builder::Naming;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Signer};
 use crate::lsn::Lsn;
+use crate::pipeline::feedback::Feedback;
 use crate::pipeline::handoff::{Batcher, QUEUED_BATCHES};
 use crate::pipeline::reader::WalReader;
+use crate::pipeline::slot_monitor::SlotMonitor;
 use crate::pipeline::start::{decide_start, Names, Start};
-use crate::pipeline::{feedback, slot_monitor};
 use crate::sink::publisher::Publisher;
 use crate::sink::{self, stream};
 use crate::snapshot::{self, Chunks, Progress};
@@ -300,19 +301,24 @@ async fn session(
     };
 
     let (stop_feedback, feedback_stop_rx) = watch::channel(false);
-    let mut feedback = tokio::spawn(feedback::feedback(
-        writer,
-        checkpoint.clone(),
-        reply_now,
-        feedback_stop_rx,
-    ));
+    let mut feedback = tokio::spawn(
+        Feedback {
+            writer,
+            checkpoint: checkpoint.clone(),
+            reply_now,
+        }
+        .run(feedback_stop_rx),
+    );
 
-    let mut monitor = tokio::spawn(slot_monitor::watch_slot(
-        catalog.clone(),
-        slot_name.clone(),
-        cfg.postgres.retained_wal_warn,
-        checkpoint.clone(),
-    ));
+    let mut monitor = tokio::spawn(
+        SlotMonitor {
+            catalog: catalog.clone(),
+            slot: slot_name.clone(),
+            warn_above: cfg.postgres.retained_wal_warn,
+            checkpoint: checkpoint.clone(),
+        }
+        .run(),
+    );
     let reader = tokio::select! {
         r = wal_reader.run(tx, shutdown.clone()) => r?,
         s = &mut snapshotter => {
