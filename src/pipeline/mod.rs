@@ -2,7 +2,8 @@
 //! starts one. `start`: where to start, from the slot and the stream's tail (pure).
 //! `handoff`: the bounded channel of batches from the producers of drafts to the publisher.
 //! `reader`: the WAL reader stage; `feedback`: the standby status updates; `slot_monitor`:
-//! the slot's health while streaming.
+//! the slot's health while streaming. Each stage is a struct with one `run`; none knows the
+//! others. `app::session` builds them, spawns them and closes them in order.
 
 pub mod feedback;
 pub mod handoff;

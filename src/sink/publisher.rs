@@ -180,13 +180,9 @@ struct Chain {
 
 impl Publisher {
     /// Publishes until the WAL reader closes the channel (on shutdown or failure), then
-    /// drains the acks in flight.
-    ///
-    /// The loop stays in one piece on purpose: its one `select!` arbitrates acks, batches and
-    /// the tick over state they all share (the held draft, the pending batch, the chain, the
-    /// server position), and split into methods that state would travel as a bag of `&mut`
-    /// parameters. The work per event lives in `Ctx::publish` and `Ctx::on_ack`.
-    pub async fn run(self, mut rx: mpsc::Receiver<Vec<Item>>) -> Result<(), SinkError> {
+    /// drains the acks in flight. The work per event lives in `Ctx::publish` and
+    /// `Ctx::on_ack`; the loop's own state in `Publishing`.
+    pub async fn run(self, rx: mpsc::Receiver<Vec<Item>>) -> Result<(), SinkError> {
         let Publisher {
             js,
             stream,
@@ -199,17 +195,10 @@ impl Publisher {
             genesis,
             replay_end,
         } = self;
-        let mut chain = Chain {
-            next_sequence: tail.next_sequence,
-            prev_hash: tail.prev_hash,
-            position: tail.position,
-            last_end: tail.confirmed.unwrap_or(Lsn::ZERO),
-            unsigned_run: 0,
-        };
         let client = js.client();
         let max_payload = client.server_info().max_payload;
         let inbox = Inbox::open(&client).await?;
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             client: &client,
             inbox,
             oldest_since: Instant::now(),
@@ -231,83 +220,144 @@ impl Publisher {
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
             counters: HashMap::new(),
         };
-        let outcome: Result<(), SinkError> = async {
-            if let Some(lsn) = genesis {
-                let wm = naming.watermark(lsn, unix_micros());
-                ctx.publish(&mut chain, wm, true).await?;
-            }
-            let mut server_position = Lsn::ZERO;
-            let mut last_watermark = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut closing = false;
-            let mut held: Option<Draft> = None;
-            // Items of the batch last received, taken while acks in flight are below the bound.
-            let mut pending = Vec::new().into_iter();
-            loop {
-                tokio::select! {
-                    biased;
-                    reply = ctx.inbox.next(), if !ctx.in_flight.is_empty() => {
-                        let (sequence, reply) = reply?;
-                        ctx.on_reply(sequence, reply)?;
-                    }
-                    batch = rx.recv(), if !closing && pending.as_slice().is_empty() && ctx.in_flight.len() < MAX_IN_FLIGHT => {
-                        match batch {
-                            Some(items) => pending = items.into_iter(),
-                            None => closing = true,
-                        }
-                    }
-                    _ = tick.tick() => {
-                        ctx.check_ack_timeout()?;
-                        // The held draft takes the next sequence; it counts as re-derived.
-                        let rederiving = chain.next_sequence + u64::from(held.is_some()) <= ctx.compare_through;
-                        if rederiving && server_position >= replay_end && server_position > Lsn::ZERO {
-                            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
-                                "stream messages {} to {} were not re-derived from the WAL up to {replay_end}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
-                                chain.next_sequence, ctx.compare_through
-                            )));
-                        }
-                        let quiet = !rederiving && ctx.in_flight.is_empty() && pending.as_slice().is_empty() && rx.is_empty();
-                        let moved = server_position > chain.last_end && server_position > chain.position.lsn;
-                        if !closing && quiet && moved && last_watermark.elapsed() >= watermark_interval {
-                            let wm = naming.watermark(server_position, unix_micros());
-                            ctx.publish(&mut chain, wm, true).await?;
-                            last_watermark = Instant::now();
-                        }
-                    }
-                }
-                while ctx.in_flight.len() < MAX_IN_FLIGHT {
-                    match pending.next() {
-                        Some(Item::Event(draft)) => {
-                            // Another event is ready behind the held one, so it need not be
-                            // signed (unless the unsigned run is full).
-                            if let Some(prev) = held.replace(draft) {
-                                ctx.publish(&mut chain, prev, false).await?;
-                            }
-                        }
-                        Some(Item::Position(lsn)) => server_position = server_position.max(lsn),
-                        None => break,
-                    }
-                }
-                // No further event is ready: the held one is signed now, so no unsigned tail
-                // remains while the publisher is idle.
-                if pending.as_slice().is_empty() && (rx.is_empty() || closing) {
-                    if let Some(last) = held.take() {
-                        ctx.publish(&mut chain, last, true).await?;
-                    }
-                }
-                if closing && ctx.in_flight.is_empty() {
-                    return Ok(());
-                }
-            }
-        }
-        .await;
+        let mut publishing = Publishing {
+            ctx,
+            chain: Chain {
+                next_sequence: tail.next_sequence,
+                prev_hash: tail.prev_hash,
+                position: tail.position,
+                last_end: tail.confirmed.unwrap_or(Lsn::ZERO),
+                unsigned_run: 0,
+            },
+            rx,
+            pending: Vec::new().into_iter(),
+            held: None,
+            server_position: Lsn::ZERO,
+            closing: false,
+            naming: &naming,
+            watermark_interval,
+            last_watermark: Instant::now(),
+            replay_end,
+        };
+        let outcome = publishing.publish_all(genesis).await;
         if let Err(SinkError::Refused(..) | SinkError::PayloadTooLarge { .. }) = &outcome {
             // walguard stops here (for good, or until the limit is raised): at the refused
             // event, not before it, so what was sent ahead of it is stored first.
-            ctx.settle().await;
+            publishing.ctx.settle().await;
         }
         outcome
+    }
+}
+
+/// The publisher at work: the wire and the acks (`Ctx`), the chain, what the WAL reader has
+/// handed over, and when the last watermark went out. One `select!` in `publish_all`
+/// arbitrates acks, batches and the tick over this shared state.
+struct Publishing<'a> {
+    ctx: Ctx<'a>,
+    chain: Chain,
+    rx: mpsc::Receiver<Vec<Item>>,
+    /// Items of the batch last received, taken while acks in flight are below the bound.
+    pending: std::vec::IntoIter<Item>,
+    /// The newest draft, held back: published unsigned once another is ready behind it, or
+    /// signed when none is.
+    held: Option<Draft>,
+    /// The server has sent everything before this LSN (`Item::Position`).
+    server_position: Lsn,
+    /// The WAL reader closed the channel: drain the acks in flight, then stop.
+    closing: bool,
+    naming: &'a Naming,
+    watermark_interval: Duration,
+    last_watermark: Instant,
+    /// The server's WAL position when the session started (`Publisher::replay_end`).
+    replay_end: Lsn,
+}
+
+impl Publishing<'_> {
+    /// The loop: a watermark at `genesis` first (a new stream), then acks, batches and the
+    /// tick, until the channel is closed and every ack is in.
+    async fn publish_all(&mut self, genesis: Option<Lsn>) -> Result<(), SinkError> {
+        if let Some(lsn) = genesis {
+            let wm = self.naming.watermark(lsn, unix_micros());
+            self.ctx.publish(&mut self.chain, wm, true).await?;
+        }
+        // The watermark interval counts from here, as the tick does.
+        self.last_watermark = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                reply = self.ctx.inbox.next(), if !self.ctx.in_flight.is_empty() => {
+                    let (sequence, reply) = reply?;
+                    self.ctx.on_reply(sequence, reply)?;
+                }
+                batch = self.rx.recv(), if !self.closing && self.pending.as_slice().is_empty() && self.ctx.in_flight.len() < MAX_IN_FLIGHT => {
+                    match batch {
+                        Some(items) => self.pending = items.into_iter(),
+                        None => self.closing = true,
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await?,
+            }
+            self.take_pending().await?;
+            self.sign_held_when_idle().await?;
+            if self.closing && self.ctx.in_flight.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The tick: the oldest ack's deadline, a stored tail the replay should have re-derived by
+    /// now, and a watermark when the publisher is quiet and the server has moved on.
+    async fn on_tick(&mut self) -> Result<(), SinkError> {
+        self.ctx.check_ack_timeout()?;
+        // The held draft takes the next sequence; it counts as re-derived.
+        let rederiving = self.chain.next_sequence + u64::from(self.held.is_some()) <= self.ctx.compare_through;
+        if rederiving && self.server_position >= self.replay_end && self.server_position > Lsn::ZERO {
+            return Err(SinkError::Refused(Refusal::ForeignMessage, format!(
+                "stream messages {} to {} were not re-derived from the WAL up to {}: they were not written by this walguard from this slot (another publisher?); run `walguard verify` to see them",
+                self.chain.next_sequence, self.ctx.compare_through, self.replay_end
+            )));
+        }
+        let quiet =
+            !rederiving && self.ctx.in_flight.is_empty() && self.pending.as_slice().is_empty() && self.rx.is_empty();
+        let moved = self.server_position > self.chain.last_end && self.server_position > self.chain.position.lsn;
+        if !self.closing && quiet && moved && self.last_watermark.elapsed() >= self.watermark_interval {
+            let wm = self.naming.watermark(self.server_position, unix_micros());
+            self.ctx.publish(&mut self.chain, wm, true).await?;
+            self.last_watermark = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Takes the batch's items while acks in flight are below the bound: each event is held
+    /// until the next one is ready, server positions are noted.
+    async fn take_pending(&mut self) -> Result<(), SinkError> {
+        while self.ctx.in_flight.len() < MAX_IN_FLIGHT {
+            match self.pending.next() {
+                Some(Item::Event(draft)) => {
+                    // Another event is ready behind the held one, so it need not be
+                    // signed (unless the unsigned run is full).
+                    if let Some(prev) = self.held.replace(draft) {
+                        self.ctx.publish(&mut self.chain, prev, false).await?;
+                    }
+                }
+                Some(Item::Position(lsn)) => self.server_position = self.server_position.max(lsn),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// No further event is ready: the held one is signed now, so no unsigned tail remains
+    /// while the publisher is idle.
+    async fn sign_held_when_idle(&mut self) -> Result<(), SinkError> {
+        if self.pending.as_slice().is_empty() && (self.rx.is_empty() || self.closing) {
+            if let Some(last) = self.held.take() {
+                self.ctx.publish(&mut self.chain, last, true).await?;
+            }
+        }
+        Ok(())
     }
 }
 
