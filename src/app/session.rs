@@ -143,6 +143,19 @@ struct Running {
     _catalog: Arc<Catalog>,
 }
 
+/// A session's tasks never outlive it: a task still running when the session ends (the
+/// reader failed, or another task ended first) is aborted, so it cannot hold the catalog
+/// connection or publish beside the next session's publisher. After `close` every task has
+/// already ended and this is a no-op.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.publisher.abort();
+        self.snapshotter.abort();
+        self.feedback.abort();
+        self.monitor.abort();
+    }
+}
+
 /// How supervision ended.
 enum Supervised {
     /// The WAL reader stopped (shutdown, or the publisher went away): close in order.
@@ -543,8 +556,7 @@ impl Producer {
 }
 
 /// Runs the WAL reader beside the session's tasks until it stops or one of them ends first.
-/// The arms abort different sets of tasks; a task not aborted is detached when the session
-/// returns.
+/// Whatever still runs when the session ends is aborted as `Running` drops.
 async fn supervise(
     running: &mut Running,
     reading: impl Future<Output = Result<ReplicationReader, Error>>,
