@@ -13,6 +13,7 @@ pub mod chain;
 pub mod envelope;
 pub mod hashing;
 pub mod signing;
+pub mod stored;
 pub mod value;
 
 pub use builder::{Draft, EventBuilder, Position};
