@@ -28,7 +28,8 @@ use tokio::sync::oneshot;
 use crate::clock::unix_micros;
 use crate::decode::pgoutput::{Message, Relation};
 use crate::error::{Error, Refusal};
-use crate::event::builder::{EntityKey, TableSpec, Touched};
+use crate::event::builder::{EntityKey, Op, TableSpec, Touched};
+use crate::event::stored::{key_text, Data, StoredEvent};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
 use crate::pipeline::handoff::{Batcher, PublisherGone};
@@ -44,23 +45,11 @@ pub fn qualified(spec: &TableSpec) -> String {
     format!("{}.{}", spec.schema, spec.name)
 }
 
-/// How far the baseline got, as stated by the last `snapshot_progress` event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Tables (`schema.table`) whose baseline is complete.
-    pub completed: Vec<String>,
-    /// The table in progress and the key of its last published row (text values).
-    pub table: Option<String>,
-    pub after_key: Option<Vec<String>>,
-}
+/// How far the baseline got, as stated by the last `snapshot_progress` event. Its format is
+/// written and read in `event::stored`; what it leaves to do is decided here.
+pub use crate::event::stored::SnapshotProgress as Progress;
 
 impl Progress {
-    pub fn data(&self) -> Vec<u8> {
-        let mut v = serde_json::to_value(self).expect("plain data");
-        v["op"] = "snapshot_progress".into();
-        serde_json::to_vec(&v).expect("plain data")
-    }
-
     /// Tables still to baseline, in configuration order, with the key to resume after.
     pub fn pending(&self, specs: &[TableSpec]) -> Vec<(TableSpec, Option<Vec<String>>)> {
         specs
@@ -99,29 +88,25 @@ pub fn resume(
     let Some((seq, payload)) = head else {
         return Ok((progress, None));
     };
-    let unreadable = |what: &str| {
+    let refused = |why: String| {
         Error::Refused(Refusal::ForeignMessage, format!(
-            "stream sequence {seq}, the verified head, is a snapshot row without a readable {what}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+            "stream sequence {seq}, the verified head, {why}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
-    let head: serde_json::Value = serde_json::from_slice(payload).map_err(|_| unreadable("JSON payload"))?;
-    let data = &head["data"];
-    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
+    let head = StoredEvent::parse(payload).map_err(|e| refused(format!("is not a readable walguard event ({e})")))?;
+    let Data::Row(Op::Snapshot, row) = &head.data else {
+        return Ok((progress, None));
+    };
+    if head.attributes.pgtxcnt.is_some() {
         return Ok((progress, None));
     }
-    let lsn: Lsn = head["pglsn"]
-        .as_str()
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| unreadable("pglsn"))?;
-    let next_idx = head["pgtxidx"]
-        .as_u64()
-        .and_then(|i| u32::try_from(i).ok())
-        .and_then(|i| i.checked_add(1))
+    let unreadable = |what: &str| refused(format!("is a snapshot row without a readable {what}"));
+    let next_idx = head
+        .attributes
+        .pgtxidx
+        .checked_add(1)
         .ok_or_else(|| unreadable("pgtxidx"))?;
-    let (Some(schema), Some(name)) = (data["schema"].as_str(), data["table"].as_str()) else {
-        return Err(unreadable("data.schema and data.table"));
-    };
-    let table = format!("{schema}.{name}");
+    let table = row.qualified();
     match specs.iter().position(|t| qualified(t) == table) {
         Some(i) => {
             // No progress event at all: the initial snapshot (one group, tables in order)
@@ -133,7 +118,7 @@ pub fn resume(
                 .key
                 .iter()
                 .map(|k| {
-                    data["key"]
+                    row.key
                         .get(k)
                         .map(key_text)
                         .ok_or_else(|| unreadable(&format!("data.key.{k}")))
@@ -147,38 +132,19 @@ pub fn resume(
             progress.after_key = None;
         }
     }
-    Ok((progress, Some((lsn, next_idx))))
+    Ok((progress, Some((head.attributes.pglsn, next_idx))))
 }
 
 /// The progress a stored `snapshot_progress` event states.
 fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
-    #[derive(Deserialize)]
-    struct Stored {
-        data: Data,
-    }
-    #[derive(Deserialize)]
-    struct Data {
-        op: String,
-        #[serde(flatten)]
-        progress: Progress,
-    }
     let refused = |why: String| {
         Error::Refused(Refusal::ForeignMessage, format!(
             "stream sequence {seq}, the last snapshot progress event, cannot be read ({why}): run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
-    let stored: Stored = serde_json::from_slice(payload).map_err(|e| refused(e.to_string()))?;
-    if stored.data.op != "snapshot_progress" {
-        return Err(refused(format!("its data.op is {:?}", stored.data.op)));
-    }
-    Ok(stored.data.progress)
-}
-
-/// A JSON key value as the text PostgreSQL accepts for it.
-pub fn key_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    match StoredEvent::parse(payload).map_err(|e| refused(e.to_string()))?.data {
+        Data::SnapshotProgress(progress) => Ok(progress),
+        other => Err(refused(format!("its data.op is {:?}", other.op().as_str()))),
     }
 }
 
@@ -403,10 +369,31 @@ pub struct Chunks {
     tables: Mutex<HashSet<String>>,
 }
 
-#[derive(Deserialize)]
+/// A watermark message's content, as the snapshotter writes it into the WAL and the WAL
+/// reader reads it back.
+#[derive(Serialize, Deserialize)]
 struct Mark {
     chunk: String,
-    mark: String,
+    mark: MarkKind,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum MarkKind {
+    /// Before the chunk's SELECT: from here, changes to its rows drop them.
+    Low,
+    /// After it: the chunk is published at this mark's LSN.
+    High,
+}
+
+impl Mark {
+    fn content(chunk: &str, mark: MarkKind) -> String {
+        serde_json::to_string(&Mark {
+            chunk: chunk.to_owned(),
+            mark,
+        })
+        .expect("plain data")
+    }
 }
 
 impl Chunks {
@@ -434,17 +421,23 @@ impl Chunks {
     }
 
     /// The reader saw a watermark message; at a high mark, returns the chunk to publish.
+    ///
+    /// A message under `MARK_PREFIX` that is not a mark of ours is ignored, as is a mark of
+    /// a chunk not in flight here: any role allowed to call `pg_logical_emit_message` can
+    /// write one, and so does a second walguard on the same database (its chunk ids differ).
+    /// Refusing them would let them stop walguard; ignoring them loses nothing, because our
+    /// own marks are always readable.
     pub fn mark(&self, content: &[u8]) -> Option<Chunk> {
         let mark: Mark = serde_json::from_slice(content).ok()?;
         let mut chunks = self.lock();
-        match mark.mark.as_str() {
-            "low" => {
+        match mark.mark {
+            MarkKind::Low => {
                 if let Some(c) = chunks.get_mut(&mark.chunk) {
                     c.open = true;
                 }
                 None
             }
-            "high" => {
+            MarkKind::High => {
                 let chunk = chunks.remove(&mark.chunk)?;
                 self.tables
                     .lock()
@@ -452,7 +445,6 @@ impl Chunks {
                     .remove(&qualified(&chunk.spec));
                 Some(chunk)
             }
-            _ => None,
         }
     }
 }
@@ -542,8 +534,9 @@ pub async fn incremental(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(table.clone());
-            let mark = |m: &str| serde_json::json!({"chunk": id, "mark": m}).to_string();
-            catalog.emit_message(MARK_PREFIX, &mark("low")).await?;
+            catalog
+                .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::Low))
+                .await?;
             let rows = read_chunk(catalog.client(), &spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
             let full = rows.len() == CHUNK_ROWS;
             if let Some(last) = rows.last() {
@@ -563,7 +556,9 @@ pub async fn incremental(
                 c.rows = rows;
                 c.progress = next.clone();
             }
-            catalog.emit_message(MARK_PREFIX, &mark("high")).await?;
+            catalog
+                .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::High))
+                .await?;
             done_rx
                 .await
                 .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
@@ -611,7 +606,9 @@ mod tests {
     }
 
     fn progress_event(data: serde_json::Value) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"type": "walguard.snapshot.progress", "data": data})).unwrap()
+        let event =
+            crate::event::stored::test_event(serde_json::json!({"type": "walguard.snapshot.progress", "data": data}));
+        serde_json::to_vec(&event).unwrap()
     }
 
     #[test]
@@ -651,8 +648,9 @@ mod tests {
     #[test]
     fn an_open_group_at_the_head_resumes_after_its_last_row() {
         let specs = [spec("a"), spec("b")];
-        let row = serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
-            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41}}});
+        let row = crate::event::stored::test_event(serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
+            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41},
+                     "before": null, "after": {"id": 41}, "unchanged": [], "actor": null}}));
         let head = serde_json::to_vec(&row).unwrap();
         let (progress, close) = resume(None, None, Some((8, &head)), &specs).unwrap();
         assert_eq!(close, Some(("0/16B3748".parse().unwrap(), 8)));
@@ -669,7 +667,8 @@ mod tests {
             ("pgtxidx", serde_json::json!(-1)),
             (
                 "data",
-                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {}}),
+                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {},
+                    "before": null, "after": {"id": 41}, "unchanged": [], "actor": null}),
             ),
             ("data", serde_json::json!({"op": "snapshot", "key": {"id": 41}})),
         ] {
