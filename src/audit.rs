@@ -399,8 +399,32 @@ pub async fn reconcile_table(
     hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
     wait: Duration,
 ) -> Result<Reconciled, crate::Error> {
+    let table = crate::snapshot::qualified(spec);
+    let (at, live) = live_state(pg, spec, hasher).await?;
+    // Wait until the stream proves everything committed before `at`.
+    wait_until_covered(js, stream, at, wait).await?;
+    let derived = restore(js, stream, &table, None, None, Some(at))
+        .await
+        .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
+    Ok(Reconciled {
+        table,
+        rows: live.rows.len(),
+        differences: differences(&live, &derived),
+        at,
+    })
+}
+
+/// The live table in a REPEATABLE READ snapshot and that snapshot's WAL position, its rows
+/// read in keyset chunks as a snapshot reads them and mapped to JSON by the same code that
+/// maps events.
+async fn live_state(
+    pg: &crate::source::tls::PgConfig,
+    spec: &crate::event::builder::TableSpec,
+    hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
+) -> Result<(crate::lsn::Lsn, TableState), crate::Error> {
     use crate::event::builder::{Naming, Position};
     use crate::event::EventBuilder;
+    use crate::snapshot::{Keyset, TableRead};
     use crate::source::catalog::Catalog;
     let table = crate::snapshot::qualified(spec);
     let catalog = Catalog::connect(pg).await?;
@@ -420,69 +444,46 @@ pub async fn reconcile_table(
             .map_err(failed)?
             .get::<_, String>(0),
     )?;
-    // The live rows, mapped to JSON by the same code that maps events.
     let naming = std::sync::Arc::new(Naming {
         system_identifier: String::new(),
         slot: String::new(),
         subject_prefix: "reconcile".into(),
     });
     let mut builder = EventBuilder::new(naming, vec![spec.clone()], Position::default()).with_hasher(hasher);
-    let rel = catalog
-        .relation(&spec.schema, &spec.name)
+    let mut types = std::collections::HashMap::new();
+    let read = TableRead::fetch(&catalog, spec, &mut types)
         .await?
         .ok_or_else(|| crate::Error::Refused(Refusal::Audit, format!("table {table} does not exist")))?;
-    let mut types = std::collections::HashMap::new();
-    let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
-    catalog.resolve_types(missing, &mut types).await?;
-    builder.add_relation(rel.clone(), &types)?;
+    builder.add_relation(read.relation.clone(), &types)?;
     builder.begin_snapshot_group(crate::lsn::Lsn(1), 1, 0)?;
-    let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-    let positions: Vec<usize> = spec
-        .key
-        .iter()
-        .filter_map(|k| columns.iter().position(|c| c == k))
-        .collect();
     let mut live = TableState::default();
     let mut out = Vec::new();
-    let take = |out: &mut Vec<crate::event::Draft>, live: &mut TableState| {
-        for d in out.drain(..).filter(|d| d.op == crate::event::builder::Op::Snapshot) {
-            let (key, row) =
-                live_row(&d).map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reconciling {table}: {e}")))?;
-            live.rows.insert(key, row);
-        }
-        Ok::<(), crate::Error>(())
-    };
-    let mut after: Option<Vec<String>> = None;
-    loop {
-        let rows = crate::snapshot::read_chunk(
-            reader.client(),
-            spec,
-            &columns,
-            after.as_deref(),
-            crate::snapshot::CHUNK_ROWS,
-        )
-        .await?;
-        let n = rows.len();
-        if let Some(last) = rows.last() {
-            after = Some(positions.iter().map(|&i| last[i].clone().unwrap_or_default()).collect());
-        }
-        for row in rows {
-            builder.snapshot_row(rel.oid, row, &mut out)?;
-            take(&mut out, &mut live)?;
-        }
-        if n < crate::snapshot::CHUNK_ROWS {
-            break;
+    let mut keyset = Keyset::new(spec, &read, None);
+    while !keyset.is_done() {
+        for row in keyset.next_chunk(reader.client()).await? {
+            builder.snapshot_row(read.relation.oid, row, &mut out)?;
+            take_live_rows(&table, &mut out, &mut live)?;
         }
     }
     builder.end_snapshot_group(b"{}".to_vec(), &mut out)?;
-    take(&mut out, &mut live)?;
+    take_live_rows(&table, &mut out, &mut live)?;
+    // A read-only transaction: nothing is lost if its end fails.
     let _ = reader.client().batch_execute("COMMIT").await;
+    Ok((at, live))
+}
 
-    // Wait until the stream proves everything committed before `at`.
-    wait_until_covered(js, stream, at, wait).await?;
-    let derived = restore(js, stream, &table, None, None, Some(at))
-        .await
-        .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
+/// Moves the snapshot rows among the drafts in `out` into `live`.
+fn take_live_rows(table: &str, out: &mut Vec<crate::event::Draft>, live: &mut TableState) -> Result<(), crate::Error> {
+    for d in out.drain(..).filter(|d| d.op == Op::Snapshot) {
+        let (key, row) =
+            live_row(&d).map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reconciling {table}: {e}")))?;
+        live.rows.insert(key, row);
+    }
+    Ok(())
+}
+
+/// The keys whose rows differ between the live table and the stream, and how.
+fn differences(live: &TableState, derived: &TableState) -> Vec<(String, String)> {
     let mut differences = Vec::new();
     for (key, row) in &live.rows {
         match derived.rows.get(key) {
@@ -511,12 +512,7 @@ pub async fn reconcile_table(
             differences.push((key.text().to_owned(), "in the stream, not in the table".to_owned()));
         }
     }
-    Ok(Reconciled {
-        table,
-        rows: live.rows.len(),
-        differences,
-        at,
-    })
+    differences
 }
 
 /// The reconcile's consistent point: what `pg_current_wal_lsn()` returned, which must be an

@@ -63,6 +63,21 @@ impl Progress {
             })
             .collect()
     }
+
+    /// The progress once a chunk of `table` is published: the table stands at `after`, or,
+    /// after its last chunk, is complete.
+    fn after_chunk(&self, table: &str, after: Option<&[String]>, last: bool) -> Progress {
+        let mut next = self.clone();
+        if last {
+            next.completed.push(table.to_owned());
+            next.table = None;
+            next.after_key = None;
+        } else {
+            next.table = Some(table.to_owned());
+            next.after_key = after.map(<[String]>::to_vec);
+        }
+        next
+    }
 }
 
 /// Where the baseline stands, from what the stream records: the last `snapshot_progress`
@@ -150,7 +165,7 @@ fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
 
 /// Reads up to `limit` rows after `after` in key order, values as text in the session's
 /// formats (the same ones pgoutput sends).
-pub async fn read_chunk(
+async fn read_chunk(
     client: &tokio_postgres::Client,
     spec: &TableSpec,
     columns: &[String],
@@ -192,18 +207,91 @@ pub async fn read_chunk(
         .collect())
 }
 
-fn key_positions(spec: &TableSpec, rel: &Relation) -> Vec<usize> {
-    spec.key
-        .iter()
-        .filter_map(|k| rel.columns.iter().position(|c| &c.name == k))
-        .collect()
+/// A guarded table as a snapshot reads it: its relation, with the types pgoutput does not
+/// describe resolved, its columns in order and where its key columns stand among them.
+pub struct TableRead {
+    pub relation: Relation,
+    pub columns: Vec<String>,
+    key_positions: Vec<usize>,
 }
 
-fn key_of(row: &[Option<String>], positions: &[usize]) -> Vec<String> {
-    positions
-        .iter()
-        .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
-        .collect()
+impl TableRead {
+    /// Fetches `spec`'s relation and resolves its types into `types`; `None` when the table
+    /// does not exist.
+    pub async fn fetch(
+        catalog: &Catalog,
+        spec: &TableSpec,
+        types: &mut HashMap<u32, crate::event::value::ValueKind>,
+    ) -> Result<Option<TableRead>, Error> {
+        let Some(relation) = catalog.relation(&spec.schema, &spec.name).await? else {
+            return Ok(None);
+        };
+        let missing: Vec<u32> = EventBuilder::unresolved_types(&relation, types).collect();
+        catalog.resolve_types(missing, types).await?;
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let key_positions = spec
+            .key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        Ok(Some(TableRead {
+            relation,
+            columns,
+            key_positions,
+        }))
+    }
+
+    /// The key of a row read by `read_chunk`, as the text the next chunk's keyset condition
+    /// takes. A NULL key value (possible under a configured `key`) becomes the empty text.
+    fn key_of(&self, row: &[Option<String>]) -> Vec<String> {
+        self.key_positions
+            .iter()
+            .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The keyset walk over one table: chunks of `CHUNK_ROWS` rows in key order, each starting
+/// after the last key of the one before; the walk ends with the first short chunk.
+pub struct Keyset<'a> {
+    spec: &'a TableSpec,
+    table: &'a TableRead,
+    after: Option<Vec<String>>,
+    done: bool,
+}
+
+impl<'a> Keyset<'a> {
+    /// A walk starting after `after` (from the start when `None`).
+    pub fn new(spec: &'a TableSpec, table: &'a TableRead, after: Option<Vec<String>>) -> Self {
+        Keyset {
+            spec,
+            table,
+            after,
+            done: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The key of the last row read so far.
+    pub fn after(&self) -> Option<&[String]> {
+        self.after.as_deref()
+    }
+
+    /// Reads the next chunk on `client`.
+    pub async fn next_chunk(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+        let rows = read_chunk(client, self.spec, &self.table.columns, self.after(), CHUNK_ROWS).await?;
+        if let Some(last) = rows.last() {
+            self.after = Some(self.table.key_of(last));
+        }
+        self.done = rows.len() < CHUNK_ROWS;
+        Ok(rows)
+    }
 }
 
 /// Rows/s and ETA in the log every few seconds; a live line on a terminal.
@@ -299,27 +387,22 @@ pub async fn initial(
     builder.begin_snapshot_group(lsn, 1, unix_micros())?;
     let mut progress = Progress::default();
     for spec in specs {
-        let rel = relation_for(catalog, spec, builder, types).await?;
-        let positions = key_positions(spec, &rel);
-        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-        let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(rel.oid).await?);
-        let mut after: Option<Vec<String>> = None;
-        loop {
-            let rows = read_chunk(client, spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
+        let table = TableRead::fetch(catalog, spec, types)
+            .await?
+            .ok_or_else(|| disappeared(spec))?;
+        builder.add_relation(table.relation.clone(), types)?;
+        let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(table.relation.oid).await?);
+        let mut keyset = Keyset::new(spec, &table, None);
+        while !keyset.is_done() {
+            let rows = keyset.next_chunk(client).await?;
             let n = rows.len();
-            if let Some(last) = rows.last() {
-                after = Some(key_of(last, &positions));
-            }
             for row in rows {
-                builder.snapshot_row(rel.oid, row, &mut out)?;
+                builder.snapshot_row(table.relation.oid, row, &mut out)?;
                 tx.push_events(&mut out).await.map_err(gone)?;
             }
             // Handed over before the next chunk's query waits on PostgreSQL.
             tx.flush().await.map_err(gone)?;
             meter.add(n);
-            if n < CHUNK_ROWS {
-                break;
-            }
         }
         meter.finish();
         progress.completed.push(qualified(spec));
@@ -329,22 +412,11 @@ pub async fn initial(
     Ok(progress)
 }
 
-async fn relation_for(
-    catalog: &Catalog,
-    spec: &TableSpec,
-    builder: &mut EventBuilder,
-    types: &mut HashMap<u32, crate::event::value::ValueKind>,
-) -> Result<Relation, Error> {
-    let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
-        Error::Refused(
-            Refusal::Snapshot,
-            format!("table {} disappeared during the snapshot", qualified(spec)),
-        )
-    })?;
-    let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, types).collect();
-    catalog.resolve_types(missing, types).await?;
-    builder.add_relation(rel.clone(), types)?;
-    Ok(rel)
+fn disappeared(spec: &TableSpec) -> Error {
+    Error::Refused(
+        Refusal::Snapshot,
+        format!("table {} disappeared during the snapshot", qualified(spec)),
+    )
 }
 
 /// One incremental chunk between its low and high watermark.
@@ -499,78 +571,72 @@ pub async fn incremental(
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let mut types = types;
     let mut n = 0u64;
-    for (spec, mut after) in pending {
-        let table = qualified(&spec);
-        let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
-            Error::Refused(
-                Refusal::Snapshot,
-                format!("table {table} disappeared during the snapshot"),
-            )
-        })?;
-        let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
-        catalog.resolve_types(missing, &mut types).await?;
-        let positions = key_positions(&spec, &rel);
-        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-        let mut meter = Meter::new(table.clone(), catalog.estimated_rows(rel.oid).await?);
-        loop {
+    for (spec, after) in pending {
+        let table = TableRead::fetch(&catalog, &spec, &mut types)
+            .await?
+            .ok_or_else(|| disappeared(&spec))?;
+        let mut meter = Meter::new(qualified(&spec), catalog.estimated_rows(table.relation.oid).await?);
+        let mut keyset = Keyset::new(&spec, &table, after);
+        while !keyset.is_done() {
             n += 1;
             let id = format!("{nonce}-{n}");
-            let (done_tx, done_rx) = oneshot::channel();
-            chunks.lock().insert(
-                id.clone(),
-                Chunk {
-                    spec: spec.clone(),
-                    relation: rel.clone(),
-                    open: false,
-                    changed: HashSet::new(),
-                    truncated: false,
-                    rows: Vec::new(),
-                    progress: Progress::default(),
-                    done: Some(done_tx),
-                },
-            );
-            chunks
-                .tables
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(table.clone());
-            catalog
-                .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::Low))
-                .await?;
-            let rows = read_chunk(catalog.client(), &spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
-            let full = rows.len() == CHUNK_ROWS;
-            if let Some(last) = rows.last() {
-                after = Some(key_of(last, &positions));
-            }
-            let mut next = progress.clone();
-            if full {
-                next.table = Some(table.clone());
-                next.after_key = after.clone();
-            } else {
-                next.completed.push(table.clone());
-                next.table = None;
-                next.after_key = None;
-            }
-            meter.add(rows.len());
-            if let Some(c) = chunks.lock().get_mut(&id) {
-                c.rows = rows;
-                c.progress = next.clone();
-            }
-            catalog
-                .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::High))
-                .await?;
-            done_rx
-                .await
-                .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
-            progress = next;
-            if !full {
-                break;
-            }
+            progress = chunk_window(&catalog, &chunks, &mut keyset, id, &progress, &mut meter).await?;
         }
         meter.finish();
     }
     tracing::info!("incremental snapshot complete");
     Ok(())
+}
+
+/// One chunk of the DBLog window: the chunk registered for the WAL reader, the low mark, the
+/// keyset read, the high mark, then the reader's word that it published the chunk (which it
+/// does at the high mark). Returns the progress after the chunk.
+async fn chunk_window(
+    catalog: &Catalog,
+    chunks: &Chunks,
+    keyset: &mut Keyset<'_>,
+    id: String,
+    progress: &Progress,
+    meter: &mut Meter,
+) -> Result<Progress, Error> {
+    let (spec, table) = (keyset.spec, keyset.table);
+    let name = qualified(spec);
+    let (done_tx, done_rx) = oneshot::channel();
+    chunks.lock().insert(
+        id.clone(),
+        Chunk {
+            spec: spec.clone(),
+            relation: table.relation.clone(),
+            open: false,
+            changed: HashSet::new(),
+            truncated: false,
+            rows: Vec::new(),
+            progress: Progress::default(),
+            done: Some(done_tx),
+        },
+    );
+    chunks
+        .tables
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone());
+    catalog
+        .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::Low))
+        .await?;
+    let rows = keyset.next_chunk(catalog.client()).await?;
+    let next = progress.after_chunk(&name, keyset.after(), keyset.is_done());
+    meter.add(rows.len());
+    if let Some(c) = chunks.lock().get_mut(&id) {
+        c.rows = rows;
+        c.progress = next.clone();
+    }
+    catalog
+        .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::High))
+        .await?;
+    done_rx
+        .await
+        .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
+    Ok(next)
 }
 
 #[cfg(test)]
