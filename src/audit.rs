@@ -17,8 +17,10 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::error::Refusal;
+use crate::event::builder::Op;
 use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::signing::PAYLOAD_TYPE;
+use crate::event::stored::{self, Data, StoredEvent, StoredKey};
 
 /// One stored message as read back.
 #[derive(Debug, Clone)]
@@ -119,26 +121,32 @@ pub fn dsse_line(m: &Stored) -> String {
     .to_string()
 }
 
-/// Parses one exported line back; the sequence comes from the payload's `sequence`.
+/// Parses one exported line back. The sequence is the one the payload claims, or 0 (where no
+/// message is stored) when it claims none: a damaged event still reaches `verify`, which
+/// places it after its predecessor and says what is wrong with it.
 pub fn parse_dsse_line(line: &str) -> Result<Stored, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON DSSE envelope: {e}"))?;
-    if v["payloadType"] != PAYLOAD_TYPE {
-        return Err(format!("payloadType is {}, expected {PAYLOAD_TYPE}", v["payloadType"]));
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "payloadType")]
+        payload_type: String,
+        payload: String,
+        signatures: Vec<Signature>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Signature {
+        keyid: String,
+        sig: String,
+    }
+    let v: Envelope = serde_json::from_str(line).map_err(|e| format!("not a JSON DSSE envelope: {e}"))?;
+    if v.payload_type != PAYLOAD_TYPE {
+        return Err(format!("payloadType is {:?}, expected {PAYLOAD_TYPE}", v.payload_type));
     }
     let payload = base64::engine::general_purpose::STANDARD
-        .decode(v["payload"].as_str().unwrap_or(""))
+        .decode(&v.payload)
         .map_err(|e| format!("payload is not base64: {e}"))?;
-    let sequence = serde_json::from_slice::<Value>(&payload)
-        .ok()
-        .and_then(|p| p["sequence"].as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or(0);
-    let signature = v["signatures"]
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|s| Some((s["keyid"].as_str()?.to_owned(), s["sig"].as_str()?.to_owned())));
     Ok(Stored {
-        sequence,
-        signature,
+        sequence: stored::claimed_sequence(&payload).unwrap_or(0),
+        signature: v.signatures.into_iter().next().map(|s| (s.keyid, s.sig)),
         payload: Bytes::from(payload),
     })
 }
@@ -167,133 +175,6 @@ pub async fn export(
     }
 }
 
-/// A row's identity in the audit tools: the values of the event's `data.key`, each as its
-/// JSON text, in key order. The CloudEvents `subject` joins the key's values with `,`, which
-/// is the form people read and type (`history TABLE KEY`); `("a,b","c")` and `("a","b,c")`
-/// share that text, but never a `StoredKey`, so two rows are never merged into one.
-#[derive(Debug, Clone)]
-pub struct StoredKey {
-    values: Vec<String>,
-    /// The key as the subject writes it, for people.
-    text: String,
-}
-
-impl StoredKey {
-    pub fn new(values: Vec<String>, text: impl Into<String>) -> Self {
-        StoredKey {
-            values,
-            text: text.into(),
-        }
-    }
-
-    /// The key as the CloudEvents `subject` writes it (values joined by `,`).
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-}
-
-// Identity is the values alone: the text is derived from them for display.
-impl PartialEq for StoredKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.values == other.values
-    }
-}
-impl Eq for StoredKey {}
-impl PartialOrd for StoredKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for StoredKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.values.cmp(&other.values)
-    }
-}
-
-/// `data.key` as written: column names and values in key order (a `serde_json::Map` would
-/// sort them by name).
-#[derive(Debug, Default)]
-struct KeyColumns(Vec<(String, Value)>);
-
-impl<'de> serde::Deserialize<'de> for KeyColumns {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Columns;
-        impl<'de> serde::de::Visitor<'de> for Columns {
-            type Value = KeyColumns;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object of key columns")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeyColumns, A::Error> {
-                let mut columns = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    columns.push(entry);
-                }
-                Ok(KeyColumns(columns))
-            }
-        }
-        d.deserialize_map(Columns)
-    }
-}
-
-/// The attributes of a stored event that state rebuilding reads.
-#[derive(serde::Deserialize)]
-struct StoredEvent {
-    #[serde(rename = "type")]
-    ty: String,
-    subject: String,
-    time: String,
-    pglsn: String,
-    data: RowData,
-}
-
-/// A row event's `data` (walguard's markers carry only `op` of these).
-#[derive(serde::Deserialize)]
-struct RowData {
-    op: String,
-    schema: Option<String>,
-    table: Option<String>,
-    #[serde(default)]
-    key: Option<KeyColumns>,
-    #[serde(default)]
-    before: Option<Map<String, Value>>,
-    #[serde(default)]
-    after: Option<Map<String, Value>>,
-    #[serde(default)]
-    unchanged: Vec<String>,
-    #[serde(default)]
-    actor: Value,
-}
-
-impl RowData {
-    /// The row's identity, for ops that name a row; `subject_key` is the subject's text after `/`.
-    fn stored_key(&self, subject_key: &str) -> Option<StoredKey> {
-        let key = self.key.as_ref()?;
-        Some(StoredKey::new(
-            key.0.iter().map(|(_, v)| v.to_string()).collect(),
-            subject_key,
-        ))
-    }
-
-    /// For an update that changed the entity key: the key the row had before (from `before`,
-    /// which holds the old key columns under every replica identity).
-    fn old_key(&self) -> Option<StoredKey> {
-        let (key, before) = (self.key.as_ref()?, self.before.as_ref()?);
-        let values: Option<Vec<&Value>> = key.0.iter().map(|(name, _)| before.get(name)).collect();
-        let values = values?;
-        if values.iter().zip(&key.0).all(|(old, (_, new))| *old == new) {
-            return None;
-        }
-        let text: Vec<String> = values
-            .iter()
-            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-            .collect();
-        Some(StoredKey::new(
-            values.iter().map(|v| v.to_string()).collect(),
-            text.join(","),
-        ))
-    }
-}
-
 /// An event's place and content, as far as state rebuilding needs it.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -303,7 +184,7 @@ pub struct Change {
     pub key: Option<StoredKey>,
     /// An update that changed the entity key: the row's key before it (that row is gone).
     pub moved_from: Option<StoredKey>,
-    pub op: String,
+    pub op: Op,
     pub time: String,
     pub pglsn: crate::lsn::Lsn,
     pub after: Option<Map<String, Value>>,
@@ -316,48 +197,46 @@ impl Change {
     /// snapshot progress, resync). A message that is neither is an error naming its sequence:
     /// skipping it would rebuild a table without the rows it carries.
     pub fn parse(sequence: u64, payload: &[u8]) -> Result<Option<Change>, String> {
-        let bad = |why: String| {
+        let bad = |why: &dyn std::fmt::Display| {
             format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
         };
-        let event: StoredEvent = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
-        if event.ty.starts_with("walguard.") {
-            return Ok(None);
-        }
-        let data = event.data;
-        let (Some(schema), Some(table)) = (&data.schema, &data.table) else {
-            return Err(bad("its data has no schema and table".into()));
-        };
-        let pglsn = event.pglsn.parse().map_err(|e| bad(format!("pglsn: {e}")))?;
-        let key = match data.op.as_str() {
-            "truncate" => None,
-            op => {
-                let subject_key = event
-                    .subject
-                    .split_once('/')
-                    .map(|(_, k)| k)
-                    .ok_or_else(|| bad(format!("the subject of a {op} names no key")))?;
-                Some(
-                    data.stored_key(subject_key)
-                        .ok_or_else(|| bad(format!("a {op} without data.key")))?,
-                )
-            }
-        };
-        if matches!(data.op.as_str(), "snapshot" | "insert" | "update") && data.after.is_none() {
-            return Err(bad(format!("a {} without data.after", data.op)));
-        }
-        let moved_from = if data.op == "update" { data.old_key() } else { None };
-        Ok(Some(Change {
+        let event = StoredEvent::parse(payload).map_err(|e| bad(&e))?;
+        let attributes = event.attributes;
+        let change = |op: Op, table: String| Change {
             sequence,
-            table: format!("{schema}.{table}"),
-            key,
-            moved_from,
-            op: data.op,
-            time: event.time,
-            pglsn,
-            after: data.after,
-            unchanged: data.unchanged,
-            actor: data.actor,
-        }))
+            table,
+            key: None,
+            moved_from: None,
+            op,
+            time: attributes.time.clone(),
+            pglsn: attributes.pglsn,
+            after: None,
+            unchanged: Vec::new(),
+            actor: Value::Null,
+        };
+        match event.data {
+            Data::Row(op, row) => {
+                let subject_key = stored::subject_key(&attributes.subject)
+                    .ok_or_else(|| bad(&format_args!("the subject of a {} names no key", op.as_str())))?;
+                let table = row.qualified();
+                Ok(Some(Change {
+                    key: Some(row.key(subject_key)),
+                    moved_from: if op == Op::Update { row.moved_from() } else { None },
+                    after: row.after,
+                    unchanged: row.unchanged,
+                    actor: row.actor,
+                    ..change(op, table)
+                }))
+            }
+            Data::Truncate(truncate) => {
+                let table = truncate.qualified();
+                Ok(Some(Change {
+                    actor: truncate.actor,
+                    ..change(Op::Truncate, table)
+                }))
+            }
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) => Ok(None),
+        }
     }
 
     /// Whether this change is part of the tables' state as of WAL position `at`: a change
@@ -365,7 +244,7 @@ impl Change {
     /// what committed before `L`, so on a quiet server the initial snapshot's group sits
     /// exactly at the current position).
     pub fn is_state_at(&self, at: crate::lsn::Lsn) -> bool {
-        self.pglsn < at || (self.op == "snapshot" && self.pglsn == at)
+        self.pglsn < at || (self.op == Op::Snapshot && self.pglsn == at)
     }
 
     /// Whether this change is about the entity whose key people wrote as `text` (a truncate is
@@ -384,13 +263,13 @@ pub struct TableState {
 impl TableState {
     /// Applies one change; returns the row before it (for history).
     pub fn apply(&mut self, c: &Change) -> Option<Map<String, Value>> {
-        match c.op.as_str() {
-            "truncate" => {
+        match c.op {
+            Op::Truncate => {
                 self.rows.clear();
                 None
             }
-            "delete" => c.key.as_ref().and_then(|k| self.rows.remove(k)),
-            "snapshot" | "insert" | "update" => {
+            Op::Delete => c.key.as_ref().and_then(|k| self.rows.remove(k)),
+            Op::Snapshot | Op::Insert | Op::Update => {
                 let key = c.key.clone()?;
                 let mut row = c.after.clone().unwrap_or_default();
                 // A key-changing update moves the row: the old key's row is the previous one.
@@ -406,7 +285,8 @@ impl TableState {
                 self.rows.insert(key, row);
                 previous
             }
-            _ => None,
+            // Markers are not changes: `Change::parse` returns none for them.
+            Op::Watermark | Op::Resync | Op::SnapshotProgress => None,
         }
     }
 }
@@ -478,7 +358,7 @@ pub async fn history(js: &jetstream::Context, stream: &str, table: &str, key: &s
         } else {
             format!("actor {}", c.actor)
         };
-        lines.push(format!("seq {} {} {} by {actor}", c.sequence, c.time, c.op));
+        lines.push(format!("seq {} {} {} by {actor}", c.sequence, c.time, c.op.as_str()));
         let empty = Map::new();
         for (k, before) in rows.iter().zip(&before) {
             let (b, a) = (before.as_ref().unwrap_or(&empty), state.rows.get(k).unwrap_or(&empty));
@@ -519,8 +399,32 @@ pub async fn reconcile_table(
     hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
     wait: Duration,
 ) -> Result<Reconciled, crate::Error> {
+    let table = crate::snapshot::qualified(spec);
+    let (at, live) = live_state(pg, spec, hasher).await?;
+    // Wait until the stream proves everything committed before `at`.
+    wait_until_covered(js, stream, at, wait).await?;
+    let derived = restore(js, stream, &table, None, None, Some(at))
+        .await
+        .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
+    Ok(Reconciled {
+        table,
+        rows: live.rows.len(),
+        differences: differences(&live, &derived),
+        at,
+    })
+}
+
+/// The live table in a REPEATABLE READ snapshot and that snapshot's WAL position, its rows
+/// read in keyset chunks as a snapshot reads them and mapped to JSON by the same code that
+/// maps events.
+async fn live_state(
+    pg: &crate::source::tls::PgConfig,
+    spec: &crate::event::builder::TableSpec,
+    hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
+) -> Result<(crate::lsn::Lsn, TableState), crate::Error> {
     use crate::event::builder::{Naming, Position};
     use crate::event::EventBuilder;
+    use crate::snapshot::{Keyset, TableRead};
     use crate::source::catalog::Catalog;
     let table = crate::snapshot::qualified(spec);
     let catalog = Catalog::connect(pg).await?;
@@ -540,69 +444,46 @@ pub async fn reconcile_table(
             .map_err(failed)?
             .get::<_, String>(0),
     )?;
-    // The live rows, mapped to JSON by the same code that maps events.
     let naming = std::sync::Arc::new(Naming {
         system_identifier: String::new(),
         slot: String::new(),
         subject_prefix: "reconcile".into(),
     });
     let mut builder = EventBuilder::new(naming, vec![spec.clone()], Position::default()).with_hasher(hasher);
-    let rel = catalog
-        .relation(&spec.schema, &spec.name)
+    let mut types = std::collections::HashMap::new();
+    let read = TableRead::fetch(&catalog, spec, &mut types)
         .await?
         .ok_or_else(|| crate::Error::Refused(Refusal::Audit, format!("table {table} does not exist")))?;
-    let mut types = std::collections::HashMap::new();
-    let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
-    catalog.resolve_types(missing, &mut types).await?;
-    builder.add_relation(rel.clone(), &types)?;
+    builder.add_relation(read.relation.clone(), &types)?;
     builder.begin_snapshot_group(crate::lsn::Lsn(1), 1, 0)?;
-    let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-    let positions: Vec<usize> = spec
-        .key
-        .iter()
-        .filter_map(|k| columns.iter().position(|c| c == k))
-        .collect();
     let mut live = TableState::default();
     let mut out = Vec::new();
-    let take = |out: &mut Vec<crate::event::Draft>, live: &mut TableState| {
-        for d in out.drain(..).filter(|d| d.op == crate::event::builder::Op::Snapshot) {
-            let (key, row) =
-                live_row(&d).map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reconciling {table}: {e}")))?;
-            live.rows.insert(key, row);
-        }
-        Ok::<(), crate::Error>(())
-    };
-    let mut after: Option<Vec<String>> = None;
-    loop {
-        let rows = crate::snapshot::read_chunk(
-            reader.client(),
-            spec,
-            &columns,
-            after.as_deref(),
-            crate::snapshot::CHUNK_ROWS,
-        )
-        .await?;
-        let n = rows.len();
-        if let Some(last) = rows.last() {
-            after = Some(positions.iter().map(|&i| last[i].clone().unwrap_or_default()).collect());
-        }
-        for row in rows {
-            builder.snapshot_row(rel.oid, row, &mut out)?;
-            take(&mut out, &mut live)?;
-        }
-        if n < crate::snapshot::CHUNK_ROWS {
-            break;
+    let mut keyset = Keyset::new(spec, &read, None);
+    while !keyset.is_done() {
+        for row in keyset.next_chunk(reader.client()).await? {
+            builder.snapshot_row(read.relation.oid, row, &mut out)?;
+            take_live_rows(&table, &mut out, &mut live)?;
         }
     }
     builder.end_snapshot_group(b"{}".to_vec(), &mut out)?;
-    take(&mut out, &mut live)?;
+    take_live_rows(&table, &mut out, &mut live)?;
+    // A read-only transaction: nothing is lost if its end fails.
     let _ = reader.client().batch_execute("COMMIT").await;
+    Ok((at, live))
+}
 
-    // Wait until the stream proves everything committed before `at`.
-    wait_until_covered(js, stream, at, wait).await?;
-    let derived = restore(js, stream, &table, None, None, Some(at))
-        .await
-        .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
+/// Moves the snapshot rows among the drafts in `out` into `live`.
+fn take_live_rows(table: &str, out: &mut Vec<crate::event::Draft>, live: &mut TableState) -> Result<(), crate::Error> {
+    for d in out.drain(..).filter(|d| d.op == Op::Snapshot) {
+        let (key, row) =
+            live_row(&d).map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reconciling {table}: {e}")))?;
+        live.rows.insert(key, row);
+    }
+    Ok(())
+}
+
+/// The keys whose rows differ between the live table and the stream, and how.
+fn differences(live: &TableState, derived: &TableState) -> Vec<(String, String)> {
     let mut differences = Vec::new();
     for (key, row) in &live.rows {
         match derived.rows.get(key) {
@@ -631,12 +512,7 @@ pub async fn reconcile_table(
             differences.push((key.text().to_owned(), "in the stream, not in the table".to_owned()));
         }
     }
-    Ok(Reconciled {
-        table,
-        rows: live.rows.len(),
-        differences,
-        at,
-    })
+    differences
 }
 
 /// The reconcile's consistent point: what `pg_current_wal_lsn()` returned, which must be an
@@ -652,12 +528,13 @@ fn wal_position(table: &str, text: &str) -> Result<crate::lsn::Lsn, crate::Error
 
 /// A live row as the reconcile's builder mapped it: its identity and its columns.
 fn live_row(draft: &crate::event::Draft) -> Result<(StoredKey, Map<String, Value>), String> {
-    let data: RowData = serde_json::from_slice(&draft.data).map_err(|e| format!("a mapped row is not JSON ({e})"))?;
-    let subject_key = draft.ce_subject.split_once('/').map_or("", |(_, k)| k);
-    match (data.stored_key(subject_key), data.after) {
-        (Some(key), Some(row)) => Ok((key, row)),
-        _ => Err("a mapped row has no key or no columns".into()),
-    }
+    let data = Data::parse(&draft.data).map_err(|e| format!("a mapped row cannot be read ({e})"))?;
+    let incomplete = || "a mapped row has no key or no columns".to_owned();
+    let (Data::Row(_, row), Some(subject_key)) = (data, stored::subject_key(&draft.ce_subject)) else {
+        return Err(incomplete());
+    };
+    let key = row.key(subject_key);
+    Ok((key, row.after.ok_or_else(incomplete)?))
 }
 
 /// Waits up to `wait` until the stream's newest message covers `at`, so every change
@@ -700,7 +577,7 @@ async fn newest_position(js: &jetstream::Context, stream: &str) -> Result<Option
     }
     let last = state.last_sequence;
     let msg = st.get_raw_message(last).await.map_err(|e| nats(e.to_string()))?;
-    let attrs = crate::event::envelope::Attributes::parse(&msg.payload).map_err(|e| {
+    let attrs = stored::Attributes::parse(&msg.payload).map_err(|e| {
         crate::Error::Refused(
             Refusal::Audit,
             format!(
@@ -778,7 +655,7 @@ mod tests {
             table: "public.t".into(),
             key: Some(StoredKey::new(vec![key.to_owned()], key)),
             moved_from: None,
-            op: op.into(),
+            op: stored::op_named(op).unwrap(),
             time: String::new(),
             pglsn: Default::default(),
             after: after.as_object().cloned(),
@@ -789,10 +666,10 @@ mod tests {
 
     fn stored(sequence: u64, op: &str, data: Value) -> Change {
         let subject = format!("public.t/{}", data["key"]["id"]);
-        let payload = serde_json::json!({
+        let payload = stored::test_event(serde_json::json!({
             "type": format!("public.t.{op}"), "subject": subject, "time": "2026-12-02T00:00:00.000000Z",
             "pglsn": "0/100", "data": data,
-        });
+        }));
         Change::parse(sequence, payload.to_string().as_bytes())
             .unwrap()
             .unwrap()
@@ -805,13 +682,13 @@ mod tests {
             1,
             "created",
             serde_json::json!({"op": "insert", "schema": "public", "table": "t", "key": {"id": 1},
-                "before": null, "after": {"id": 1, "big": "toast", "n": 1}, "unchanged": []}),
+                "before": null, "after": {"id": 1, "big": "toast", "n": 1}, "unchanged": [], "actor": null}),
         ));
         let moved = stored(
             2,
             "updated",
             serde_json::json!({"op": "update", "schema": "public", "table": "t", "key": {"id": 2},
-                "before": {"id": 1}, "after": {"id": 2, "n": 1}, "unchanged": ["big"]}),
+                "before": {"id": 1}, "after": {"id": 2, "n": 1}, "unchanged": ["big"], "actor": null}),
         );
         assert!(moved.concerns("1") && moved.concerns("2"));
         assert_eq!(s.apply(&moved).unwrap()["big"], "toast");
@@ -827,7 +704,7 @@ mod tests {
             3,
             "updated",
             serde_json::json!({"op": "update", "schema": "public", "table": "t", "key": {"id": 2},
-                "before": {"id": 2}, "after": {"id": 2, "big": "b", "n": 2}, "unchanged": []}),
+                "before": {"id": 2}, "after": {"id": 2, "big": "b", "n": 2}, "unchanged": [], "actor": null}),
         );
         assert!(same.moved_from.is_none());
     }
@@ -867,12 +744,12 @@ mod tests {
         } else {
             (Value::Null, row)
         };
-        serde_json::to_vec(&serde_json::json!({
+        serde_json::to_vec(&stored::test_event(serde_json::json!({
             "specversion": "1.0", "type": format!("public.pairs.{op}"), "subject": format!("public.pairs/{a},{b}"),
             "time": "2026-11-29T09:48:11.767852Z", "sequence": format!("{seq:020}"), "pglsn": format!("0/{seq:X}"),
             "data": {"op": op, "schema": "public", "table": "pairs", "key": key,
                      "before": before, "after": after, "unchanged": [], "actor": null}
-        }))
+        })))
         .unwrap()
     }
 
@@ -913,9 +790,13 @@ mod tests {
     #[test]
     fn a_stored_key_is_its_values_in_key_order() {
         let parse = |p: &[u8]| Change::parse(1, p).unwrap().unwrap().key.unwrap();
+        // Written out: a JSON value would sort the key's columns by name.
         let event = |key: &str| {
-            format!(
-                r#"{{"type":"t","subject":"public.t/1,x","time":"","pglsn":"0/1","data":{{"op":"insert","schema":"public","table":"t","key":{key},"after":{{}}}}}}"#
+            let attributes = stored::test_event(serde_json::json!({"type": "t", "subject": "public.t/1,x", "time": "",
+                "pglsn": "0/1", "data": "DATA"}));
+            attributes.to_string().replace(
+                r#""DATA""#,
+                &format!(r#"{{"op":"insert","schema":"public","table":"t","key":{key},"before":null,"after":{{}},"unchanged":[],"actor":null}}"#),
             )
         };
         // Column names are not part of the identity (a renamed key column is the same row);
@@ -937,8 +818,12 @@ mod tests {
 
     #[test]
     fn unreadable_events_are_errors_naming_the_sequence_and_markers_are_skipped() {
-        let marker =
-            br#"{"type":"walguard.watermark","subject":"s","time":"","pglsn":"0/10","data":{"op":"watermark"}}"#;
+        let marker = stored::test_event(
+            serde_json::json!({"type": "walguard.watermark", "subject": "s", "time": "",
+            "pglsn": "0/10", "data": {"op": "watermark"}}),
+        )
+        .to_string();
+        let marker = marker.as_bytes();
         assert!(Change::parse(4, marker).unwrap().is_none());
         let row = String::from_utf8(pair_event(7, "insert", "a", "b", 1)).unwrap();
         assert!(Change::parse(7, row.as_bytes()).unwrap().is_some());
@@ -961,11 +846,11 @@ mod tests {
         let mut c = change("snapshot", "1", serde_json::json!({"id": 1}), &[]);
         c.pglsn = at;
         assert!(c.is_state_at(at));
-        c.op = "insert".into();
+        c.op = Op::Insert;
         assert!(!c.is_state_at(at));
         c.pglsn = crate::lsn::Lsn(0x19195BF);
         assert!(c.is_state_at(at));
-        c.op = "snapshot".into();
+        c.op = Op::Snapshot;
         c.pglsn = crate::lsn::Lsn(0x19195C1);
         assert!(!c.is_state_at(at));
     }

@@ -9,7 +9,8 @@ use tokio_postgres::NoTls;
 
 use crate::config::Config;
 use crate::error::exit;
-use crate::event::envelope::{Attributes, HEADER_KEY_ID};
+use crate::event::envelope::HEADER_KEY_ID;
+use crate::event::stored::Attributes;
 use crate::event::{Keyring, Signer};
 use crate::testkit::{Nats, Postgres};
 
@@ -43,18 +44,45 @@ async fn demo() -> Result<bool, String> {
         .map_err(|e| e.to_string())??;
     println!("   {} on port {}", pg.version, pg.port());
     println!("   {} at {}", nats.version, nats.url());
+    let db = legacy_table(&pg).await?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (signer, cfg) = configure(dir.path(), &pg, &nats)?;
 
+    let client = async_nats::connect(nats.url()).await.map_err(|e| e.to_string())?;
+    let mut events = client.subscribe("walguard.>").await.map_err(|e| e.to_string())?;
+    let (stop, stopped) = watch::channel(false);
+    let daemon = tokio::spawn(crate::app::run(cfg.clone(), stopped));
+    println!("== walguard running; the outside writer starts now\n");
+    let (w, p) = tokio::join!(outside_writer(&db), print_events(&mut events));
+    w?;
+    p?;
+    println!("== the rolled-back DELETE never appears; stopping walguard");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(true);
+    match daemon.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(e.to_string()),
+    }
+    verify(client, &cfg, &signer).await
+}
+
+/// Creates the legacy table an outside system owns; returns the connection it writes on.
+async fn legacy_table(pg: &Postgres) -> Result<tokio_postgres::Client, String> {
     let (db, conn) = tokio_postgres::connect(&pg.url("postgres"), NoTls)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     db.batch_execute(TABLE).await.map_err(|e| e.to_string())?;
     println!("== legacy table public.customers created (an outside system owns it)");
+    Ok(db)
+}
 
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let key = dir.path().join("walguard.key");
+/// A signing key and a config file in `dir`, loaded as `run` loads it.
+fn configure(dir: &std::path::Path, pg: &Postgres, nats: &Nats) -> Result<(Signer, Config), String> {
+    let key = dir.join("walguard.key");
     let signer = Signer::generate(&key).map_err(|e| e.to_string())?;
-    let config_path = dir.path().join("walguard.toml");
+    let config_path = dir.join("walguard.toml");
     std::fs::write(
         &config_path,
         format!(
@@ -73,81 +101,76 @@ async fn demo() -> Result<bool, String> {
         config_path.display()
     );
     let cfg = Config::load(&config_path).map_err(|e| e.to_string())?;
+    Ok((signer, cfg))
+}
 
-    let client = async_nats::connect(nats.url()).await.map_err(|e| e.to_string())?;
-    let mut events = client.subscribe("walguard.>").await.map_err(|e| e.to_string())?;
-
-    let (stop, stopped) = watch::channel(false);
-    let daemon = tokio::spawn(crate::app::run(cfg.clone(), stopped));
-    println!("== walguard running; the outside writer starts now\n");
-
-    let writer = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let steps: [&str; 4] = [
-            "INSERT INTO customers (email, plan, balance, tags, profile) VALUES
-               ('ada@example.com', 'pro', 120.50, '{vip,early}', '{\"lang\": \"en\"}'),
-               ('bob@example.com', 'free', 0, '{}', NULL)",
-            "BEGIN; SELECT pg_logical_emit_message(true, 'walguard.actor', '{\"user\": \"billing-batch\", \"job\": 7}');
-             UPDATE customers SET balance = balance + 10, plan = 'pro' WHERE email = 'bob@example.com'; COMMIT",
-            "BEGIN; DELETE FROM customers WHERE email = 'ada@example.com'; ROLLBACK",
-            "DELETE FROM customers WHERE email = 'ada@example.com'",
-        ];
-        for sql in steps {
-            db.batch_execute(sql).await.map_err(|e| e.to_string())?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        Ok::<_, String>(())
-    };
-    let printer = async {
-        let mut rows = 0;
-        while rows < 4 {
-            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(30), events.next()).await else {
-                return Err("no event arrived within 30 s".to_owned());
-            };
-            let Ok(a) = Attributes::parse(&msg.payload) else {
-                continue;
-            };
-            let signed = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_KEY_ID))
-                .map_or("unsigned (covered by the next signature)".to_owned(), |k| {
-                    format!("signed by {k}")
-                });
-            println!(
-                "seq {} {}  {}  {}",
-                a.sequence.trim_start_matches('0'),
-                msg.subject,
-                a.ty,
-                signed
-            );
-            let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
-            println!(
-                "    subject {}  pglsn {}  pgtxidx {}{}",
-                a.subject,
-                a.pglsn,
-                a.pgtxidx,
-                a.pgtxcnt.map_or(String::new(), |c| format!("/{c}"))
-            );
-            println!("    data {}\n", v["data"]);
-            if !a.is_watermark() {
-                rows += 1;
-            }
-        }
-        Ok(())
-    };
-    let (w, p) = tokio::join!(writer, printer);
-    w?;
-    p?;
-    println!("== the rolled-back DELETE never appears; stopping walguard");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = stop.send(true);
-    match daemon.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(e.to_string()),
+/// The outside system: inserts, an update under a declared actor, a rolled-back delete and
+/// a committed one.
+async fn outside_writer(db: &tokio_postgres::Client) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let steps: [&str; 4] = [
+        "INSERT INTO customers (email, plan, balance, tags, profile) VALUES
+           ('ada@example.com', 'pro', 120.50, '{vip,early}', '{\"lang\": \"en\"}'),
+           ('bob@example.com', 'free', 0, '{}', NULL)",
+        "BEGIN; SELECT pg_logical_emit_message(true, 'walguard.actor', '{\"user\": \"billing-batch\", \"job\": 7}');
+         UPDATE customers SET balance = balance + 10, plan = 'pro' WHERE email = 'bob@example.com'; COMMIT",
+        "BEGIN; DELETE FROM customers WHERE email = 'ada@example.com'; ROLLBACK",
+        "DELETE FROM customers WHERE email = 'ada@example.com'",
+    ];
+    for sql in steps {
+        db.batch_execute(sql).await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(())
+}
 
+/// Prints events as they arrive until the writer's four row events were seen.
+async fn print_events(events: &mut async_nats::Subscriber) -> Result<(), String> {
+    let mut rows = 0;
+    while rows < 4 {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(30), events.next()).await else {
+            return Err("no event arrived within 30 s".to_owned());
+        };
+        if !print_event(&msg)? {
+            rows += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Prints one event; returns whether it is a watermark.
+fn print_event(msg: &async_nats::Message) -> Result<bool, String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("the message on {} is not a walguard event: {e}", msg.subject);
+    let a = Attributes::parse(&msg.payload).map_err(|e| unreadable(&e))?;
+    // `data` shown as serde_json prints a value: compact, its keys sorted.
+    let shown: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| unreadable(&e))?;
+    let signed = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_KEY_ID))
+        .map_or("unsigned (covered by the next signature)".to_owned(), |k| {
+            format!("signed by {k}")
+        });
+    println!(
+        "seq {} {}  {}  {}",
+        a.sequence.trim_start_matches('0'),
+        msg.subject,
+        a.ty,
+        signed
+    );
+    println!(
+        "    subject {}  pglsn {}  pgtxidx {}{}",
+        a.subject,
+        a.pglsn,
+        a.pgtxidx,
+        a.pgtxcnt.map_or(String::new(), |c| format!("/{c}"))
+    );
+    println!("    data {}\n", shown["data"]);
+    Ok(a.is_watermark())
+}
+
+/// `walguard verify` on the demo's stream; whether it is intact.
+async fn verify(client: async_nats::Client, cfg: &Config, signer: &Signer) -> Result<bool, String> {
     println!("== walguard verify");
     let mut keyring = Keyring::default();
     keyring.add(signer.verifying_key());

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Refusal};
 use crate::event::builder::Naming;
 use crate::event::envelope::sha256;
+use crate::event::stored::Resync;
 use crate::event::{Envelope, Signer};
 use crate::lsn::Lsn;
 use crate::sink::{self, publisher, stream, SinkError};
@@ -48,21 +49,19 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     } else {
         (tail.next_sequence, tail.prev_hash)
     };
-    let unverified = if tail.last_sequence >= tail.next_sequence {
-        format!("[{},{}]", tail.next_sequence, tail.last_sequence)
-    } else {
-        "null".to_owned()
+    let record = Resync {
+        lost_after,
+        resumed_at: point,
+        unverified_sequences: (tail.last_sequence >= tail.next_sequence)
+            .then_some([tail.next_sequence, tail.last_sequence]),
     };
-    let data = format!(
-        r#"{{"op":"resync","lost_after":"{lost_after}","resumed_at":"{point}","unverified_sequences":{unverified}}}"#
-    );
     let naming = Naming {
         system_identifier: system.system_identifier.clone(),
         slot: slot.clone(),
         subject_prefix: cfg.nats.subject_prefix.clone(),
     };
     let now = crate::clock::unix_micros();
-    let draft = naming.resync(point, now, data.into_bytes());
+    let draft = naming.resync(point, now, record.data());
     let mut payload = Vec::new();
     envelope.write(&draft, sequence, &prev, &mut payload);
     let headers = publisher::headers(&draft, sequence, Some(&signer), &payload);
@@ -70,7 +69,10 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     publish_at(&js, draft.nats_subject.clone(), message, sequence).await?;
     let summary = format!(
         "resync recorded at stream sequence {sequence}: changes committed between {lost_after} and {point} are not in the stream{}; slot {slot} starts again at {point}",
-        if unverified == "null" { String::new() } else { format!(", and sequences {unverified} were not verified") }
+        match record.unverified_sequences {
+            Some([first, last]) => format!(", and sequences [{first},{last}] were not verified"),
+            None => String::new(),
+        }
     );
     tracing::warn!("{summary}");
     Ok(summary)

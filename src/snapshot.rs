@@ -28,7 +28,8 @@ use tokio::sync::oneshot;
 use crate::clock::unix_micros;
 use crate::decode::pgoutput::{Message, Relation};
 use crate::error::{Error, Refusal};
-use crate::event::builder::{EntityKey, TableSpec, Touched};
+use crate::event::builder::{EntityKey, Op, TableSpec, Touched};
+use crate::event::stored::{key_text, Data, StoredEvent};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
 use crate::pipeline::handoff::{Batcher, PublisherGone};
@@ -44,23 +45,11 @@ pub fn qualified(spec: &TableSpec) -> String {
     format!("{}.{}", spec.schema, spec.name)
 }
 
-/// How far the baseline got, as stated by the last `snapshot_progress` event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Tables (`schema.table`) whose baseline is complete.
-    pub completed: Vec<String>,
-    /// The table in progress and the key of its last published row (text values).
-    pub table: Option<String>,
-    pub after_key: Option<Vec<String>>,
-}
+/// How far the baseline got, as stated by the last `snapshot_progress` event. Its format is
+/// written and read in `event::stored`; what it leaves to do is decided here.
+pub use crate::event::stored::SnapshotProgress as Progress;
 
 impl Progress {
-    pub fn data(&self) -> Vec<u8> {
-        let mut v = serde_json::to_value(self).expect("plain data");
-        v["op"] = "snapshot_progress".into();
-        serde_json::to_vec(&v).expect("plain data")
-    }
-
     /// Tables still to baseline, in configuration order, with the key to resume after.
     pub fn pending(&self, specs: &[TableSpec]) -> Vec<(TableSpec, Option<Vec<String>>)> {
         specs
@@ -73,6 +62,21 @@ impl Progress {
                 (s.clone(), after)
             })
             .collect()
+    }
+
+    /// The progress once a chunk of `table` is published: the table stands at `after`, or,
+    /// after its last chunk, is complete.
+    fn after_chunk(&self, table: &str, after: Option<&[String]>, last: bool) -> Progress {
+        let mut next = self.clone();
+        if last {
+            next.completed.push(table.to_owned());
+            next.table = None;
+            next.after_key = None;
+        } else {
+            next.table = Some(table.to_owned());
+            next.after_key = after.map(<[String]>::to_vec);
+        }
+        next
     }
 }
 
@@ -99,29 +103,25 @@ pub fn resume(
     let Some((seq, payload)) = head else {
         return Ok((progress, None));
     };
-    let unreadable = |what: &str| {
+    let refused = |why: String| {
         Error::Refused(Refusal::ForeignMessage, format!(
-            "stream sequence {seq}, the verified head, is a snapshot row without a readable {what}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
+            "stream sequence {seq}, the verified head, {why}: run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
-    let head: serde_json::Value = serde_json::from_slice(payload).map_err(|_| unreadable("JSON payload"))?;
-    let data = &head["data"];
-    if data["op"] != "snapshot" || !head["pgtxcnt"].is_null() {
+    let head = StoredEvent::parse(payload).map_err(|e| refused(format!("is not a readable walguard event ({e})")))?;
+    let Data::Row(Op::Snapshot, row) = &head.data else {
+        return Ok((progress, None));
+    };
+    if head.attributes.pgtxcnt.is_some() {
         return Ok((progress, None));
     }
-    let lsn: Lsn = head["pglsn"]
-        .as_str()
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| unreadable("pglsn"))?;
-    let next_idx = head["pgtxidx"]
-        .as_u64()
-        .and_then(|i| u32::try_from(i).ok())
-        .and_then(|i| i.checked_add(1))
+    let unreadable = |what: &str| refused(format!("is a snapshot row without a readable {what}"));
+    let next_idx = head
+        .attributes
+        .pgtxidx
+        .checked_add(1)
         .ok_or_else(|| unreadable("pgtxidx"))?;
-    let (Some(schema), Some(name)) = (data["schema"].as_str(), data["table"].as_str()) else {
-        return Err(unreadable("data.schema and data.table"));
-    };
-    let table = format!("{schema}.{name}");
+    let table = row.qualified();
     match specs.iter().position(|t| qualified(t) == table) {
         Some(i) => {
             // No progress event at all: the initial snapshot (one group, tables in order)
@@ -133,7 +133,7 @@ pub fn resume(
                 .key
                 .iter()
                 .map(|k| {
-                    data["key"]
+                    row.key
                         .get(k)
                         .map(key_text)
                         .ok_or_else(|| unreadable(&format!("data.key.{k}")))
@@ -147,44 +147,25 @@ pub fn resume(
             progress.after_key = None;
         }
     }
-    Ok((progress, Some((lsn, next_idx))))
+    Ok((progress, Some((head.attributes.pglsn, next_idx))))
 }
 
 /// The progress a stored `snapshot_progress` event states.
 fn stored_progress(seq: u64, payload: &[u8]) -> Result<Progress, Error> {
-    #[derive(Deserialize)]
-    struct Stored {
-        data: Data,
-    }
-    #[derive(Deserialize)]
-    struct Data {
-        op: String,
-        #[serde(flatten)]
-        progress: Progress,
-    }
     let refused = |why: String| {
         Error::Refused(Refusal::ForeignMessage, format!(
             "stream sequence {seq}, the last snapshot progress event, cannot be read ({why}): run `walguard verify` and investigate; walguard does not guess where the baseline stands"
         ))
     };
-    let stored: Stored = serde_json::from_slice(payload).map_err(|e| refused(e.to_string()))?;
-    if stored.data.op != "snapshot_progress" {
-        return Err(refused(format!("its data.op is {:?}", stored.data.op)));
-    }
-    Ok(stored.data.progress)
-}
-
-/// A JSON key value as the text PostgreSQL accepts for it.
-pub fn key_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    match StoredEvent::parse(payload).map_err(|e| refused(e.to_string()))?.data {
+        Data::SnapshotProgress(progress) => Ok(progress),
+        other => Err(refused(format!("its data.op is {:?}", other.op().as_str()))),
     }
 }
 
 /// Reads up to `limit` rows after `after` in key order, values as text in the session's
 /// formats (the same ones pgoutput sends).
-pub async fn read_chunk(
+async fn read_chunk(
     client: &tokio_postgres::Client,
     spec: &TableSpec,
     columns: &[String],
@@ -226,18 +207,91 @@ pub async fn read_chunk(
         .collect())
 }
 
-fn key_positions(spec: &TableSpec, rel: &Relation) -> Vec<usize> {
-    spec.key
-        .iter()
-        .filter_map(|k| rel.columns.iter().position(|c| &c.name == k))
-        .collect()
+/// A guarded table as a snapshot reads it: its relation, with the types pgoutput does not
+/// describe resolved, its columns in order and where its key columns stand among them.
+pub struct TableRead {
+    pub relation: Relation,
+    pub columns: Vec<String>,
+    key_positions: Vec<usize>,
 }
 
-fn key_of(row: &[Option<String>], positions: &[usize]) -> Vec<String> {
-    positions
-        .iter()
-        .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
-        .collect()
+impl TableRead {
+    /// Fetches `spec`'s relation and resolves its types into `types`; `None` when the table
+    /// does not exist.
+    pub async fn fetch(
+        catalog: &Catalog,
+        spec: &TableSpec,
+        types: &mut HashMap<u32, crate::event::value::ValueKind>,
+    ) -> Result<Option<TableRead>, Error> {
+        let Some(relation) = catalog.relation(&spec.schema, &spec.name).await? else {
+            return Ok(None);
+        };
+        let missing: Vec<u32> = EventBuilder::unresolved_types(&relation, types).collect();
+        catalog.resolve_types(missing, types).await?;
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let key_positions = spec
+            .key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        Ok(Some(TableRead {
+            relation,
+            columns,
+            key_positions,
+        }))
+    }
+
+    /// The key of a row read by `read_chunk`, as the text the next chunk's keyset condition
+    /// takes. A NULL key value (possible under a configured `key`) becomes the empty text.
+    fn key_of(&self, row: &[Option<String>]) -> Vec<String> {
+        self.key_positions
+            .iter()
+            .map(|&i| row.get(i).cloned().flatten().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The keyset walk over one table: chunks of `CHUNK_ROWS` rows in key order, each starting
+/// after the last key of the one before; the walk ends with the first short chunk.
+pub struct Keyset<'a> {
+    spec: &'a TableSpec,
+    table: &'a TableRead,
+    after: Option<Vec<String>>,
+    done: bool,
+}
+
+impl<'a> Keyset<'a> {
+    /// A walk starting after `after` (from the start when `None`).
+    pub fn new(spec: &'a TableSpec, table: &'a TableRead, after: Option<Vec<String>>) -> Self {
+        Keyset {
+            spec,
+            table,
+            after,
+            done: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The key of the last row read so far.
+    pub fn after(&self) -> Option<&[String]> {
+        self.after.as_deref()
+    }
+
+    /// Reads the next chunk on `client`.
+    pub async fn next_chunk(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+        let rows = read_chunk(client, self.spec, &self.table.columns, self.after(), CHUNK_ROWS).await?;
+        if let Some(last) = rows.last() {
+            self.after = Some(self.table.key_of(last));
+        }
+        self.done = rows.len() < CHUNK_ROWS;
+        Ok(rows)
+    }
 }
 
 /// Rows/s and ETA in the log every few seconds; a live line on a terminal.
@@ -333,27 +387,22 @@ pub async fn initial(
     builder.begin_snapshot_group(lsn, 1, unix_micros())?;
     let mut progress = Progress::default();
     for spec in specs {
-        let rel = relation_for(catalog, spec, builder, types).await?;
-        let positions = key_positions(spec, &rel);
-        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-        let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(rel.oid).await?);
-        let mut after: Option<Vec<String>> = None;
-        loop {
-            let rows = read_chunk(client, spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
+        let table = TableRead::fetch(catalog, spec, types)
+            .await?
+            .ok_or_else(|| disappeared(spec))?;
+        builder.add_relation(table.relation.clone(), types)?;
+        let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(table.relation.oid).await?);
+        let mut keyset = Keyset::new(spec, &table, None);
+        while !keyset.is_done() {
+            let rows = keyset.next_chunk(client).await?;
             let n = rows.len();
-            if let Some(last) = rows.last() {
-                after = Some(key_of(last, &positions));
-            }
             for row in rows {
-                builder.snapshot_row(rel.oid, row, &mut out)?;
+                builder.snapshot_row(table.relation.oid, row, &mut out)?;
                 tx.push_events(&mut out).await.map_err(gone)?;
             }
             // Handed over before the next chunk's query waits on PostgreSQL.
             tx.flush().await.map_err(gone)?;
             meter.add(n);
-            if n < CHUNK_ROWS {
-                break;
-            }
         }
         meter.finish();
         progress.completed.push(qualified(spec));
@@ -363,22 +412,11 @@ pub async fn initial(
     Ok(progress)
 }
 
-async fn relation_for(
-    catalog: &Catalog,
-    spec: &TableSpec,
-    builder: &mut EventBuilder,
-    types: &mut HashMap<u32, crate::event::value::ValueKind>,
-) -> Result<Relation, Error> {
-    let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
-        Error::Refused(
-            Refusal::Snapshot,
-            format!("table {} disappeared during the snapshot", qualified(spec)),
-        )
-    })?;
-    let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, types).collect();
-    catalog.resolve_types(missing, types).await?;
-    builder.add_relation(rel.clone(), types)?;
-    Ok(rel)
+fn disappeared(spec: &TableSpec) -> Error {
+    Error::Refused(
+        Refusal::Snapshot,
+        format!("table {} disappeared during the snapshot", qualified(spec)),
+    )
 }
 
 /// One incremental chunk between its low and high watermark.
@@ -403,10 +441,31 @@ pub struct Chunks {
     tables: Mutex<HashSet<String>>,
 }
 
-#[derive(Deserialize)]
+/// A watermark message's content, as the snapshotter writes it into the WAL and the WAL
+/// reader reads it back.
+#[derive(Serialize, Deserialize)]
 struct Mark {
     chunk: String,
-    mark: String,
+    mark: MarkKind,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum MarkKind {
+    /// Before the chunk's SELECT: from here, changes to its rows drop them.
+    Low,
+    /// After it: the chunk is published at this mark's LSN.
+    High,
+}
+
+impl Mark {
+    fn content(chunk: &str, mark: MarkKind) -> String {
+        serde_json::to_string(&Mark {
+            chunk: chunk.to_owned(),
+            mark,
+        })
+        .expect("plain data")
+    }
 }
 
 impl Chunks {
@@ -434,17 +493,23 @@ impl Chunks {
     }
 
     /// The reader saw a watermark message; at a high mark, returns the chunk to publish.
+    ///
+    /// A message under `MARK_PREFIX` that is not a mark of ours is ignored, as is a mark of
+    /// a chunk not in flight here: any role allowed to call `pg_logical_emit_message` can
+    /// write one, and so does a second walguard on the same database (its chunk ids differ).
+    /// Refusing them would let them stop walguard; ignoring them loses nothing, because our
+    /// own marks are always readable.
     pub fn mark(&self, content: &[u8]) -> Option<Chunk> {
         let mark: Mark = serde_json::from_slice(content).ok()?;
         let mut chunks = self.lock();
-        match mark.mark.as_str() {
-            "low" => {
+        match mark.mark {
+            MarkKind::Low => {
                 if let Some(c) = chunks.get_mut(&mark.chunk) {
                     c.open = true;
                 }
                 None
             }
-            "high" => {
+            MarkKind::High => {
                 let chunk = chunks.remove(&mark.chunk)?;
                 self.tables
                     .lock()
@@ -452,7 +517,6 @@ impl Chunks {
                     .remove(&qualified(&chunk.spec));
                 Some(chunk)
             }
-            _ => None,
         }
     }
 }
@@ -507,75 +571,72 @@ pub async fn incremental(
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let mut types = types;
     let mut n = 0u64;
-    for (spec, mut after) in pending {
-        let table = qualified(&spec);
-        let rel = catalog.relation(&spec.schema, &spec.name).await?.ok_or_else(|| {
-            Error::Refused(
-                Refusal::Snapshot,
-                format!("table {table} disappeared during the snapshot"),
-            )
-        })?;
-        let missing: Vec<u32> = EventBuilder::unresolved_types(&rel, &types).collect();
-        catalog.resolve_types(missing, &mut types).await?;
-        let positions = key_positions(&spec, &rel);
-        let columns: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-        let mut meter = Meter::new(table.clone(), catalog.estimated_rows(rel.oid).await?);
-        loop {
+    for (spec, after) in pending {
+        let table = TableRead::fetch(&catalog, &spec, &mut types)
+            .await?
+            .ok_or_else(|| disappeared(&spec))?;
+        let mut meter = Meter::new(qualified(&spec), catalog.estimated_rows(table.relation.oid).await?);
+        let mut keyset = Keyset::new(&spec, &table, after);
+        while !keyset.is_done() {
             n += 1;
             let id = format!("{nonce}-{n}");
-            let (done_tx, done_rx) = oneshot::channel();
-            chunks.lock().insert(
-                id.clone(),
-                Chunk {
-                    spec: spec.clone(),
-                    relation: rel.clone(),
-                    open: false,
-                    changed: HashSet::new(),
-                    truncated: false,
-                    rows: Vec::new(),
-                    progress: Progress::default(),
-                    done: Some(done_tx),
-                },
-            );
-            chunks
-                .tables
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(table.clone());
-            let mark = |m: &str| serde_json::json!({"chunk": id, "mark": m}).to_string();
-            catalog.emit_message(MARK_PREFIX, &mark("low")).await?;
-            let rows = read_chunk(catalog.client(), &spec, &columns, after.as_deref(), CHUNK_ROWS).await?;
-            let full = rows.len() == CHUNK_ROWS;
-            if let Some(last) = rows.last() {
-                after = Some(key_of(last, &positions));
-            }
-            let mut next = progress.clone();
-            if full {
-                next.table = Some(table.clone());
-                next.after_key = after.clone();
-            } else {
-                next.completed.push(table.clone());
-                next.table = None;
-                next.after_key = None;
-            }
-            meter.add(rows.len());
-            if let Some(c) = chunks.lock().get_mut(&id) {
-                c.rows = rows;
-                c.progress = next.clone();
-            }
-            catalog.emit_message(MARK_PREFIX, &mark("high")).await?;
-            done_rx
-                .await
-                .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
-            progress = next;
-            if !full {
-                break;
-            }
+            progress = chunk_window(&catalog, &chunks, &mut keyset, id, &progress, &mut meter).await?;
         }
         meter.finish();
     }
     tracing::info!("incremental snapshot complete");
     Ok(())
+}
+
+/// One chunk of the DBLog window: the chunk registered for the WAL reader, the low mark, the
+/// keyset read, the high mark, then the reader's word that it published the chunk (which it
+/// does at the high mark). Returns the progress after the chunk.
+async fn chunk_window(
+    catalog: &Catalog,
+    chunks: &Chunks,
+    keyset: &mut Keyset<'_>,
+    id: String,
+    progress: &Progress,
+    meter: &mut Meter,
+) -> Result<Progress, Error> {
+    let (spec, table) = (keyset.spec, keyset.table);
+    let name = qualified(spec);
+    let (done_tx, done_rx) = oneshot::channel();
+    chunks.lock().insert(
+        id.clone(),
+        Chunk {
+            spec: spec.clone(),
+            relation: table.relation.clone(),
+            open: false,
+            changed: HashSet::new(),
+            truncated: false,
+            rows: Vec::new(),
+            progress: Progress::default(),
+            done: Some(done_tx),
+        },
+    );
+    chunks
+        .tables
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone());
+    catalog
+        .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::Low))
+        .await?;
+    let rows = keyset.next_chunk(catalog.client()).await?;
+    let next = progress.after_chunk(&name, keyset.after(), keyset.is_done());
+    meter.add(rows.len());
+    if let Some(c) = chunks.lock().get_mut(&id) {
+        c.rows = rows;
+        c.progress = next.clone();
+    }
+    catalog
+        .emit_message(MARK_PREFIX, &Mark::content(&id, MarkKind::High))
+        .await?;
+    done_rx
+        .await
+        .map_err(|_| Error::Refused(Refusal::Internal, "the WAL reader stopped during the snapshot".into()))?;
+    Ok(next)
 }
 
 #[cfg(test)]
@@ -611,7 +672,9 @@ mod tests {
     }
 
     fn progress_event(data: serde_json::Value) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"type": "walguard.snapshot.progress", "data": data})).unwrap()
+        let event =
+            crate::event::stored::test_event(serde_json::json!({"type": "walguard.snapshot.progress", "data": data}));
+        serde_json::to_vec(&event).unwrap()
     }
 
     #[test]
@@ -651,8 +714,9 @@ mod tests {
     #[test]
     fn an_open_group_at_the_head_resumes_after_its_last_row() {
         let specs = [spec("a"), spec("b")];
-        let row = serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
-            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41}}});
+        let row = crate::event::stored::test_event(serde_json::json!({"pglsn": "0/16B3748", "pgtxidx": 7,
+            "data": {"op": "snapshot", "schema": "public", "table": "b", "key": {"id": 41},
+                     "before": null, "after": {"id": 41}, "unchanged": [], "actor": null}}));
         let head = serde_json::to_vec(&row).unwrap();
         let (progress, close) = resume(None, None, Some((8, &head)), &specs).unwrap();
         assert_eq!(close, Some(("0/16B3748".parse().unwrap(), 8)));
@@ -669,7 +733,8 @@ mod tests {
             ("pgtxidx", serde_json::json!(-1)),
             (
                 "data",
-                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {}}),
+                serde_json::json!({"op": "snapshot", "schema": "public", "table": "b", "key": {},
+                    "before": null, "after": {"id": 41}, "unchanged": [], "actor": null}),
             ),
             ("data", serde_json::json!({"op": "snapshot", "key": {"id": 41}})),
         ] {

@@ -9,8 +9,9 @@
 use async_nats::jetstream;
 
 use crate::event::chain::MAX_UNSIGNED_RUN;
-use crate::event::envelope::{sha256, Attributes, Hash};
+use crate::event::envelope::{sha256, Hash};
 use crate::event::signing::SignatureError;
+use crate::event::stored::{Attributes, StoredEvent};
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
 
@@ -106,17 +107,18 @@ impl<'k> Verifier<'k> {
         s.last_sequence = sequence;
         let expected_prev = self.check_link(sequence, sha256(payload));
         self.check_signature(sequence, signature, payload);
-        let attrs = match Attributes::parse(payload) {
-            Ok(a) => a,
+        let event = match StoredEvent::parse(payload) {
+            Ok(event) => event,
             Err(e) => {
                 self.problem(sequence, format!("not a walguard event: {e}"));
                 return;
             }
         };
-        self.check_attributes(sequence, &attrs, expected_prev);
-        self.check_order(sequence, &attrs);
-        self.count(&attrs);
-        self.check_group(sequence, &attrs);
+        let attrs = &event.attributes;
+        self.check_attributes(sequence, attrs, expected_prev);
+        self.check_order(sequence, attrs);
+        self.count(&event);
+        self.check_group(sequence, attrs);
     }
 
     /// Sequence continuity; returns the hash the message must name as `prevhash` (unknown for
@@ -223,7 +225,8 @@ impl<'k> Verifier<'k> {
         self.position = Some(self.position.map_or(position, |p| p.max(position)));
     }
 
-    fn count(&mut self, attrs: &Attributes) {
+    fn count(&mut self, event: &StoredEvent) {
+        let attrs = &event.attributes;
         let s = &mut self.summary;
         s.last_lsn = s.last_lsn.max(attrs.pglsn);
         s.first_lsn.get_or_insert(attrs.pglsn);
@@ -232,14 +235,12 @@ impl<'k> Verifier<'k> {
         } else {
             s.events += 1;
         }
-        let table = match (&attrs.data.schema, &attrs.data.table) {
-            (Some(schema), Some(table)) => format!("{schema}.{table}"),
-            _ => "(walguard)".to_owned(),
-        };
+        // walguard's own markers name no table.
+        let table = event.data.table().unwrap_or_else(|| "(walguard)".to_owned());
         *s.tables
             .entry(table)
             .or_default()
-            .entry(attrs.data.op.clone())
+            .entry(attrs.op.as_str().to_owned())
             .or_default() += 1;
     }
 
@@ -400,7 +401,7 @@ mod tests {
                 pgxid: lsn as u32,
                 pgtxidx: idx,
                 end: end.map(Lsn),
-                data: b"{\"op\":\"insert\"}".to_vec(),
+                data: br#"{"op":"insert","schema":"public","table":"t","key":{"id":1},"before":null,"after":{"id":1},"unchanged":[],"actor":null}"#.to_vec(),
                 table: "t".into(),
             };
             let mut buf = Vec::new();

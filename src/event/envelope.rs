@@ -1,16 +1,15 @@
-//! The NATS message of an event (SPEC section 2): the subject, the CloudEvents 1.0 payload in
-//! structured mode, and the parsed attributes readers need to follow the chain.
+//! The NATS message of an event (SPEC section 2): the subject and the CloudEvents 1.0 payload
+//! in structured mode. Reading a stored payload back is `event::stored`'s job.
 //!
 //! The payload is written attribute by attribute into a reused buffer, in a fixed order, so
 //! the same draft at the same place in the chain always yields the same bytes; verifiers hash
 //! and check those exact bytes and never re-serialize.
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::builder::Draft;
+pub use super::stored::Attributes;
 use super::value::{write_padded, write_rfc3339_micros, write_str, write_uint};
-use crate::lsn::Lsn;
 
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const HEADER_KEY_ID: &str = "Walguard-Key-Id";
@@ -110,101 +109,11 @@ impl Envelope {
     }
 }
 
-/// The attributes of a stored event that resume and verify rely on.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Attributes {
-    pub specversion: String,
-    pub id: String,
-    pub source: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    pub subject: String,
-    pub time: String,
-    pub sequence: String,
-    pub prevhash: String,
-    #[serde(deserialize_with = "de_lsn")]
-    pub pglsn: Lsn,
-    #[serde(deserialize_with = "de_xid")]
-    pub pgxid: u64,
-    pub pgtxidx: u32,
-    pub pgtxcnt: Option<u32>,
-    #[serde(default, deserialize_with = "de_opt_lsn")]
-    pub pgendlsn: Option<Lsn>,
-    pub data: DataHead,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct DataHead {
-    pub op: String,
-    #[serde(default)]
-    pub schema: Option<String>,
-    #[serde(default)]
-    pub table: Option<String>,
-}
-
-fn de_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
-    let s = <&str>::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-/// `pgxid` is a string of decimal digits (SPEC section 2); streams written before walguard
-/// followed that carry it as a JSON number, and their signed events stay readable.
-fn de_xid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Xid<'a> {
-        Text(&'a str),
-        Number(u32),
-    }
-    match Xid::deserialize(d)? {
-        Xid::Number(n) => Ok(n.into()),
-        Xid::Text(s) if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) => s
-            .parse::<u32>()
-            .map(u64::from)
-            .map_err(|_| serde::de::Error::custom(format!("pgxid {s:?} is beyond a 32-bit transaction id"))),
-        Xid::Text(s) => Err(serde::de::Error::custom(format!(
-            "pgxid {s:?} is not a string of decimal digits"
-        ))),
-    }
-}
-
-fn de_opt_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
-    Option::<&str>::deserialize(d)?
-        .map(|s| s.parse().map_err(serde::de::Error::custom))
-        .transpose()
-}
-
-impl Attributes {
-    pub fn parse(payload: &[u8]) -> Result<Attributes, serde_json::Error> {
-        serde_json::from_slice(payload)
-    }
-
-    /// A watermark or a resync record: walguard's own markers, which cover a position
-    /// rather than carry a row change.
-    pub fn is_watermark(&self) -> bool {
-        self.data.op == "watermark" || self.data.op == "resync"
-    }
-
-    /// Where this event stands in the total order `(pglsn, pgtxidx)`. A watermark at `W`
-    /// covers what committed strictly before `W`, so it sorts before any event at `W`.
-    pub fn position(&self) -> super::Position {
-        super::Position {
-            lsn: self.pglsn,
-            idx: if self.is_watermark() { 0 } else { self.pgtxidx },
-        }
-    }
-
-    pub fn sequence_number(&self) -> Option<u64> {
-        (self.sequence.len() == 20)
-            .then(|| self.sequence.parse().ok())
-            .flatten()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::builder::{Draft, Op};
+    use crate::lsn::Lsn;
 
     #[test]
     fn subject_tokens() {

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod hashing;
 pub mod schema;
 pub mod signing;
+pub mod stored;
 pub mod value;
 
 pub use builder::{Draft, EventBuilder, Position};

@@ -10,7 +10,8 @@ use super::SinkError;
 use crate::config::NatsConfig;
 use crate::error::Refusal;
 use crate::event::chain::SIGNED_WINDOW;
-use crate::event::envelope::{sha256, Attributes, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::envelope::{sha256, Hash, HEADER_KEY_ID, HEADER_SIGNATURE};
+use crate::event::stored::Attributes;
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
 
@@ -194,22 +195,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
     }
     let confirmed = match attrs.pgendlsn {
         Some(end) => Some(end),
-        None => {
-            // The previous group's last event stands just before this group's first.
-            let prev = seq.saturating_sub(u64::from(attrs.pgtxidx));
-            if prev < state.first_sequence || prev == 0 {
-                None
-            } else {
-                let msg = message(stream, prev).await?;
-                Attributes::parse(&msg.payload)
-                    .map_err(|e| {
-                        SinkError::Refused(Refusal::ForeignMessage, format!(
-                            "stream {name} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate"
-                        ))
-                    })?
-                    .pgendlsn
-            }
-        }
+        None => end_of_group_before(stream, seq, &attrs, state.first_sequence).await?,
     };
     Ok(Tail {
         next_sequence: seq + 1,
@@ -219,6 +205,29 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
         last_sequence: last,
         head: Some(head.payload.clone()),
     })
+}
+
+/// The `pgendlsn` of the group before the one the verified head at `seq` belongs to (the
+/// head does not end its group); `None` when that group is not in the stream.
+async fn end_of_group_before(
+    stream: &stream::Stream,
+    seq: u64,
+    head: &Attributes,
+    first_sequence: u64,
+) -> Result<Option<Lsn>, SinkError> {
+    // The previous group's last event stands just before this group's first.
+    let prev = seq.saturating_sub(u64::from(head.pgtxidx));
+    if prev < first_sequence || prev == 0 {
+        return Ok(None);
+    }
+    let msg = message(stream, prev).await?;
+    let attrs = Attributes::parse(&msg.payload).map_err(|e| {
+        SinkError::Refused(Refusal::ForeignMessage, format!(
+            "stream {} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate",
+            stream.cached_info().config.name
+        ))
+    })?;
+    Ok(attrs.pgendlsn)
 }
 
 /// The newest message on `subject`: its sequence and payload, or `None` when JetStream
