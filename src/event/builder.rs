@@ -14,7 +14,8 @@ use async_nats::Subject;
 use uuid::Uuid;
 
 use super::envelope::subject_token;
-use super::value::{write_str, ValueError, ValueKind};
+use super::json::write_str;
+use super::value::{ValueError, ValueKind};
 use crate::decode::frame::PG_EPOCH_UNIX_MICROS;
 use crate::decode::pgoutput::{Begin, Datum, Message, OldKind, Relation, ReplicaIdentity, Tuple};
 use crate::lsn::Lsn;

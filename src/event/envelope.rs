@@ -8,8 +8,8 @@
 use sha2::{Digest, Sha256};
 
 use super::builder::Draft;
+use super::json::{write_padded, write_rfc3339_micros, write_str, write_uint};
 pub use super::stored::Attributes;
-use super::value::{write_padded, write_rfc3339_micros, write_str, write_uint};
 
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const HEADER_KEY_ID: &str = "Walguard-Key-Id";

@@ -1,4 +1,5 @@
-//! The product: domain events. `value` maps column text to JSON, `builder` turns decoded
+//! The product: domain events. `value` maps column text to JSON and `json` holds the JSON
+//! writers the event's bytes are made with, `builder` turns decoded
 //! transactions into event drafts (ids, subjects, data, lookahead for `pgtxcnt`),
 //! `envelope` serializes a draft into the CloudEvents payload with its place in the chain,
 //! `chain` states the signing rule every reader relies on, `signing` holds keys, key ids
@@ -12,6 +13,7 @@ pub mod builder;
 pub mod chain;
 pub mod envelope;
 pub mod hashing;
+pub mod json;
 pub mod schema;
 pub mod signing;
 pub mod stored;
