@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::error::Refusal;
-use crate::event::builder::Op;
+use crate::event::draft::Op;
 use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::signing::PAYLOAD_TYPE;
 use crate::event::stored::{self, Data, StoredEvent, StoredKey};
@@ -422,7 +422,8 @@ async fn live_state(
     spec: &crate::event::builder::TableSpec,
     hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
 ) -> Result<(crate::lsn::Lsn, TableState), crate::Error> {
-    use crate::event::builder::{Naming, Position};
+    use crate::event::draft::Position;
+    use crate::event::naming::Naming;
     use crate::event::EventBuilder;
     use crate::snapshot::{Keyset, TableRead};
     use crate::source::catalog::Catalog;

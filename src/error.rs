@@ -2,7 +2,7 @@
 //! do about it, and mapped to SPEC section 5's exit codes.
 
 use crate::config::ConfigError;
-use crate::event::builder::BuildError;
+use crate::event::draft::BuildError;
 use crate::event::KeyError;
 use crate::sink::SinkError;
 use crate::source::catalog::CatalogError;

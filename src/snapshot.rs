@@ -28,7 +28,8 @@ use tokio::sync::oneshot;
 use crate::clock::unix_micros;
 use crate::decode::pgoutput::{Message, Relation};
 use crate::error::{Error, Refusal};
-use crate::event::builder::{EntityKey, Op, TableSpec, Touched};
+use crate::event::builder::TableSpec;
+use crate::event::draft::{EntityKey, Op, Touched};
 use crate::event::stored::{key_text, Data, StoredEvent};
 use crate::event::{Draft, EventBuilder};
 use crate::lsn::Lsn;
@@ -750,7 +751,8 @@ mod tests {
     mod window {
         use super::*;
         use crate::decode::pgoutput::tests as fx;
-        use crate::event::builder::{Naming, Position};
+        use crate::event::draft::Position;
+        use crate::event::naming::Naming;
 
         const PAIRS: u32 = 16400;
 
@@ -828,7 +830,7 @@ mod tests {
                 .publish(builder, &HashMap::new(), Lsn(0x900), 0, &mut out)
                 .unwrap();
             out.iter()
-                .filter(|d| d.op == crate::event::builder::Op::Snapshot)
+                .filter(|d| d.op == crate::event::draft::Op::Snapshot)
                 .map(|d| serde_json::from_slice::<serde_json::Value>(&d.data).unwrap()["after"].clone())
                 .collect()
         }

@@ -295,7 +295,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::builder::Op;
+    use crate::event::draft::Op;
 
     #[test]
     fn metric_names_are_the_documented_ones() {

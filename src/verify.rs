@@ -364,7 +364,8 @@ pub fn verify_file(path: &std::path::Path, keyring: &Keyring) -> Result<(Summary
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::builder::{Draft, Naming, Op};
+    use crate::event::draft::{Draft, Op};
+    use crate::event::naming::Naming;
     use crate::event::{Envelope, Signer};
 
     type Stored = (u64, Option<(String, String)>, Vec<u8>);

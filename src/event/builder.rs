@@ -6,203 +6,21 @@
 //! Drafts at or before the resume position (read from the stream's tail, G7) are counted but
 //! not emitted: a transaction replayed after a restart yields the same ids and numbers, and
 //! only what the stream lacks goes on.
+//!
+//! The types it makes are in `draft`; ids, subjects and types come from `naming`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::Subject;
-use uuid::Uuid;
 
-use super::envelope::subject_token;
+use super::draft::{BuildError, Draft, EntityKey, Op, Position, Touched};
 use super::json::write_str;
-use super::value::{ValueError, ValueKind};
+use super::naming::Naming;
+use super::value::ValueKind;
 use crate::decode::frame::PG_EPOCH_UNIX_MICROS;
 use crate::decode::pgoutput::{Begin, Datum, Message, OldKind, Relation, ReplicaIdentity, Tuple};
 use crate::lsn::Lsn;
-
-/// A place in the stream's total order: `(commit LSN, position in the transaction)`.
-/// Watermarks use index 0: a watermark at `W` covers what committed strictly before `W`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
-    pub lsn: Lsn,
-    pub idx: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    Watermark,
-    /// The record of a restart from a new slot: what lies between two positions is not in
-    /// the stream.
-    Resync,
-    /// A row as it existed when a snapshot group was read.
-    Snapshot,
-    /// The last event of a snapshot group: how far the baseline of the guarded tables got.
-    SnapshotProgress,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::Truncate => "truncate",
-            Op::Watermark => "watermark",
-            Op::Resync => "resync",
-            Op::Snapshot => "snapshot",
-            Op::SnapshotProgress => "snapshot_progress",
-        }
-    }
-
-    /// walguard's own markers, which carry no row change: counted apart from row events.
-    pub fn is_marker(self) -> bool {
-        matches!(self, Op::Watermark | Op::Resync | Op::SnapshotProgress)
-    }
-
-    fn past_tense(self) -> &'static str {
-        match self {
-            Op::Insert => "created",
-            Op::Update => "updated",
-            Op::Delete => "deleted",
-            Op::Truncate => "truncated",
-            Op::Watermark => "watermark",
-            Op::Resync => "resync",
-            Op::Snapshot => "snapshotted",
-            Op::SnapshotProgress => "snapshot.progress",
-        }
-    }
-}
-
-/// An event before it has a place in the chain (sequence, prevhash, signature).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Draft {
-    pub op: Op,
-    /// Shared by every event of one table and op: cloning it does not allocate.
-    pub nats_subject: Subject,
-    pub id: Uuid,
-    pub ce_type: Arc<str>,
-    pub ce_subject: String,
-    /// Microseconds since the Unix epoch.
-    pub time_micros: i64,
-    pub pglsn: Lsn,
-    pub pgxid: u32,
-    pub pgtxidx: u32,
-    /// Set on the last event of a transaction (or group): its end LSN. `pgtxcnt` is then
-    /// `pgtxidx`.
-    pub end: Option<Lsn>,
-    /// The `data` attribute, serialized.
-    pub data: Vec<u8>,
-    /// `schema.table`, for logs and metrics.
-    pub table: Arc<str>,
-}
-
-impl Draft {
-    pub fn position(&self) -> Position {
-        Position {
-            lsn: self.pglsn,
-            idx: if matches!(self.op, Op::Watermark | Op::Resync) {
-                0
-            } else {
-                self.pgtxidx
-            },
-        }
-    }
-}
-
-/// A row's identity: its entity key's values as PostgreSQL's text (`None` for NULL), in key
-/// order. The CloudEvents subject joins the values with `,`, so `("a,b","c")` and
-/// `("a","b,c")` share a subject; compared value by value they never collide. The incremental
-/// snapshot's window uses it to tell which chunk rows a live change touched.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EntityKey(Vec<Option<Box<[u8]>>>);
-
-impl EntityKey {
-    pub fn new<V: AsRef<[u8]>>(values: impl IntoIterator<Item = Option<V>>) -> Self {
-        EntityKey(values.into_iter().map(|v| v.map(|v| v.as_ref().into())).collect())
-    }
-}
-
-/// What one change does to the rows of a guarded table, as the snapshot's window needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Touched {
-    /// Rows of `table` (`schema.table`) by key: the row an insert or delete is about; for an
-    /// update, the new row and, when the change carries it, the old one (an update that
-    /// changes the key moves the row away from its old key).
-    Rows { table: Arc<str>, keys: Vec<EntityKey> },
-    /// Every row of these tables (TRUNCATE).
-    Tables(Vec<Arc<str>>),
-}
-
-/// The names every event of one slot is built from.
-#[derive(Debug, Clone)]
-pub struct Naming {
-    pub system_identifier: String,
-    pub slot: String,
-    pub subject_prefix: String,
-}
-
-impl Naming {
-    fn event_id(&self, lsn: Lsn, suffix: std::fmt::Arguments<'_>) -> Uuid {
-        uuid_v5(format_args!(
-            "{}/{}/{}/{}",
-            self.system_identifier, self.slot, lsn, suffix
-        ))
-    }
-
-    /// Snapshot rows: `{system_identifier}/{slot}/snapshot/{lsn}/{idx}`, never equal to a
-    /// change's id.
-    pub fn snapshot_id(&self, lsn: Lsn, idx: u32) -> Uuid {
-        uuid_v5(format_args!(
-            "{}/{}/snapshot/{}/{}",
-            self.system_identifier, self.slot, lsn, idx
-        ))
-    }
-
-    /// A watermark: every guarded change committed before `lsn` is in the stream before it.
-    pub fn watermark(&self, lsn: Lsn, now_unix_micros: i64) -> Draft {
-        self.marker(Op::Watermark, lsn, now_unix_micros, br#"{"op":"watermark"}"#.to_vec())
-    }
-
-    /// A resync record: walguard starts over from a new slot at `lsn`; `data` says what the
-    /// stream lacks.
-    pub fn resync(&self, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
-        self.marker(Op::Resync, lsn, now_unix_micros, data)
-    }
-
-    fn marker(&self, op: Op, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
-        Draft {
-            op,
-            nats_subject: format!("{}._walguard.{}", self.subject_prefix, op.as_str()).into(),
-            id: self.event_id(lsn, format_args!("{}", op.as_str())),
-            ce_type: format!("walguard.{}", op.as_str()).into(),
-            ce_subject: self.slot.clone(),
-            time_micros: now_unix_micros,
-            pglsn: lsn,
-            pgxid: 0,
-            pgtxidx: 1,
-            end: Some(lsn),
-            data,
-            table: "_walguard".into(),
-        }
-    }
-}
-
-/// UUID v5 in the URL namespace over `name`, formatted on the stack (one per event).
-fn uuid_v5(name: std::fmt::Arguments<'_>) -> Uuid {
-    use std::io::Write;
-    let mut buf = [0u8; 256];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    if cursor.write_fmt(name).is_ok() {
-        let n = cursor.position() as usize;
-        return Uuid::new_v5(&Uuid::NAMESPACE_URL, &buf[..n]);
-    }
-    // Longer than any system identifier, slot name and LSN make: the general path.
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.to_string().as_bytes())
-}
 
 /// A guarded table as configured and checked against the catalog.
 #[derive(Debug, Clone)]
@@ -217,29 +35,6 @@ pub struct TableSpec {
     pub configured_key: bool,
     /// Columns replaced by a keyed hash.
     pub hashed: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("table {table} column {column}: {source}; the change cannot be encoded, so walguard stops here (nothing is skipped)")]
-    Value {
-        table: Arc<str>,
-        column: String,
-        source: ValueError,
-    },
-    #[error("table {table}: key column {column} is not in the replicated row; check the table's columns and `key` in [[tables]]")]
-    KeyColumnMissing { table: Arc<str>, column: String },
-    #[error("table {table}: the {op} does not carry key column {column} (replica identity {identity:?}); set REPLICA IDENTITY FULL on the table or configure `key` to its replica identity columns")]
-    KeyUnavailable {
-        table: Arc<str>,
-        op: &'static str,
-        column: String,
-        identity: ReplicaIdentity,
-    },
-    #[error("table {table}: column {column} arrived in binary format, which walguard does not request")]
-    Binary { table: Arc<str>, column: String },
-    #[error("replication protocol violation: {0}")]
-    Protocol(String),
 }
 
 struct Column {
@@ -272,9 +67,6 @@ impl Shape {
             .expect("names are made for every row op of a guarded table")
     }
 }
-
-/// The row ops a guarded table's events carry.
-const ROW_OPS: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Snapshot];
 
 struct Tx {
     /// A snapshot group rather than a transaction: ids are `.../snapshot/{lsn}/{idx}`.
@@ -548,21 +340,7 @@ impl EventBuilder {
         let idx = tx.next_idx;
         tx.next_idx += 1;
         let lsn = tx.commit_lsn;
-        let naming = &self.naming;
-        let progress = Draft {
-            op: Op::SnapshotProgress,
-            nats_subject: format!("{}._walguard.snapshot", naming.subject_prefix).into(),
-            id: naming.snapshot_id(lsn, idx),
-            ce_type: "walguard.snapshot.progress".into(),
-            ce_subject: naming.slot.clone(),
-            time_micros: tx.time_micros,
-            pglsn: lsn,
-            pgxid: 0,
-            pgtxidx: idx,
-            end: None,
-            data,
-            table: "_walguard".into(),
-        };
+        let progress = self.naming.snapshot_progress(lsn, idx, tx.time_micros, data);
         let mut tx = self.tx.take().expect("checked above");
         if let Some(prev) = tx.held.replace(progress) {
             self.emit(prev, out);
@@ -642,20 +420,8 @@ impl EventBuilder {
             head.push(b']');
         }
         head.push(b',');
-        let stem = format!(
-            "{}.{}.{}.",
-            self.naming.subject_prefix,
-            subject_token(&schema),
-            subject_token(&rel.name)
-        );
         let names = match &spec {
-            Some(spec) => ROW_OPS
-                .iter()
-                .map(|&op| {
-                    let subject = Subject::from(format!("{stem}{}", op.as_str()));
-                    (op, subject, format!("{}.{}", spec.type_prefix, op.past_tense()).into())
-                })
-                .collect(),
+            Some(spec) => self.naming.row_names(&schema, &rel.name, &spec.type_prefix),
             None => Vec::new(),
         };
         Ok((
@@ -809,7 +575,7 @@ impl EventBuilder {
             id: if tx.snapshot {
                 self.naming.snapshot_id(tx.commit_lsn, idx)
             } else {
-                self.naming.event_id(tx.commit_lsn, format_args!("{idx}"))
+                self.naming.change_id(tx.commit_lsn, idx)
             },
             ce_type,
             ce_subject,
@@ -918,6 +684,7 @@ mod tests {
     use super::*;
     use crate::decode::pgoutput::tests as fx;
     use bytes::Bytes;
+    use uuid::Uuid;
 
     fn builder(resume: Position) -> EventBuilder {
         let naming = Arc::new(Naming {
@@ -1075,24 +842,5 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("public.t") && msg.contains("column v"), "{msg}");
-    }
-
-    #[test]
-    fn watermark_draft() {
-        let naming = Naming {
-            system_identifier: "7000".into(),
-            slot: "s".into(),
-            subject_prefix: "wg".into(),
-        };
-        let w = naming.watermark(Lsn(0x500), 0);
-        assert_eq!(w.nats_subject.as_str(), "wg._walguard.watermark");
-        assert_eq!(
-            w.position(),
-            Position {
-                lsn: Lsn(0x500),
-                idx: 0
-            }
-        );
-        assert_eq!(w.end, Some(Lsn(0x500)));
     }
 }

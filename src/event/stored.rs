@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::builder::Op;
+use super::draft::Op;
 use super::Position;
 use crate::lsn::Lsn;
 
@@ -410,7 +410,7 @@ impl<'de> Deserialize<'de> for KeyColumns {
 /// form people read and type (`history TABLE KEY`); `("a,b","c")` and `("a","b,c")` share
 /// that text, but never a `StoredKey`, so two rows are never merged into one.
 ///
-/// It is the stored side's `event::builder::EntityKey`, which identifies rows by the text
+/// It is the stored side's `event::draft::EntityKey`, which identifies rows by the text
 /// PostgreSQL sends before value mapping. A stored event has only the mapped JSON (`true`
 /// for `t`, RFC 3339 times, base64 bytea, hashed columns as their HMAC), so the two never
 /// compare with each other, and two types keep them from being compared.

@@ -631,7 +631,7 @@ async fn a_failed_read_of_a_subjects_last_message_is_an_error_not_none() {
 /// confirmed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_message_before_the_verified_head_is_refused() {
-    use walguard::event::builder::Naming;
+    use walguard::event::naming::Naming;
     use walguard::event::{Envelope, Keyring, Signer};
     let nats = walguard::testkit::Nats::start().expect("start nats-server");
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
