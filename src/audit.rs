@@ -395,7 +395,7 @@ pub async fn reconcile_table(
     pg: &crate::source::tls::PgConfig,
     js: &jetstream::Context,
     stream: &str,
-    spec: &crate::event::builder::TableSpec,
+    spec: &crate::event::shape::TableSpec,
     hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
     wait: Duration,
 ) -> Result<Reconciled, crate::Error> {
@@ -419,7 +419,7 @@ pub async fn reconcile_table(
 /// maps events.
 async fn live_state(
     pg: &crate::source::tls::PgConfig,
-    spec: &crate::event::builder::TableSpec,
+    spec: &crate::event::shape::TableSpec,
     hasher: Option<std::sync::Arc<crate::event::ColumnHasher>>,
 ) -> Result<(crate::lsn::Lsn, TableState), crate::Error> {
     use crate::event::draft::Position;

@@ -11,7 +11,7 @@ use crate::config::{Config, TableConfig};
 use crate::decode::pgoutput::ReplicaIdentity;
 use crate::error::Refusal;
 use crate::error::{exit, Error};
-use crate::event::builder::TableSpec;
+use crate::event::shape::TableSpec;
 use crate::lsn::Lsn;
 use crate::sink::{self, stream};
 use crate::source::catalog::{Catalog, CatalogError, Generated, Leaf, PublicationFacts, TableFacts, WalStatus};

@@ -1,13 +1,25 @@
 //! Generic JSON writers for the event's bytes: strings with serde_json's escaping, unsigned
 //! and zero-padded integers, and RFC 3339 times, appended to a reused buffer without
-//! intermediate strings. `value` (a column's JSON), `builder` (an event's `data`) and `envelope`
-//! (the CloudEvents attributes) write with them; none of them knows PostgreSQL.
+//! intermediate strings. `value` (a column's JSON), `shape` and `data` (an event's `data`) and
+//! `envelope` (the CloudEvents attributes) write with them; none of them knows PostgreSQL.
 
 /// A JSON string with serde_json's escaping, written without an intermediate `String`.
 #[inline]
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A JSON array of strings: `["a","b"]`.
+pub fn write_str_array<'a>(items: impl IntoIterator<Item = &'a str>, out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (n, s) in items.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write_str(s, out);
+    }
+    out.push(b']');
 }
 
 /// Appends microseconds since the Unix epoch as RFC 3339 UTC with microseconds

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tokio_postgres::{Client, NoTls};
 
 use crate::decode::pgoutput::{Column, Relation, ReplicaIdentity};
-use crate::event::builder::TableSpec;
+use crate::event::shape::TableSpec;
 use crate::event::value::ValueKind;
 use crate::lsn::Lsn;
 use crate::source::conn::{quote_ident, SESSION_OPTIONS};
