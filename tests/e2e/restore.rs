@@ -74,7 +74,10 @@ async fn oracle(db: &tokio_postgres::Client, tables: &[&str]) -> Value {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        out.insert(t.to_string(), serde_json::json!({"columns": columns, "primary_key": key, "rows": rows}));
+        out.insert(
+            t.to_string(),
+            serde_json::json!({"columns": columns, "primary_key": key, "rows": rows}),
+        );
     }
     Value::Object(out)
 }
@@ -94,8 +97,16 @@ fn public_key(dir: &Path) -> std::path::PathBuf {
 }
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).env("WALGUARD_LOG", "info").output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(args)
+        .env("WALGUARD_LOG", "info")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -114,7 +125,12 @@ fn archived_to(dir: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_archive() {
-    let env = Env::start(SCHEMA, TABLES, "\n[archive]\nsegment_events = 200\nsegment_seconds = \"1s\"\n").await;
+    let env = Env::start(
+        SCHEMA,
+        TABLES,
+        "\n[archive]\nsegment_events = 200\nsegment_seconds = \"1s\"\n",
+    )
+    .await;
     let archive_dir = env.dir.path().join("archive");
     let mut wg = env.spawn_ready().await;
     let mut archive = Command::new(BIN)
@@ -144,29 +160,44 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
         if round == 1 {
             // walguard dies mid-load and comes back.
             wg.kill();
-            db.batch_execute("UPDATE accounts SET owner = owner || '!' WHERE id < 20").await.unwrap();
-            wg = env.spawn();
-            // Schema change while streaming.
-            db.batch_execute("ALTER TABLE accounts ADD COLUMN note text; UPDATE accounts SET note = 'after alter' WHERE id % 5 = 0")
+            db.batch_execute("UPDATE accounts SET owner = owner || '!' WHERE id < 20")
                 .await
                 .unwrap();
+            wg = env.spawn();
+            // Schema change while streaming.
+            db.batch_execute(
+                "ALTER TABLE accounts ADD COLUMN note text; UPDATE accounts SET note = 'after alter' WHERE id % 5 = 0",
+            )
+            .await
+            .unwrap();
             db.batch_execute("TRUNCATE lines; INSERT INTO lines VALUES (1, 1, 1, 'again'), (2, 2, 2, NULL)")
                 .await
                 .unwrap();
         }
     }
     // An update that leaves the TOASTed column out (REPLICA IDENTITY DEFAULT: `unchanged`).
-    db.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 2").await.unwrap();
-    let end: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    db.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    let end: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     // Everything is in the stream (a watermark beyond the last write), signed (clean stop),
     // and archived.
     let want = end.parse::<walguard::lsn::Lsn>().unwrap();
     eventually(Duration::from_secs(60), "a watermark past the last write", || async {
-        env.read_stream().await.iter().rev().find(|m| m.json["type"] == "walguard.watermark").and_then(|m| {
-            let at = m.json["pglsn"].as_str()?.parse::<walguard::lsn::Lsn>().ok()?;
-            (at >= want).then_some(())
-        })
+        env.read_stream()
+            .await
+            .iter()
+            .rev()
+            .find(|m| m.json["type"] == "walguard.watermark")
+            .and_then(|m| {
+                let at = m.json["pglsn"].as_str()?.parse::<walguard::lsn::Lsn>().ok()?;
+                (at >= want).then_some(())
+            })
     })
     .await
     .expect("walguard caught up");
@@ -178,7 +209,11 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
     })
     .await
     .expect("archived");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(archive.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(archive.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(archive.wait().unwrap().code(), Some(0));
 
     let expected = oracle(db, &["public.accounts", "public.lines"]).await;
