@@ -235,7 +235,7 @@ impl Change {
                     ..change(Op::Truncate, table)
                 }))
             }
-            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) => Ok(None),
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) => Ok(None),
         }
     }
 
@@ -286,7 +286,7 @@ impl TableState {
                 previous
             }
             // Markers are not changes: `Change::parse` returns none for them.
-            Op::Watermark | Op::Resync | Op::SnapshotProgress => None,
+            Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema => None,
         }
     }
 }

@@ -392,6 +392,7 @@ pub async fn initial(
             .await?
             .ok_or_else(|| disappeared(spec))?;
         builder.add_relation(table.relation.clone(), types)?;
+        catalog.describe_for(builder, &table.relation).await?;
         let mut meter = Meter::new(qualified(spec), catalog.estimated_rows(table.relation.oid).await?);
         let mut keyset = Keyset::new(spec, &table, None);
         while !keyset.is_done() {

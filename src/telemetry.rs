@@ -149,7 +149,7 @@ impl Metrics {
 }
 
 /// The `kind` label of `walguard_markers_published_total`: `Op::as_str` of each marker.
-const MARKER_KINDS: [&str; 3] = ["watermark", "resync", "snapshot_progress"];
+const MARKER_KINDS: [&str; 4] = ["watermark", "resync", "snapshot_progress", "schema"];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 

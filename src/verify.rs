@@ -9,9 +9,11 @@
 use async_nats::jetstream;
 
 use crate::event::chain::MAX_UNSIGNED_RUN;
+use crate::event::draft::Op;
 use crate::event::envelope::{sha256, Hash};
+use crate::event::schema::TableSchema;
 use crate::event::signing::SignatureError;
-use crate::event::stored::{Attributes, StoredEvent};
+use crate::event::stored::{Attributes, Data, StoredEvent};
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
 
@@ -59,6 +61,8 @@ pub struct Verifier<'k> {
     group: Option<OpenGroup>,
     unsigned_since: Option<u64>,
     unsigned_run: u32,
+    /// The newest schema event per table so far.
+    schemas: std::collections::HashMap<String, TableSchema>,
     pub summary: Summary,
     pub problems: Vec<Problem>,
 }
@@ -75,6 +79,7 @@ impl<'k> Verifier<'k> {
             group: None,
             unsigned_since: None,
             unsigned_run: 0,
+            schemas: std::collections::HashMap::new(),
             summary: Summary::default(),
             problems: Vec::new(),
         }
@@ -118,7 +123,51 @@ impl<'k> Verifier<'k> {
         self.check_attributes(sequence, attrs, expected_prev);
         self.check_order(sequence, attrs);
         self.count(&event);
+        if attrs.op == Op::Schema {
+            // A marker inside a transaction or group: not one of its events.
+            if let Data::Schema(schema) = event.data {
+                self.schemas.insert(schema.qualified(), schema);
+            }
+            return;
+        }
         self.check_group(sequence, attrs);
+        if let Data::Row(_, row) = &event.data {
+            self.check_schema(sequence, row);
+        }
+    }
+
+    /// A row event names only columns of its table's newest schema event, and its key is that
+    /// schema's key (SPEC section 7): the log alone says what the row's columns are.
+    fn check_schema(&mut self, sequence: u64, row: &crate::event::stored::Row) {
+        let table = row.qualified();
+        let Some(schema) = self.schemas.get(&table) else {
+            // A range that starts mid-stream may begin after the table's schema event.
+            if !self.partial {
+                self.problem(
+                    sequence,
+                    format!("a row of {table} with no schema event for {table} before it"),
+                );
+            }
+            return;
+        };
+        if !row.key.names().eq(schema.key.iter().map(String::as_str)) {
+            let key: Vec<&str> = row.key.names().collect();
+            let problem = format!(
+                "the key {key:?} is not the key {:?} of {table}'s schema event",
+                schema.key
+            );
+            self.problem(sequence, problem);
+            return;
+        }
+        let unknown = [&row.before, &row.after]
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.keys())
+            .find(|c| schema.column(c).is_none());
+        if let Some(column) = unknown {
+            let problem = format!("column {column:?} is not in {table}'s schema event");
+            self.problem(sequence, problem);
+        }
     }
 
     /// Sequence continuity; returns the hash the message must name as `prevhash` (unknown for
@@ -211,8 +260,10 @@ impl<'k> Verifier<'k> {
     /// `(pglsn, pgtxidx)` only grows along the stream.
     fn check_order(&mut self, sequence: u64, attrs: &Attributes) {
         let position = attrs.position();
+        // A schema event takes the place of the event before it (ARCHITECTURE.md).
+        let marker = attrs.op == Op::Schema;
         if let Some(prev) = self.position {
-            if position <= prev {
+            if position < prev || (position == prev && !marker) {
                 self.problem(
                     sequence,
                     format!(
@@ -230,7 +281,7 @@ impl<'k> Verifier<'k> {
         let s = &mut self.summary;
         s.last_lsn = s.last_lsn.max(attrs.pglsn);
         s.first_lsn.get_or_insert(attrs.pglsn);
-        if attrs.is_watermark() {
+        if attrs.is_watermark() || attrs.op == Op::Schema {
             s.watermarks += 1;
         } else {
             s.events += 1;
@@ -413,13 +464,25 @@ mod tests {
         }
 
         fn watermark(&mut self, lsn: u64) {
+            let w = naming().watermark(Lsn(lsn), 0);
+            self.marker(w);
+        }
+
+        /// The schema event of `public.t` (key `id`, columns `id`, `v`).
+        fn schema(&mut self, lsn: u64, after_idx: u32, key: &str) {
+            let schema = TableSchema::parse(
+                format!(
+                    r#"{{"op":"schema","schema":"public","table":"t","columns":[{{"name":"id","type":"bigint","not_null":true}},{{"name":"v","type":"text","not_null":false}}],"key":["{key}"],"primary_key":["{key}"],"replica_identity":"default","types":[]}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let s = naming().schema(Lsn(lsn), after_idx, false, 0, &schema);
+            self.marker(s);
+        }
+
+        fn marker(&mut self, w: Draft) {
             self.seq += 1;
-            let w = Naming {
-                system_identifier: "1".into(),
-                slot: "s".into(),
-                subject_prefix: "p".into(),
-            }
-            .watermark(Lsn(lsn), 0);
             let mut buf = Vec::new();
             self.envelope.write(&w, self.seq, &self.prev, &mut buf);
             self.prev = sha256(&buf);
@@ -441,8 +504,18 @@ mod tests {
         }
     }
 
+    fn naming() -> Naming {
+        Naming {
+            system_identifier: "1".into(),
+            slot: "s".into(),
+            subject_prefix: "p".into(),
+        }
+    }
+
+    /// Sequences: 1 schema, 2 watermark, 3-4 a transaction, 5 a transaction, 6 watermark.
     fn intact() -> Fixture {
         let mut f = Fixture::new();
+        f.schema(0x5, 0, "id");
         f.watermark(0x10);
         f.push(0x100, 1, None, false);
         f.push(0x100, 2, Some(0x130), true);
@@ -462,25 +535,25 @@ mod tests {
         let f = intact();
         // Removed.
         let mut m = f.out.clone();
-        m.remove(2);
+        m.remove(3);
         let p = f.check(&m);
-        assert_eq!(p[0].sequence, 4, "{p:?}");
+        assert_eq!(p[0].sequence, 5, "{p:?}");
         // Swapped.
         let mut m = f.out.clone();
-        m.swap(1, 2);
+        m.swap(2, 3);
         assert!(!f.check(&m).is_empty());
         // Altered: one byte of a signed payload.
         let mut m = f.out.clone();
-        let pos = m[3].2.len() - 3;
-        m[3].2[pos] ^= 1;
+        let pos = m[4].2.len() - 3;
+        m[4].2[pos] ^= 1;
         let p = f.check(&m);
-        assert_eq!(p[0].sequence, 4, "{p:?}");
+        assert_eq!(p[0].sequence, 5, "{p:?}");
         assert!(p[0].reason.contains("signature"), "{p:?}");
         // Inserted: a foreign message after the head.
         let mut m = f.out.clone();
-        m.push((6, None, b"{\"hello\":1}".to_vec()));
+        m.push((7, None, b"{\"hello\":1}".to_vec()));
         let p = f.check(&m);
-        assert_eq!(p[0].sequence, 6, "{p:?}");
+        assert_eq!(p[0].sequence, 7, "{p:?}");
     }
 
     #[test]
@@ -496,8 +569,8 @@ mod tests {
     fn damaged_or_reordered_input_never_panics() {
         let f = intact();
         let mut m = f.out.clone();
-        m[2].0 = 0;
-        m[3].2 = b"not json".to_vec();
+        m[3].0 = 0;
+        m[4].2 = b"not json".to_vec();
         m.reverse();
         let p = f.check(&m);
         assert!(!p.is_empty());
@@ -508,10 +581,35 @@ mod tests {
     fn unknown_key_is_named() {
         let mut f = intact();
         let other = Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
-        let payload = f.out[2].2.clone();
-        f.out[2].1 = Some((other.key_id().to_owned(), other.sign(&payload)));
+        let payload = f.out[3].2.clone();
+        f.out[3].1 = Some((other.key_id().to_owned(), other.sign(&payload)));
         let p = f.check(&f.out);
-        assert_eq!(p[0].sequence, 3);
+        assert_eq!(p[0].sequence, 4);
         assert!(p[0].reason.contains("unknown key"), "{p:?}");
+    }
+
+    #[test]
+    fn a_row_needs_a_schema_event_for_its_table_with_its_key_and_columns() {
+        // No schema event before the row.
+        let mut f = Fixture::new();
+        f.push(0x100, 1, Some(0x130), true);
+        let p = f.check(&f.out);
+        assert_eq!(p[0].sequence, 1, "{p:?}");
+        assert!(p[0].reason.contains("no schema event for public.t"), "{p:?}");
+        // A schema event with another key.
+        let mut f = Fixture::new();
+        f.schema(0x5, 0, "v");
+        f.push(0x100, 1, Some(0x130), true);
+        let p = f.check(&f.out);
+        assert_eq!(p[0].sequence, 2, "{p:?}");
+        assert!(p[0].reason.contains("is not the key"), "{p:?}");
+        // A schema event placed where the event before it stands, inside a transaction, is
+        // not one of its events and breaks no order.
+        let mut f = Fixture::new();
+        f.schema(0x5, 0, "id");
+        f.push(0x100, 1, None, false);
+        f.schema(0x100, 1, "id");
+        f.push(0x100, 2, Some(0x130), true);
+        assert_eq!(f.check(&f.out), vec![]);
     }
 }

@@ -202,10 +202,16 @@ impl Session<'_> {
             Some(_) => (Progress::default(), None),
             None => snapshot_state(&links.stream, &tail, &cfg.nats.subject_prefix, &links.tables).await?,
         };
+        // The tables' shapes as the stream holds them up to the verified head, so a schema
+        // event is published only when a shape differs (and the unsigned tail's are derived
+        // again, byte for byte).
+        let schema_subject = format!("{}._walguard.schema", cfg.nats.subject_prefix);
+        let schemas = stream::read_schemas(&links.stream, &schema_subject, tail.next_sequence - 1).await?;
         let (next_sequence, last_sequence) = (tail.next_sequence, tail.last_sequence);
         let resume_after = tail.position.lsn;
         let at = opening.at;
-        let stages = self.build(links, envelope, tail, &opening, progress);
+        let mut stages = self.build(links, envelope, tail, &opening, progress);
+        stages.producer.builder.set_published_schemas(schemas);
         let started = self.begin(stages, at, snapshot, open_group).await?;
         telemetry::health().streaming();
         tracing::info!(start = %at, next_sequence, last_sequence, resume_after = %resume_after, "streaming");

@@ -18,12 +18,21 @@ use super::data;
 use super::draft::{BuildError, Draft, EntityKey, Op, Position, Touched};
 use super::json::write_str;
 use super::naming::Naming;
+use super::schema::TableSchema;
 use super::shape::{DraftNames, Shapes, TableSpec};
 use super::value::ValueKind;
 use super::ColumnHasher;
 use crate::decode::frame::PG_EPOCH_UNIX_MICROS;
 use crate::decode::pgoutput::{Begin, Commit, Datum, Message, OldKind, Relation, Tuple};
 use crate::lsn::Lsn;
+
+/// A table's schema: the current one (from the catalog, for the Relation in use) and the
+/// newest one in the stream.
+#[derive(Default)]
+struct Schemas {
+    current: Option<Arc<TableSchema>>,
+    published: Option<Arc<TableSchema>>,
+}
 
 /// The open transaction, or snapshot group.
 struct Tx {
@@ -92,6 +101,12 @@ impl Tx {
 pub struct EventBuilder {
     naming: Arc<Naming>,
     shapes: Shapes,
+    /// Each guarded table's shape as read from the catalog and as the stream last published
+    /// it, by `schema.table`.
+    schemas: HashMap<Arc<str>, Schemas>,
+    /// Tables whose current schema is not the one published: checked before each row, so a
+    /// row pays one `is_empty` when nothing changed.
+    schema_pending: Vec<Arc<str>>,
     tx: Option<Tx>,
     resume: Position,
     skipped: u64,
@@ -103,6 +118,8 @@ impl EventBuilder {
     pub fn new(naming: Arc<Naming>, tables: Vec<TableSpec>, resume: Position) -> Self {
         EventBuilder {
             shapes: Shapes::new(naming.clone(), tables),
+            schemas: HashMap::new(),
+            schema_pending: Vec::new(),
             naming,
             tx: None,
             resume,
@@ -115,6 +132,37 @@ impl EventBuilder {
     pub fn with_hasher(mut self, hasher: Option<Arc<ColumnHasher>>) -> Self {
         self.shapes.set_hasher(hasher);
         self
+    }
+
+    /// The schemas the stream holds, newest per table (up to the verified head, so that a
+    /// replay derives the unsigned tail's schema events again).
+    pub fn set_published_schemas(&mut self, published: impl IntoIterator<Item = TableSchema>) {
+        for schema in published {
+            let table: Arc<str> = schema.qualified().into();
+            self.schemas.entry(table).or_default().published = Some(Arc::new(schema));
+        }
+    }
+
+    /// The shape of a guarded table as its next events have it; a schema event goes before
+    /// the next event of the table when it differs from the one the stream holds.
+    pub fn set_schema(&mut self, schema: TableSchema) {
+        let table: Arc<str> = schema.qualified().into();
+        let entry = self.schemas.entry(table.clone()).or_default();
+        if entry.current.as_deref() != Some(&schema) {
+            entry.current = Some(Arc::new(schema));
+        }
+        let differs = entry.current != entry.published;
+        self.schema_pending.retain(|t| *t != table);
+        if differs {
+            self.schema_pending.push(table);
+        }
+    }
+
+    /// The entity key's column names of relation `oid` when it is guarded (what its schema
+    /// event names as `key`).
+    pub fn key_names(&self, oid: u32) -> Option<Vec<String>> {
+        let shape = self.shapes.guarded(oid).ok().flatten()?;
+        Some(shape.key.iter().map(|&i| shape.columns[i].name.clone()).collect())
     }
 
     /// Events replayed by the server that the stream already holds.
@@ -266,6 +314,9 @@ impl EventBuilder {
             let data = data::truncate(shape, cascade, restart_identity, self.actor());
             let ce_subject = shape.qualified.to_string();
             let names = shape.names(Op::Truncate);
+            if !self.schema_pending.is_empty() {
+                self.schema_before(&names.table, out)?;
+            }
             self.push(Op::Truncate, names, ce_subject, data, out)?;
         }
         Ok(())
@@ -352,6 +403,9 @@ impl EventBuilder {
         let (ce_subject, data) = data::row(shape, op, old.as_ref(), new.as_ref(), self.actor(), self.data_hint)?;
         self.data_hint = (data.len() + 64).clamp(256, 64 * 1024);
         let names = shape.names(op);
+        if !self.schema_pending.is_empty() {
+            self.schema_before(&names.table, out)?;
+        }
         self.push(op, names, ce_subject, data, out)
     }
 
@@ -371,6 +425,42 @@ impl EventBuilder {
         if let Some(prev) = tx.hold(&self.naming, op, names, ce_subject, data) {
             self.emit(prev, out);
         }
+        Ok(())
+    }
+
+    /// The schema event `table`'s next event needs, if its shape is not the one the stream
+    /// holds: placed after the draft held so far (which is then known not to be the last) and
+    /// before the next one. When the next event is one the stream already has (a replay), the
+    /// schema event is not made either, and waits for the first event that is new.
+    fn schema_before(&mut self, table: &Arc<str>, out: &mut Vec<Draft>) -> Result<(), BuildError> {
+        let Some(at) = self.schema_pending.iter().position(|t| t == table) else {
+            return Ok(());
+        };
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or_else(|| BuildError::Protocol("row change outside a transaction".into()))?;
+        let next = Position {
+            lsn: tx.commit_lsn,
+            idx: tx.next_idx,
+        };
+        if next <= self.resume {
+            return Ok(());
+        }
+        let entry = self.schemas.get_mut(table).expect("pending tables have schemas");
+        let Some(current) = entry.current.clone() else {
+            return Ok(());
+        };
+        let (lsn, after_idx, snapshot, time) = (tx.commit_lsn, tx.next_idx - 1, tx.snapshot, tx.time_micros);
+        let held = tx.held.take();
+        entry.published = Some(current.clone());
+        self.schema_pending.swap_remove(at);
+        if let Some(prev) = held {
+            self.emit(prev, out);
+        }
+        // Not through `emit`: its place is that of the event before it, which may be the
+        // resume position itself, and it is new (the next event is).
+        out.push(self.naming.schema(lsn, after_idx, snapshot, time, &current));
         Ok(())
     }
 
@@ -546,5 +636,100 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("public.t") && msg.contains("column v"), "{msg}");
+    }
+
+    fn schema_of(v: &str) -> TableSchema {
+        TableSchema::parse(
+            format!(
+                r#"{{"op":"schema","schema":"public","table":"t","columns":[{{"name":"id","type":"integer","not_null":true}},{{"name":"v","type":"{v}","not_null":false}}],"key":["id"],"primary_key":["id"],"replica_identity":"full","types":[]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// The transaction's drafts as `op@idx` (schema events at the index they stand after).
+    fn ops(out: &[Draft]) -> Vec<String> {
+        out.iter().map(|d| format!("{}@{}", d.op.as_str(), d.pgtxidx)).collect()
+    }
+
+    #[test]
+    fn a_schema_event_goes_before_a_tables_first_event_and_after_every_shape_change() {
+        let mut b = builder(Position::default());
+        let mut out = Vec::new();
+        b.set_schema(schema_of("text"));
+        transaction(&mut b, &mut out);
+        feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(ops(&out), ["schema@0", "insert@1", "update@2", "delete@3"]);
+        let schema = &out[0];
+        assert_eq!(schema.nats_subject.as_str(), "wg._walguard.schema");
+        assert_eq!(&*schema.ce_type, "walguard.schema");
+        assert_eq!(schema.ce_subject, "public.t");
+        assert_eq!((schema.pglsn, schema.pgxid, schema.end), (Lsn(0x100), 0, None));
+        assert_eq!(TableSchema::parse(&schema.data).unwrap(), schema_of("text"));
+        assert_ne!(schema.id, out[1].id);
+
+        // The same shape again (a new session's Relation message): nothing.
+        let mut again = Vec::new();
+        b.set_schema(schema_of("text"));
+        feed(&mut b, fx::begin(0x200, 0, 10), &mut again);
+        feed(&mut b, fx::insert(16385, &[Some("2"), Some("b")]), &mut again);
+        // A changed shape mid-transaction: the insert before it is released first, the
+        // schema event stands after it, then the next row.
+        b.set_schema(schema_of("character varying(5)"));
+        feed(&mut b, fx::insert(16385, &[Some("3"), Some("c")]), &mut again);
+        feed(&mut b, fx::commit(0x200, 0x230, 0), &mut again);
+        assert_eq!(ops(&again), ["insert@1", "schema@1", "insert@2"]);
+        assert_eq!(again[2].end, Some(Lsn(0x230)));
+
+        // A stream that already holds it: a restart with the shape unchanged adds none.
+        let mut restarted = builder(Position::default());
+        restarted.set_published_schemas([schema_of("text")]);
+        restarted.set_schema(schema_of("text"));
+        let mut out = Vec::new();
+        transaction(&mut restarted, &mut out);
+        feed(&mut restarted, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(ops(&out), ["insert@1", "update@2", "delete@3"]);
+    }
+
+    #[test]
+    fn a_replay_derives_the_same_schema_event_and_never_one_before_what_is_stored() {
+        let mut first = builder(Position::default());
+        first.set_schema(schema_of("text"));
+        let mut all = Vec::new();
+        transaction(&mut first, &mut all);
+        feed(&mut first, fx::commit(0x100, 0x130, 0), &mut all);
+        // Resumed after the insert (the stream holds schema and insert): the schema event is
+        // in the published set as of the head; nothing before the update is made again.
+        let mut resumed = builder(Position {
+            lsn: Lsn(0x100),
+            idx: 1,
+        });
+        resumed.set_published_schemas([schema_of("text")]);
+        resumed.set_schema(schema_of("text"));
+        let mut out = Vec::new();
+        transaction(&mut resumed, &mut out);
+        feed(&mut resumed, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(ops(&out), ["update@2", "delete@3"]);
+        // Resumed after the schema event alone (the head is the schema event at (0x100, 0)):
+        // the same drafts as the first run, minus it.
+        let mut resumed = builder(Position {
+            lsn: Lsn(0x100),
+            idx: 0,
+        });
+        resumed.set_published_schemas([schema_of("text")]);
+        resumed.set_schema(schema_of("text"));
+        let mut out = Vec::new();
+        transaction(&mut resumed, &mut out);
+        feed(&mut resumed, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(out, all[1..]);
+        // A stream whose head is before the schema event (it was not stored): derived again,
+        // byte for byte.
+        let mut resumed = builder(Position::default());
+        resumed.set_schema(schema_of("text"));
+        let mut out = Vec::new();
+        transaction(&mut resumed, &mut out);
+        feed(&mut resumed, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(out, all);
     }
 }

@@ -37,6 +37,9 @@ pub enum Op {
     Snapshot,
     /// The last event of a snapshot group: how far the baseline of the guarded tables got.
     SnapshotProgress,
+    /// A guarded table's shape (SPEC section 7), before its first event and before the first
+    /// after the shape changed.
+    Schema,
 }
 
 impl Op {
@@ -51,12 +54,13 @@ impl Op {
             Op::Resync => "resync",
             Op::Snapshot => "snapshot",
             Op::SnapshotProgress => "snapshot_progress",
+            Op::Schema => "schema",
         }
     }
 
     /// walguard's own markers, which carry no row change: counted apart from row events.
     pub fn is_marker(self) -> bool {
-        matches!(self, Op::Watermark | Op::Resync | Op::SnapshotProgress)
+        matches!(self, Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema)
     }
 }
 

@@ -13,6 +13,7 @@ use async_nats::Subject;
 use uuid::Uuid;
 
 use super::draft::{Draft, Op};
+use super::schema::TableSchema;
 use crate::lsn::Lsn;
 
 /// The names every event of one slot is built from.
@@ -97,6 +98,29 @@ impl Naming {
         }
     }
 
+    /// The schema event of `schema` placed after event `after_idx` of the transaction or
+    /// snapshot group at `lsn` (0: before its first), so its `(pglsn, pgtxidx)` is that of
+    /// what precedes it in the stream and the order never goes back. Its id names the table
+    /// and place, so a replay derives the same one.
+    pub fn schema(&self, lsn: Lsn, after_idx: u32, snapshot: bool, time_micros: i64, schema: &TableSchema) -> Draft {
+        let qualified = schema.qualified();
+        let group = if snapshot { "snapshot" } else { "change" };
+        Draft {
+            op: Op::Schema,
+            nats_subject: format!("{}._walguard.schema", self.subject_prefix).into(),
+            id: self.event_id(lsn, format_args!("schema/{group}/{after_idx}/{qualified}")),
+            ce_type: "walguard.schema".into(),
+            ce_subject: qualified,
+            time_micros,
+            pglsn: lsn,
+            pgxid: 0,
+            pgtxidx: after_idx,
+            end: None,
+            data: schema.to_data(),
+            table: "_walguard".into(),
+        }
+    }
+
     /// The progress event that closes the snapshot group read at `lsn`, as its event `idx`.
     /// The builder sets its `end` when it closes the group, as for any group's last event.
     pub(super) fn snapshot_progress(&self, lsn: Lsn, idx: u32, time_micros: i64, data: Vec<u8>) -> Draft {
@@ -128,6 +152,7 @@ fn past_tense(op: Op) -> &'static str {
         Op::Resync => "resync",
         Op::Snapshot => "snapshotted",
         Op::SnapshotProgress => "snapshot.progress",
+        Op::Schema => "schema",
     }
 }
 

@@ -13,7 +13,8 @@ use crate::decode::pgoutput::ReplicaIdentity;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSchema {
-    /// Always `"schema"`.
+    /// Always `"schema"` (absent when read through `stored::Data`, which takes the tag).
+    #[serde(default)]
     pub op: SchemaOp,
     pub schema: String,
     pub table: String,
@@ -29,9 +30,10 @@ pub struct TableSchema {
     pub types: Vec<UserType>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchemaOp {
+    #[default]
     Schema,
 }
 

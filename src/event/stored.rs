@@ -164,7 +164,7 @@ struct Kind {
 }
 
 /// Every kind of event walguard writes; `data.op` is its `Op::as_str`.
-const OPS: [Op; 8] = [
+const OPS: [Op; 9] = [
     Op::Insert,
     Op::Update,
     Op::Delete,
@@ -173,6 +173,7 @@ const OPS: [Op; 8] = [
     Op::Resync,
     Op::Snapshot,
     Op::SnapshotProgress,
+    Op::Schema,
 ];
 
 /// The op whose `data.op` is `name`.
@@ -196,6 +197,8 @@ pub enum Data {
     Watermark,
     Resync(Resync),
     SnapshotProgress(SnapshotProgress),
+    /// A guarded table's shape (SPEC section 7).
+    Schema(crate::event::schema::TableSchema),
 }
 
 impl Data {
@@ -211,6 +214,7 @@ impl Data {
             Data::Watermark => Op::Watermark,
             Data::Resync(_) => Op::Resync,
             Data::SnapshotProgress(_) => Op::SnapshotProgress,
+            Data::Schema(_) => Op::Schema,
         }
     }
 
@@ -219,7 +223,7 @@ impl Data {
         match self {
             Data::Row(_, row) => Some(row.qualified()),
             Data::Truncate(t) => Some(t.qualified()),
-            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) => None,
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) => None,
         }
     }
 }
@@ -236,6 +240,7 @@ enum Tagged {
     Watermark,
     Resync(Resync),
     SnapshotProgress(SnapshotProgress),
+    Schema(crate::event::schema::TableSchema),
 }
 
 impl TryFrom<Tagged> for Data {
@@ -251,6 +256,7 @@ impl TryFrom<Tagged> for Data {
             Tagged::Watermark => return Ok(Data::Watermark),
             Tagged::Resync(r) => return Ok(Data::Resync(r)),
             Tagged::SnapshotProgress(p) => return Ok(Data::SnapshotProgress(p)),
+            Tagged::Schema(s) => return Ok(Data::Schema(s)),
         };
         // Every row but a deleted one is in `after`; state is rebuilt from it.
         if op != Op::Delete && row.after.is_none() {
@@ -379,6 +385,11 @@ impl SnapshotProgress {
 pub struct KeyColumns(Vec<(String, Value)>);
 
 impl KeyColumns {
+    /// The key's column names, in key order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
     /// The value of key column `name`.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
@@ -557,6 +568,9 @@ mod tests {
                 Op::Delete => json!({"op": "delete", "schema": "public", "table": "t", "key": {"id": 1},
                     "before": {"id": 1}, "after": null, "unchanged": [], "actor": {"user": "a"}}),
                 Op::Insert | Op::Update | Op::Snapshot => row(op.as_str()),
+                Op::Schema => json!({"op": "schema", "schema": "public", "table": "t",
+                    "columns": [{"name": "id", "type": "bigint", "not_null": true}],
+                    "key": ["id"], "primary_key": ["id"], "replica_identity": "default", "types": []}),
             };
             let event = parse(data).unwrap_or_else(|e| panic!("{}: {e}", op.as_str()));
             assert_eq!(event.data.op(), op);

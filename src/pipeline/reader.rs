@@ -101,12 +101,14 @@ impl WalReader {
                 return self.on_snapshot_mark(*lsn, content, tx, out).await;
             }
         }
+        let mut relation = None;
         let commit_end = match &msg {
             Message::Relation(rel) => {
                 let missing: Vec<u32> = EventBuilder::unresolved_types(rel, &self.types).collect();
                 if !missing.is_empty() {
                     self.catalog.resolve_types(missing, &mut self.types).await?;
                 }
+                relation = Some(rel.clone());
                 None
             }
             Message::Commit(c) => Some(c.end_lsn),
@@ -114,6 +116,11 @@ impl WalReader {
         };
         self.chunks.observe(&self.builder, &msg);
         self.builder.handle(msg, &self.types, out)?;
+        if let Some(rel) = relation {
+            // A Relation message comes before the first change after every shape change: the
+            // table's schema, for the schema event its next event may need.
+            self.catalog.describe_for(&mut self.builder, &rel).await?;
+        }
         if let Err(gone) = tx.push_events(out).await {
             return Ok(Err(gone));
         }
@@ -137,6 +144,8 @@ impl WalReader {
         };
         let missing: Vec<u32> = EventBuilder::unresolved_types(&chunk.relation, &self.types).collect();
         self.catalog.resolve_types(missing, &mut self.types).await?;
+        self.builder.add_relation(chunk.relation.clone(), &self.types)?;
+        self.catalog.describe_for(&mut self.builder, &chunk.relation).await?;
         chunk.publish(&mut self.builder, &self.types, lsn, crate::clock::unix_micros(), out)?;
         Ok(tx.push_events(out).await)
     }

@@ -292,3 +292,63 @@ mod tests {
         assert!(stream_problems(&lenient, &memory).is_empty());
     }
 }
+
+/// The newest schema event per table among the stream's messages up to sequence `up_to` (the
+/// verified head: what follows it is re-derived, schema events included), read from the
+/// schema subject alone. A schema event walguard cannot read is refused, naming its sequence.
+pub async fn read_schemas(
+    stream: &stream::Stream,
+    subject: &str,
+    up_to: u64,
+) -> Result<Vec<crate::event::schema::TableSchema>, SinkError> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let name = stream.cached_info().config.name.clone();
+    let mut newest = std::collections::BTreeMap::new();
+    if up_to == 0 {
+        return Ok(Vec::new());
+    }
+    let request = |e: String| SinkError::Request(format!("reading the schema events of stream {name}: {e}"));
+    match last_on_subject(stream, subject).await? {
+        None => return Ok(Vec::new()),
+        Some((last, _)) if last > up_to && up_to == 0 => return Ok(Vec::new()),
+        Some(_) => {}
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| request(e.to_string()))?;
+    let mut messages = consumer.messages().await.map_err(|e| request(e.to_string()))?;
+    loop {
+        // The subject holds a message (checked above), and each one says how many follow.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| request("no message within 30 s".into()))?;
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(|e| request(e.to_string()))?;
+        let info = msg.info().map_err(|e| request(e.to_string()))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        if sequence > up_to {
+            break;
+        }
+        let event = crate::event::stored::StoredEvent::parse(&msg.payload).map_err(|e| {
+            SinkError::Refused(
+                Refusal::ForeignMessage,
+                format!(
+                    "stream {name} sequence {sequence} is not a readable schema event ({e}): run `walguard verify`"
+                ),
+            )
+        })?;
+        if let crate::event::stored::Data::Schema(schema) = event.data {
+            newest.insert(schema.qualified(), schema);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(newest.into_values().collect())
+}

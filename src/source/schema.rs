@@ -17,9 +17,20 @@ use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use crate::decode::pgoutput::Relation;
 use crate::event::schema::{Attribute, ColumnSchema, SchemaOp, TableSchema, TypeDef, UserType};
+use crate::event::EventBuilder;
 use crate::source::catalog::{Catalog, CatalogError};
 
 impl Catalog {
+    /// Gives `builder` the schema of `rel` when it is a guarded table the builder has the
+    /// shape of (after its Relation message, or `add_relation`); other relations need none.
+    pub async fn describe_for(&self, builder: &mut EventBuilder, rel: &Relation) -> Result<(), CatalogError> {
+        if let Some(key) = builder.key_names(rel.oid) {
+            let schema = self.table_schema(rel, &key).await?;
+            builder.set_schema(schema);
+        }
+        Ok(())
+    }
+
     /// The schema event's `data` for `rel` with entity key `key`.
     pub async fn table_schema(&self, rel: &Relation, key: &[String]) -> Result<TableSchema, CatalogError> {
         let oid = rel.oid;
