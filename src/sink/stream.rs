@@ -245,54 +245,6 @@ pub async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Result<O
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_stream_passes_its_own_check() {
-        let cfg = NatsConfig::default();
-        let created = stream_config(&cfg);
-        assert_eq!(created.subjects, vec!["walguard.>".to_owned()]);
-        assert_eq!(created.storage, stream::StorageType::File);
-        assert_eq!(created.discard, stream::DiscardPolicy::New);
-        assert!(created.deny_delete && created.deny_purge && !created.allow_rollup);
-        assert!(stream_problems(&cfg, &created).is_empty());
-    }
-
-    #[test]
-    fn unsafe_streams_are_refused_with_the_fix() {
-        let cfg = NatsConfig::default();
-        let mut memory = stream_config(&cfg);
-        memory.storage = stream::StorageType::Memory;
-        let p = stream_problems(&cfg, &memory);
-        assert!(
-            p.len() == 1 && p[0].contains("memory storage") && p[0].contains("allow_unsafe_stream"),
-            "{p:?}"
-        );
-
-        let mut old = stream_config(&cfg);
-        old.discard = stream::DiscardPolicy::Old;
-        assert!(
-            stream_problems(&cfg, &old).is_empty(),
-            "discard old without limits loses nothing"
-        );
-        old.max_messages = 1000;
-        assert!(stream_problems(&cfg, &old)[0].contains("discard"));
-
-        let mut wrong = stream_config(&cfg);
-        wrong.subjects = vec!["other.>".into()];
-        wrong.deny_purge = false;
-        assert_eq!(stream_problems(&cfg, &wrong).len(), 2);
-
-        let lenient = NatsConfig {
-            allow_unsafe_stream: true,
-            ..NatsConfig::default()
-        };
-        assert!(stream_problems(&lenient, &memory).is_empty());
-    }
-}
-
 /// The newest schema event per table among the stream's messages up to sequence `up_to` (the
 /// verified head: what follows it is re-derived, schema events included), read from the
 /// schema subject alone. A schema event walguard cannot read is refused, naming its sequence.
@@ -351,4 +303,52 @@ pub async fn read_schemas(
         }
     }
     Ok(newest.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_stream_passes_its_own_check() {
+        let cfg = NatsConfig::default();
+        let created = stream_config(&cfg);
+        assert_eq!(created.subjects, vec!["walguard.>".to_owned()]);
+        assert_eq!(created.storage, stream::StorageType::File);
+        assert_eq!(created.discard, stream::DiscardPolicy::New);
+        assert!(created.deny_delete && created.deny_purge && !created.allow_rollup);
+        assert!(stream_problems(&cfg, &created).is_empty());
+    }
+
+    #[test]
+    fn unsafe_streams_are_refused_with_the_fix() {
+        let cfg = NatsConfig::default();
+        let mut memory = stream_config(&cfg);
+        memory.storage = stream::StorageType::Memory;
+        let p = stream_problems(&cfg, &memory);
+        assert!(
+            p.len() == 1 && p[0].contains("memory storage") && p[0].contains("allow_unsafe_stream"),
+            "{p:?}"
+        );
+
+        let mut old = stream_config(&cfg);
+        old.discard = stream::DiscardPolicy::Old;
+        assert!(
+            stream_problems(&cfg, &old).is_empty(),
+            "discard old without limits loses nothing"
+        );
+        old.max_messages = 1000;
+        assert!(stream_problems(&cfg, &old)[0].contains("discard"));
+
+        let mut wrong = stream_config(&cfg);
+        wrong.subjects = vec!["other.>".into()];
+        wrong.deny_purge = false;
+        assert_eq!(stream_problems(&cfg, &wrong).len(), 2);
+
+        let lenient = NatsConfig {
+            allow_unsafe_stream: true,
+            ..NatsConfig::default()
+        };
+        assert!(stream_problems(&lenient, &memory).is_empty());
+    }
 }
