@@ -498,8 +498,14 @@ impl Config {
         let target = check_postgres(&postgres).map_err(e)?;
         let tables = guarded_tables(tables).map_err(e)?;
         check_nats(&nats).map_err(e)?;
-        if archive.segment_events == 0 {
-            return Err(e("archive.segment_events: expected at least 1".into()));
+        // A segment ends at a signed event, and up to MAX_UNSIGNED_RUN events may precede
+        // a signature: below that, "at most segment_events" could not always hold.
+        let fewest = u64::from(crate::event::chain::MAX_UNSIGNED_RUN) + 1;
+        if archive.segment_events < fewest {
+            return Err(e(format!(
+                "archive.segment_events {}: expected at least {fewest} (a segment ends at a signed event, and one signature covers up to {fewest} events)",
+                archive.segment_events
+            )));
         }
         if archive.segment_seconds.is_zero() {
             return Err(e("archive.segment_seconds: expected a positive duration".into()));

@@ -215,19 +215,28 @@ async fn end_of_group_before(
     head: &Attributes,
     first_sequence: u64,
 ) -> Result<Option<Lsn>, SinkError> {
-    // The previous group's last event stands just before this group's first.
-    let prev = seq.saturating_sub(u64::from(head.pgtxidx));
-    if prev < first_sequence || prev == 0 {
-        return Ok(None);
+    // The previous group's last event stands just before this group's first, which is
+    // `pgtxidx - 1` events back; schema events (markers placed inside groups, never counted)
+    // move the first further back by one each, so step over them and over this group's own
+    // events until the message before the group.
+    let mut prev = seq.saturating_sub(u64::from(head.pgtxidx));
+    loop {
+        if prev < first_sequence || prev == 0 {
+            return Ok(None);
+        }
+        let msg = message(stream, prev).await?;
+        let attrs = Attributes::parse(&msg.payload).map_err(|e| {
+            SinkError::Refused(Refusal::ForeignMessage, format!(
+                "stream {} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate",
+                stream.cached_info().config.name
+            ))
+        })?;
+        let same_group = attrs.pglsn == head.pglsn && attrs.pgxid == head.pgxid && attrs.pgendlsn.is_none();
+        if attrs.op != crate::event::draft::Op::Schema && !same_group {
+            return Ok(attrs.pgendlsn);
+        }
+        prev -= 1;
     }
-    let msg = message(stream, prev).await?;
-    let attrs = Attributes::parse(&msg.payload).map_err(|e| {
-        SinkError::Refused(Refusal::ForeignMessage, format!(
-            "stream {} sequence {prev}, which ends the group before the verified head {seq}, is not a walguard event ({e}): run `walguard verify` and investigate",
-            stream.cached_info().config.name
-        ))
-    })?;
-    Ok(attrs.pgendlsn)
 }
 
 /// The newest message on `subject`: its sequence and payload, or `None` when JetStream

@@ -148,7 +148,7 @@ async fn a_snapshot_killed_midway_resumes_without_duplicates() {
         .await
         .unwrap();
     let stream = wait_until(&env, Duration::from_secs(240), |s| table_completed(s, "public.items")).await;
-    assert!(table_completed(&stream, "public.items"));
+    assert!(table_completed(&stream, "public.items"), "{}", env.newest_log_tail());
     let snapshots = snapshot_keys(&stream, "public.items");
     assert!(
         snapshots.values().all(|&n| n == 1),

@@ -128,7 +128,7 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
     let env = Env::start(
         SCHEMA,
         TABLES,
-        "\n[archive]\nsegment_events = 200\nsegment_seconds = \"1s\"\n",
+        "\n[archive]\nsegment_events = 256\nsegment_seconds = \"1s\"\n",
     )
     .await;
     let archive_dir = env.dir.path().join("archive");
