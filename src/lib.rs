@@ -22,6 +22,7 @@ pub mod snapshot;
 pub mod source;
 pub mod telemetry;
 pub mod testkit;
+pub mod tlog;
 pub mod verify;
 
 pub use error::Error;
