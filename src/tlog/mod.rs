@@ -11,14 +11,26 @@
 //! - `tree.rs`: [`Hash`], leaf and node hashing, the [`Frontier`] and its saved form.
 //! - `proof.rs`: inclusion and consistency proofs: which ranges they are made of, building
 //!   them from range hashes or from one pass over the leaves, and checking them.
+//! - `note.rs`: C2SP signed notes with Ed25519 (`signed-note`), the keys of the log and of
+//!   witnesses (`name+keyid+base64` vkeys) and timestamped cosignatures (`tlog-cosignature/v1`).
+//! - `checkpoint.rs`: the checkpoint (`tlog-checkpoint`) as a signed note, and the `data` of a
+//!   `walguard.checkpoint` event.
+//! - `add_checkpoint.rs`: the body of a `tlog-witness` `add-checkpoint` request.
 //!
-//! The tree is ours rather than `tlog_tiles`' (Cloudflare azul's port of Go's sumdb/tlog),
+//! The note and checkpoint grammar are the kept implementations of Cloudflare's azul
+//! (`signed_note`, `tlog_tiles`, ports of Go's `golang.org/x/mod/sumdb`); the tree is ours,
 //! because the publisher needs the frontier and `prove` needs proofs from range hashes that it
 //! computes by reading the stream, neither of which `tlog_tiles` offers (it reads a stored hash
-//! for every node, as a tile server keeps them); its verifiers check ours in the tests.
+//! for every node, as a tile server keeps them).
 
+pub mod add_checkpoint;
+pub mod checkpoint;
+pub mod note;
 pub mod proof;
 pub mod tree;
 
+pub use add_checkpoint::AddCheckpoint;
+pub use checkpoint::{Checkpoint, CheckpointData, CheckpointError, SignedCheckpoint};
+pub use note::{CheckpointSigner, Cosignature, Cosigner, KeyKind, NoteError, Vkey};
 pub use proof::{ProofError, RangeHasher};
 pub use tree::{leaf_hash, node_hash, Frontier, Hash, TreeError, EMPTY_ROOT};
