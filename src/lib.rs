@@ -24,5 +24,6 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tlog;
 pub mod verify;
+pub mod witness;
 
 pub use error::Error;
