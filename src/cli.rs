@@ -122,6 +122,35 @@ pub enum Command {
     /// A throwaway PostgreSQL and nats-server, a legacy table, an outside writer, and the
     /// signed events flowing, verified at the end.
     Demo,
+    /// A C2SP witness (tlog-witness) that cosigns the checkpoints of the logs named by --log:
+    /// checks each checkpoint's signature and its consistency with the last one it cosigned,
+    /// stores it (fsynced) before answering, and refuses rollbacks. Prints its verifier key.
+    Witness(WitnessArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WitnessArgs {
+    /// The address to serve `POST /add-checkpoint` on, as IP:PORT.
+    #[arg(long)]
+    pub listen: String,
+    /// The witness's own Ed25519 private key (PKCS#8 PEM, as `walguard keygen` writes it).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The folder where the latest cosigned checkpoint of each log is kept (created when
+    /// missing; never delete it, or the witness would accept a rolled-back log).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// A log's verifier key, `origin+keyid+base64` (type 01); repeat for several logs or keys.
+    #[arg(long = "log", required = true, num_args = 1..)]
+    pub logs: Vec<String>,
+    /// The witness's key name in its cosignatures and verifier key (default:
+    /// `walguard-witness/{key id}`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also read the log's stream with this configuration and check it before cosigning
+    /// (the auditors' own witness; not built yet).
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -581,5 +610,38 @@ pub async fn resync(config: &Path) -> Result<Found, Failure> {
     let cfg = load(config)?;
     let summary = crate::resync::run(&cfg).await?;
     println!("{summary}");
+    Ok(exit::OK)
+}
+
+/// `walguard witness` (SPEC section 8): serves `add-checkpoint` until SIGTERM or SIGINT.
+pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
+    if args.config.is_some() {
+        return Err(Failure::Usage(
+            "witness -c FILE (checking the stream before cosigning) is not available yet: run the witness without -c"
+                .into(),
+        ));
+    }
+    let listen = crate::witness::parse_listen(&args.listen)
+        .ok_or_else(|| Failure::Usage(format!("--listen {:?}: expected IP:PORT", args.listen)))?;
+    let signer = Signer::load(&args.key).map_err(|e| Failure::Config(e.to_string()))?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("walguard-witness/{}", signer.key_id()));
+    let cosigner = crate::tlog::Cosigner::new(&name, signer).map_err(|e| Failure::Usage(format!("--name: {e}")))?;
+    let logs = args
+        .logs
+        .iter()
+        .map(|v| crate::tlog::Vkey::parse(v).map_err(|e| Failure::Usage(format!("--log: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let witness =
+        crate::witness::Witness::open(cosigner, logs, &args.state).map_err(|e| Failure::Config(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::Config(format!("--listen {listen}: cannot listen ({e}); choose a free address")))?;
+    println!("{}", witness.vkey());
+    tracing::info!(listen = %listen, vkey = %witness.vkey(), "witness serving add-checkpoint");
+    let shutdown = shutdown_on_signal("witness: stopping");
+    crate::witness::serve(listener, std::sync::Arc::new(witness), shutdown).await;
     Ok(exit::OK)
 }
