@@ -8,9 +8,11 @@
 //! made from the hashes of a few leaf ranges, each computed by reading that range of the stream
 //! ([`proof`]). Nothing here does I/O; `crate::witness` speaks HTTP.
 //!
-//! - `tree.rs`: [`Hash`], leaf and node hashing, the [`Frontier`] and its saved form.
+//! - `tree.rs`: [`Hash`], leaf and node hashing, the [`Frontier`] and its saved form, and the
+//!   [`CompactRange`] of the leaves since a given size.
 //! - `proof.rs`: inclusion and consistency proofs: which ranges they are made of, building
-//!   them from range hashes or from one pass over the leaves, and checking them.
+//!   them from range hashes, from one pass over the leaves or (consistency) from memory, and
+//!   checking them.
 //! - `note.rs`: C2SP signed notes with Ed25519 (`signed-note`), the keys of the log and of
 //!   witnesses (`name+keyid+base64` vkeys) and timestamped cosignatures (`tlog-cosignature/v1`).
 //! - `checkpoint.rs`: the checkpoint (`tlog-checkpoint`) as a signed note, and the `data` of a
@@ -33,4 +35,4 @@ pub use add_checkpoint::AddCheckpoint;
 pub use checkpoint::{Checkpoint, CheckpointData, CheckpointError, SignedCheckpoint};
 pub use note::{CheckpointSigner, Cosignature, Cosigner, KeyKind, NoteError, Vkey};
 pub use proof::{ProofError, RangeHasher};
-pub use tree::{leaf_hash, node_hash, Frontier, Hash, TreeError, EMPTY_ROOT};
+pub use tree::{leaf_hash, node_hash, CompactRange, Frontier, Hash, TreeError, EMPTY_ROOT};

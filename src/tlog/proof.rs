@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use super::tree::{node_hash, Frontier, Hash};
+use super::tree::{node_hash, CompactRange, Frontier, Hash};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
@@ -206,6 +206,36 @@ fn from_leaves(ranges: Vec<Range<u64>>, leaves: impl IntoIterator<Item = Hash>) 
     hasher.finish()
 }
 
+/// The consistency proof from the tree of `old.size()` leaves to the tree of `since.end()`
+/// leaves from memory alone: `old` is the frontier at the old size and `since` the compact
+/// range of every leaf after it. Every hash of such a proof is a node of `old` or a run of
+/// nodes of `since`, so a publisher that keeps both from the size its witness last cosigned
+/// answers a witness without reading the stream.
+pub fn prove_consistency_from(old: &Frontier, since: &CompactRange) -> Result<Vec<Hash>, ProofError> {
+    let (m, n) = (old.size(), since.end());
+    if since.begin() != m {
+        return Err(ProofError::Sizes { old: m, new: n });
+    }
+    let old_nodes: Vec<(Range<u64>, Hash)> = Frontier::ranges(m)
+        .into_iter()
+        .zip(old.nodes().iter().copied())
+        .collect();
+    consistency_ranges(m, n)?
+        .into_iter()
+        .map(|r| {
+            let found = if r.end <= m {
+                old_nodes.iter().find(|(o, _)| *o == r).map(|(_, h)| *h)
+            } else {
+                since.root_of(r.clone())
+            };
+            found.ok_or(ProofError::MissingLeaf {
+                missing: r.start,
+                range: r,
+            })
+        })
+        .collect()
+}
+
 /// Checks that `proof` proves leaf `index` with hash `leaf` in the tree of `size` leaves whose
 /// root is `root` (RFC 9162 section 2.1.3.2).
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
@@ -321,7 +351,7 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::super::tree::tests::{h, leaf_hashes, ROOTS};
-    use super::super::tree::{leaf_hash, EMPTY_ROOT};
+    use super::super::tree::{leaf_hash, CompactRange, EMPTY_ROOT};
     use super::*;
     use std::path::Path;
 
@@ -583,6 +613,24 @@ mod tests {
             order.push(0, leaves[0]),
             Err(ProofError::OutOfOrder { index: 0, previous: 0 })
         );
+    }
+
+    /// From memory (the old frontier and the compact range after it) the proofs are the ones
+    /// made from the leaves, for every pair of sizes up to 130.
+    #[test]
+    fn consistency_proofs_from_memory_are_the_proofs_from_the_leaves() {
+        let leaves: Vec<Hash> = (0u32..130).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for old in 1..130u64 {
+            let frontier = Frontier::from_leaf_hashes(leaves[..old as usize].iter().copied());
+            let mut since = CompactRange::new(old);
+            for new in old + 1..=130 {
+                since.append(leaves[new as usize - 1]);
+                let want = prove_consistency(old, new, leaves.iter().copied()).unwrap();
+                assert_eq!(prove_consistency_from(&frontier, &since), Ok(want), "{old} to {new}");
+            }
+        }
+        let frontier = Frontier::from_leaf_hashes(leaves[..3].iter().copied());
+        assert!(prove_consistency_from(&frontier, &CompactRange::new(4)).is_err());
     }
 
     // ---- transparency-dev/merkle testdata probes (vendored under testdata/) ----

@@ -30,6 +30,8 @@ pub enum TreeError {
     FrontierLength { size: u64, expected: usize, found: usize },
     #[error("a saved frontier is 8 bytes of size then 32 bytes per hash, not {0} bytes")]
     FrontierBytes(usize),
+    #[error("the saved frontier (size {found_size}) does not give the checkpoint's size {size} and root")]
+    NotTheCheckpoint { size: u64, found_size: u64 },
 }
 
 impl Hash {
@@ -196,6 +198,104 @@ impl Frontier {
     }
 }
 
+impl Frontier {
+    /// A saved frontier checked against a signed head: `bytes` (from [`Frontier::to_bytes`],
+    /// kept anywhere, trusted nowhere) restore the tree only if they give `size` and `root`,
+    /// the size and root of a checkpoint whose signature was checked.
+    pub fn restore(bytes: &[u8], size: u64, root: &Hash) -> Result<Frontier, TreeError> {
+        let f = Frontier::from_bytes(bytes)?;
+        if f.size != size || f.root() != *root {
+            return Err(TreeError::NotTheCheckpoint {
+                size,
+                found_size: f.size,
+            });
+        }
+        Ok(f)
+    }
+}
+
+/// The compact range `[begin, end)`: the roots of the maximal aligned perfect subtrees that
+/// cover those leaves, left to right. The publisher keeps one from the size a witness last
+/// cosigned: with the [`Frontier`] at that size it answers every hash of the consistency proof
+/// the witness needs ([`crate::tlog::proof::prove_consistency_from`]) without reading the
+/// stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactRange {
+    begin: u64,
+    end: u64,
+    /// (height, root), left to right; node i covers `[start, start + 2^height)`.
+    nodes: Vec<(u32, Hash)>,
+}
+
+impl CompactRange {
+    /// The empty range at `begin`.
+    pub fn new(begin: u64) -> CompactRange {
+        CompactRange {
+            begin,
+            end: begin,
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn begin(&self) -> u64 {
+        self.begin
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Appends the leaf at index `end`.
+    pub fn append(&mut self, leaf: Hash) {
+        let (mut height, mut index, mut hash) = (0u32, self.end, leaf);
+        // A right child whose left sibling is the last node merges with it, up the tree.
+        while index & 1 == 1 {
+            match self.nodes.last() {
+                Some(&(h, left)) if h == height => {
+                    self.nodes.pop();
+                    hash = node_hash(&left, &hash);
+                    height += 1;
+                    index >>= 1;
+                }
+                _ => break,
+            }
+        }
+        self.nodes.push((height, hash));
+        self.end += 1;
+    }
+
+    /// The nodes with the leaf range each covers, left to right.
+    pub fn nodes(&self) -> impl Iterator<Item = (Range<u64>, Hash)> + '_ {
+        let mut start = self.begin;
+        self.nodes.iter().map(move |&(height, hash)| {
+            let r = start..start + (1u64 << height);
+            start = r.end;
+            (r, hash)
+        })
+    }
+
+    /// The RFC 6962 root of `range` if the range is exactly a run of this range's nodes (any
+    /// subtree of the log that lies inside `[begin, end)` and ends at a node boundary).
+    pub fn root_of(&self, range: Range<u64>) -> Option<Hash> {
+        let inside: Vec<Hash> = self
+            .nodes()
+            .filter(|(r, _)| r.start >= range.start && r.end <= range.end)
+            .map(|(_, h)| h)
+            .collect();
+        let covered: u64 = self
+            .nodes()
+            .filter(|(r, _)| r.start >= range.start && r.end <= range.end)
+            .map(|(r, _)| r.end - r.start)
+            .sum();
+        if inside.is_empty() || covered != range.end - range.start {
+            return None;
+        }
+        let mut rev = inside.iter().rev();
+        let last = *rev.next()?;
+        Some(rev.fold(last, |right, left| node_hash(left, &right)))
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -346,5 +446,50 @@ pub(super) mod tests {
         assert_eq!(Hash::from_base64(&root.to_string()), Ok(root));
         assert!(Hash::from_base64("ZG9uJ3QgY2FyZSAy").is_err());
         assert!(Hash::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn a_saved_frontier_restores_only_against_its_checkpoint() {
+        let f = Frontier::from_leaf_hashes(leaf_hashes());
+        let saved = f.to_bytes();
+        assert_eq!(Frontier::restore(&saved, 8, &h(ROOTS[8])), Ok(f));
+        assert_eq!(
+            Frontier::restore(&saved, 8, &h(ROOTS[7])),
+            Err(TreeError::NotTheCheckpoint { size: 8, found_size: 8 })
+        );
+        assert!(Frontier::restore(&saved, 7, &h(ROOTS[8])).is_err());
+    }
+
+    #[test]
+    fn a_compact_range_from_any_start_holds_the_maximal_aligned_subtrees() {
+        let leaves: Vec<Hash> = (0u32..70).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let root =
+            |r: Range<u64>| Frontier::from_leaf_hashes(leaves[r.start as usize..r.end as usize].iter().copied()).root();
+        for begin in 0..40u64 {
+            let mut c = CompactRange::new(begin);
+            for end in begin + 1..70 {
+                c.append(leaves[end as usize - 1]);
+                assert_eq!((c.begin(), c.end()), (begin, end));
+                let mut at = begin;
+                for (r, hash) in c.nodes() {
+                    assert_eq!(r.start, at);
+                    let width = r.end - r.start;
+                    assert!(width.is_power_of_two() && r.start % width == 0, "{r:?} is aligned");
+                    assert_eq!(hash, root(r.clone()));
+                    at = r.end;
+                }
+                assert_eq!(at, end);
+                if begin == 0 {
+                    assert_eq!(c.root_of(0..end), Some(root(0..end)));
+                }
+            }
+        }
+        let mut c = CompactRange::new(4);
+        for l in &leaves[4..8] {
+            c.append(*l);
+        }
+        assert_eq!(c.root_of(4..8), Some(root(4..8)));
+        assert_eq!(c.root_of(4..6), None, "inside one node");
+        assert_eq!(c.root_of(2..8), None, "beyond the range");
     }
 }
