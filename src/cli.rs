@@ -147,8 +147,9 @@ pub struct WitnessArgs {
     /// `walguard-witness/{key id}`).
     #[arg(long)]
     pub name: Option<String>,
-    /// Also read the log's stream with this configuration and check it before cosigning
-    /// (the auditors' own witness; not built yet).
+    /// The auditors' own witness: also read the log's stream named in this configuration
+    /// (NATS, stream, keys) up to each checkpoint and check its chain, signatures and root
+    /// before cosigning. The --log keys must then be of one origin.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
 }
@@ -615,12 +616,6 @@ pub async fn resync(config: &Path) -> Result<Found, Failure> {
 
 /// `walguard witness` (SPEC section 8): serves `add-checkpoint` until SIGTERM or SIGINT.
 pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
-    if args.config.is_some() {
-        return Err(Failure::Usage(
-            "witness -c FILE (checking the stream before cosigning) is not available yet: run the witness without -c"
-                .into(),
-        ));
-    }
     let listen = crate::witness::parse_listen(&args.listen)
         .ok_or_else(|| Failure::Usage(format!("--listen {:?}: expected IP:PORT", args.listen)))?;
     let signer = Signer::load(&args.key).map_err(|e| Failure::Config(e.to_string()))?;
@@ -634,13 +629,38 @@ pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
         .iter()
         .map(|v| crate::tlog::Vkey::parse(v).map_err(|e| Failure::Usage(format!("--log: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let witness =
+    let audited = match &args.config {
+        None => None,
+        Some(config) => {
+            // The configuration names one stream: it backs one log.
+            let mut origins: Vec<&str> = logs.iter().map(|k| k.name()).collect();
+            origins.dedup();
+            let [origin] = origins.as_slice() else {
+                return Err(Failure::Usage(
+                    "witness -c FILE checks one log's stream: pass the --log keys of one origin".into(),
+                ));
+            };
+            let cfg = load(config)?;
+            let keyring = verification_keys(Some(&cfg), &[])?;
+            let js = jetstream(&cfg).await?;
+            Some((
+                origin.to_string(),
+                crate::witness::StreamAudit::new(js, &cfg.nats.stream, keyring),
+            ))
+        }
+    };
+    let mut witness =
         crate::witness::Witness::open(cosigner, logs, &args.state).map_err(|e| Failure::Config(e.to_string()))?;
+    if let Some((origin, audit)) = audited {
+        witness
+            .audit(&origin, audit)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::Config(format!("--listen {listen}: cannot listen ({e}); choose a free address")))?;
     println!("{}", witness.vkey());
-    tracing::info!(listen = %listen, vkey = %witness.vkey(), "witness serving add-checkpoint");
+    tracing::info!(listen = %listen, vkey = %witness.vkey(), verifying = args.config.is_some(), "witness serving add-checkpoint");
     let shutdown = shutdown_on_signal("witness: stopping");
     crate::witness::serve(listener, std::sync::Arc::new(witness), shutdown).await;
     Ok(exit::OK)

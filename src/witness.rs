@@ -9,6 +9,10 @@
 //! roots for one size, nor a size below one it cosigned. A lock file keeps a second witness
 //! off the same folder.
 //!
+//! With `-c` ([`StreamAudit`]) the witness is the auditors' own: before cosigning it reads the
+//! log's stream up to the checkpoint with `verify`'s checker and recomputes the root, so it
+//! vouches for the content, not only for the log's append-only promise.
+//!
 //! HTTP is hyper's, already walguard's for `/metrics`: one route does not need a framework.
 //! The client holds one keep-alive HTTP/1.1 connection per witness (the protocol's SHOULD) and
 //! speaks TLS with the system's roots for `https://` witnesses.
@@ -375,6 +379,8 @@ pub enum WitnessError {
     },
     #[error("--log {0}: a log key is type 01 (Ed25519 note signature), not a witness key")]
     NotALogKey(String),
+    #[error("no --log key has origin {0}")]
+    NoSuchLog(String),
 }
 
 /// What the witness answers to one request: the status and the body.
@@ -403,6 +409,8 @@ struct Latest {
 struct Log {
     keys: Vec<Vkey>,
     path: PathBuf,
+    /// With `-c`: the stream itself, checked up to each checkpoint before cosigning it.
+    audit: Option<StreamAudit>,
     /// Held across check, store and cosign: two requests for one log never interleave.
     latest: Mutex<Option<Latest>>,
 }
@@ -465,6 +473,7 @@ impl Witness {
                 Log {
                     keys,
                     path,
+                    audit: None,
                     latest: Mutex::new(latest),
                 },
             );
@@ -479,6 +488,17 @@ impl Witness {
 
     pub fn vkey(&self) -> &Vkey {
         self.cosigner.vkey()
+    }
+
+    /// The verifying mode for one log: before cosigning a checkpoint of `origin`, read its
+    /// stream up to the checkpoint's size and check it ([`StreamAudit::check`]).
+    pub fn audit(&mut self, origin: &str, audit: StreamAudit) -> Result<(), WitnessError> {
+        let log = self
+            .logs
+            .get_mut(origin)
+            .ok_or_else(|| WitnessError::NoSuchLog(origin.to_owned()))?;
+        log.audit = Some(audit);
+        Ok(())
     }
 
     /// `add-checkpoint` (C2SP tlog-witness), every check in the order the protocol lists them;
@@ -541,6 +561,22 @@ impl Witness {
                 return Reply::new(StatusCode::UNPROCESSABLE_ENTITY, "a proof from size 0 must be empty\n");
             }
             _ => {}
+        }
+        if let Some(audit) = &log.audit {
+            match audit.check(cp.size(), &cp.root()).await {
+                Ok(()) => {}
+                Err(AuditError::Unavailable(e)) => {
+                    tracing::warn!(origin = cp.origin(), error = %e, "cannot read the log's stream");
+                    return Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+                }
+                Err(AuditError::Refused(e)) => {
+                    tracing::warn!(origin = cp.origin(), size = cp.size(), error = %e, "the log's stream does not back the checkpoint");
+                    return Reply::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("the stream does not back checkpoint {}: {e}\n", cp.size()),
+                    );
+                }
+            }
         }
         let line = self.cosigner.cosign(signed.text(), now);
         let mut kept = signed;
@@ -613,6 +649,106 @@ impl Witness {
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(reply.body)))
             .expect("a response with a valid status and header"))
+    }
+}
+
+/// Why the verifying witness would not cosign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The stream could not be read (NATS down): try again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The stream does not back the checkpoint: a broken chain or signature, a gap, too few
+    /// messages, or another root.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The verifying mode (`walguard witness -c`): the auditors' own witness reads the log's
+/// stream and checks it (chain, signatures, transactions and order, as `walguard verify` does,
+/// and the tree root) before it cosigns. It keeps the verifier and the frontier in memory, so
+/// each checkpoint costs only the messages after the previous one; after a restart the first
+/// checkpoint reads the stream from sequence 1.
+///
+/// The messages after the newest signature up to the checkpoint are covered by the
+/// checkpoint's own signature (the log's key over their root), so an unsigned tail at the
+/// checkpoint's size is no problem here, nor an open transaction.
+pub struct StreamAudit {
+    js: async_nats::jetstream::Context,
+    stream: String,
+    keyring: &'static crate::event::Keyring,
+    state: Mutex<Audited>,
+}
+
+struct Audited {
+    verifier: crate::verify::Verifier<'static>,
+    frontier: crate::tlog::Frontier,
+}
+
+impl StreamAudit {
+    /// `keyring` lives as long as the process (the witness serves until it exits).
+    pub fn new(js: async_nats::jetstream::Context, stream: &str, keyring: crate::event::Keyring) -> StreamAudit {
+        let keyring: &'static crate::event::Keyring = Box::leak(Box::new(keyring));
+        StreamAudit {
+            js,
+            stream: stream.to_owned(),
+            keyring,
+            state: Mutex::new(Audited {
+                verifier: crate::verify::Verifier::new(keyring),
+                frontier: crate::tlog::Frontier::new(),
+            }),
+        }
+    }
+
+    /// Checks messages 1..=`size` of the stream and that their tree root is `root`.
+    pub async fn check(&self, size: u64, root: &Hash) -> Result<(), AuditError> {
+        let mut state = self.state.lock().await;
+        if state.frontier.size() > size {
+            *state = Audited {
+                verifier: crate::verify::Verifier::new(self.keyring),
+                frontier: crate::tlog::Frontier::new(),
+            };
+        }
+        let from = state.frontier.size() + 1;
+        if from <= size {
+            let mut gap = None;
+            let Audited { verifier, frontier } = &mut *state;
+            crate::audit::read_stream(&self.js, &self.stream, from, Some(size), |m| {
+                if m.sequence != frontier.size() + 1 {
+                    gap = Some((frontier.size() + 1, m.sequence));
+                    return false;
+                }
+                let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+                verifier.message(m.sequence, sig, &m.payload);
+                frontier.append_payload(&m.payload);
+                true
+            })
+            .await
+            .map_err(AuditError::Unavailable)?;
+            if let Some((want, got)) = gap {
+                return Err(AuditError::Refused(format!(
+                    "stream {} skips from sequence {want} to {got}",
+                    self.stream
+                )));
+            }
+        }
+        if let Some(p) = state.verifier.problems.first() {
+            return Err(AuditError::Refused(p.to_string()));
+        }
+        if state.frontier.size() < size {
+            return Err(AuditError::Refused(format!(
+                "stream {} holds {} messages, fewer than the checkpoint's {size}",
+                self.stream,
+                state.frontier.size()
+            )));
+        }
+        let computed = state.frontier.root();
+        if computed != *root {
+            return Err(AuditError::Refused(format!(
+                "the root of its first {size} messages is {computed}, not the checkpoint's {root}"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -70,12 +70,17 @@ struct WitnessProcess {
 
 impl WitnessProcess {
     fn start(dir: &Path, key: &Path, log: &Vkey) -> WitnessProcess {
+        WitnessProcess::start_with(&dir.join("state"), key, log, &[])
+    }
+
+    fn start_with(state: &Path, key: &Path, log: &Vkey, extra: &[&str]) -> WitnessProcess {
         let port = walguard::testkit::free_port();
         let mut child = Command::new(BIN)
             .args(["witness", "--listen", &format!("127.0.0.1:{port}"), "--key"])
             .arg(key)
             .arg("--state")
-            .arg(dir.join("state"))
+            .arg(state)
+            .args(extra)
             .args(["--name", "witness.test/w1", "--log", &log.to_string()])
             .env("WALGUARD_LOG", "info,walguard=debug")
             .stdin(Stdio::null())
@@ -353,4 +358,156 @@ fn witness_refuses_a_loose_key_file_and_bad_arguments() {
     assert_eq!(code, 2, "{err}");
     let (code, _) = run(&["--listen", &listen, "--key", key, "--state", state]);
     assert_eq!(code, 2, "--log is required");
+}
+
+/// Copies stream `from` into a new stream `to` (subjects `{to}.>`), message for message with
+/// the signature headers, replacing the signature of the first signed message with `forged`.
+async fn copy_with_forged_signature(js: &async_nats::jetstream::Context, from: &str, to: &str, forged: &str) {
+    use futures::StreamExt;
+    use walguard::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: to.to_owned(),
+        subjects: vec![format!("{}.>", to.to_lowercase())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut source = js.get_stream(from).await.unwrap();
+    let last = source.info().await.unwrap().state.last_sequence;
+    let consumer = source
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut forged_once = false;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.unwrap();
+        let seq = msg.info().unwrap().stream_sequence;
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(h) = &msg.headers {
+            if let (Some(key), Some(sig)) = (h.get(HEADER_KEY_ID), h.get(HEADER_SIGNATURE)) {
+                headers.insert(HEADER_KEY_ID, key.as_str());
+                if forged_once {
+                    headers.insert(HEADER_SIGNATURE, sig.as_str());
+                } else {
+                    headers.insert(HEADER_SIGNATURE, forged);
+                    forged_once = true;
+                }
+            }
+        }
+        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, msg.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if seq >= last {
+            break;
+        }
+    }
+    assert!(forged_once, "the stream has a signed message");
+}
+
+/// `walguard witness -c`: the auditors' witness reads the stream itself. It cosigns a
+/// checkpoint the stream backs and refuses one whose root is not the stream's, one beyond the
+/// stream's end, and, on a copy of the stream with one forged signature, the very checkpoint
+/// a plain witness cosigns (same size, same root, valid log signature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_witness_reads_the_stream_and_refuses_what_it_does_not_back() {
+    let env = crate::harness::Env::start(
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text);",
+        "[[tables]]\nname = \"public.t\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    for i in 0..6 {
+        env.db
+            .execute("INSERT INTO public.t VALUES ($1, $2)", &[&i, &format!("v{i}")])
+            .await
+            .unwrap();
+    }
+    env.wait_events(6, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    let stored = env.read_stream().await;
+    let size = stored.len() as u64;
+    assert!(stored.last().unwrap().signed, "no unsigned tail after a clean stop");
+
+    // The log as walguard's key signs it (the lead's publisher will do the same).
+    let log_key = Signer::load(&env.dir.path().join("walguard.key")).unwrap();
+    let log = CheckpointSigner::new(ORIGIN, &log_key).unwrap();
+    let leaves: Vec<Hash> = stored.iter().map(|m| leaf_hash(&m.payload)).collect();
+    let checkpoint = |n: u64, leaves: &[Hash]| {
+        let root = Frontier::from_leaf_hashes(leaves[..n as usize].iter().copied()).root();
+        SignedCheckpoint::sign(Checkpoint::new(ORIGIN, n, root).unwrap(), &log).unwrap()
+    };
+    let request = |old: u64, cp: &SignedCheckpoint| AddCheckpoint {
+        old_size: old,
+        proof: vec![],
+        checkpoint: cp.to_bytes(),
+    };
+
+    let wdir = tempfile::tempdir().unwrap();
+    let key = witness_key(wdir.path());
+    let config = env.config.to_str().unwrap().to_owned();
+    let witness = WitnessProcess::start_with(&wdir.path().join("state"), &key, log.vkey(), &["-c", &config]);
+    let client = witness.client();
+
+    // Another root at the stream's size: the stream does not back it.
+    let mut other = leaves.clone();
+    other[1] = leaf_hash(b"not what the stream holds");
+    refused_with(add(&client, &request(0, &checkpoint(size, &other))).await, 422);
+    // More messages than the stream holds (a checkpoint of a longer log).
+    let mut longer = leaves.clone();
+    longer.push(leaf_hash(b"one more"));
+    refused_with(add(&client, &request(0, &checkpoint(size + 1, &longer))).await, 422);
+    // Part of the stream, then all of it: cosigned, each read only once.
+    assert!(matches!(
+        add(&client, &request(0, &checkpoint(size - 2, &leaves))).await.unwrap(),
+        Answer::Cosigned(_)
+    ));
+    let cp = checkpoint(size, &leaves);
+    let cos = client
+        .cosign(&cp, size - 2, |old| {
+            let proof = prove_consistency(old, size, leaves.iter().copied()).unwrap();
+            async move { Ok::<_, String>(proof) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(cos.len(), 1);
+
+    // The same checkpoint, over a copy of the stream with one forged signature: a plain
+    // witness cosigns it, the verifying one does not.
+    let js = env.js().await;
+    let forged = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 64])
+    };
+    copy_with_forged_signature(&js, &env.stream, "TAMPERED", &forged).await;
+    let tampered_config = wdir.path().join("tampered.toml");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&format!("stream = \"{}\"", env.stream), "stream = \"TAMPERED\"")
+        .replace(
+            "key_file = \"walguard.key\"",
+            &format!("key_file = \"{}\"", env.dir.path().join("walguard.key").display()),
+        );
+    std::fs::write(&tampered_config, text).unwrap();
+    let plain = WitnessProcess::start_with(&wdir.path().join("plain"), &key, log.vkey(), &[]);
+    assert!(matches!(
+        add(&plain.client(), &request(0, &cp)).await.unwrap(),
+        Answer::Cosigned(_)
+    ));
+    let auditing = WitnessProcess::start_with(
+        &wdir.path().join("auditing"),
+        &key,
+        log.vkey(),
+        &["-c", tampered_config.to_str().unwrap()],
+    );
+    match add(&auditing.client(), &request(0, &cp)).await {
+        Err(ClientError::Refused { status: 422, body, .. }) => {
+            assert!(body.contains("signature"), "{body}");
+        }
+        other => panic!("wanted 422 naming the signature, got {other:?}"),
+    }
+    drop(env);
 }
