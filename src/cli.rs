@@ -122,6 +122,36 @@ pub enum Command {
     /// A throwaway PostgreSQL and nats-server, a legacy table, an outside writer, and the
     /// signed events flowing, verified at the end.
     Demo,
+    /// A C2SP witness (tlog-witness) that cosigns the checkpoints of the logs named by --log:
+    /// checks each checkpoint's signature and its consistency with the last one it cosigned,
+    /// stores it (fsynced) before answering, and refuses rollbacks. Prints its verifier key.
+    Witness(WitnessArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WitnessArgs {
+    /// The address to serve `POST /add-checkpoint` on, as IP:PORT.
+    #[arg(long)]
+    pub listen: String,
+    /// The witness's own Ed25519 private key (PKCS#8 PEM, as `walguard keygen` writes it).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The folder where the latest cosigned checkpoint of each log is kept (created when
+    /// missing; never delete it, or the witness would accept a rolled-back log).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// A log's verifier key, `origin+keyid+base64` (type 01); repeat for several logs or keys.
+    #[arg(long = "log", required = true, num_args = 1..)]
+    pub logs: Vec<String>,
+    /// The witness's key name in its cosignatures and verifier key (default:
+    /// `walguard-witness/{key id}`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The auditors' own witness: also read the log's stream named in this configuration
+    /// (NATS, stream, keys) up to each checkpoint and check its chain, signatures and root
+    /// before cosigning. The --log keys must then be of one origin.
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -581,5 +611,57 @@ pub async fn resync(config: &Path) -> Result<Found, Failure> {
     let cfg = load(config)?;
     let summary = crate::resync::run(&cfg).await?;
     println!("{summary}");
+    Ok(exit::OK)
+}
+
+/// `walguard witness` (SPEC section 8): serves `add-checkpoint` until SIGTERM or SIGINT.
+pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
+    let listen = crate::witness::parse_listen(&args.listen)
+        .ok_or_else(|| Failure::Usage(format!("--listen {:?}: expected IP:PORT", args.listen)))?;
+    let signer = Signer::load(&args.key).map_err(|e| Failure::Config(e.to_string()))?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("walguard-witness/{}", signer.key_id()));
+    let cosigner = crate::tlog::Cosigner::new(&name, signer).map_err(|e| Failure::Usage(format!("--name: {e}")))?;
+    let logs = args
+        .logs
+        .iter()
+        .map(|v| crate::tlog::Vkey::parse(v).map_err(|e| Failure::Usage(format!("--log: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let audited = match &args.config {
+        None => None,
+        Some(config) => {
+            // The configuration names one stream: it backs one log.
+            let mut origins: Vec<&str> = logs.iter().map(|k| k.name()).collect();
+            origins.dedup();
+            let [origin] = origins.as_slice() else {
+                return Err(Failure::Usage(
+                    "witness -c FILE checks one log's stream: pass the --log keys of one origin".into(),
+                ));
+            };
+            let cfg = load(config)?;
+            let keyring = verification_keys(Some(&cfg), &[])?;
+            let js = jetstream(&cfg).await?;
+            Some((
+                origin.to_string(),
+                crate::witness::StreamAudit::new(js, &cfg.nats.stream, keyring),
+            ))
+        }
+    };
+    let mut witness =
+        crate::witness::Witness::open(cosigner, logs, &args.state).map_err(|e| Failure::Config(e.to_string()))?;
+    if let Some((origin, audit)) = audited {
+        witness
+            .audit(&origin, audit)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::Config(format!("--listen {listen}: cannot listen ({e}); choose a free address")))?;
+    println!("{}", witness.vkey());
+    tracing::info!(listen = %listen, vkey = %witness.vkey(), verifying = args.config.is_some(), "witness serving add-checkpoint");
+    let shutdown = shutdown_on_signal("witness: stopping");
+    crate::witness::serve(listener, std::sync::Arc::new(witness), shutdown).await;
     Ok(exit::OK)
 }

@@ -22,6 +22,8 @@ pub mod snapshot;
 pub mod source;
 pub mod telemetry;
 pub mod testkit;
+pub mod tlog;
 pub mod verify;
+pub mod witness;
 
 pub use error::Error;

@@ -45,6 +45,7 @@ fn main() {
             Command::History { config, table, key } => cli::history(&config, &table, &key).await,
             Command::Reconcile { config, tables } => cli::reconcile(&config, &tables).await,
             Command::Demo => Ok(walguard::demo::run().await),
+            Command::Witness(args) => cli::witness(&args).await,
         }
     });
     let code = cli::exit_code(result);

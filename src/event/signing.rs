@@ -152,6 +152,12 @@ impl Signer {
             .expect("an Ed25519 public key always encodes")
     }
 
+    /// The Ed25519 signature over `message` itself, for formats that define their own signed
+    /// bytes: C2SP signed notes and cosignatures sign the note text, not a DSSE PAE.
+    pub fn sign_raw(&self, message: &[u8]) -> Signature {
+        self.key.sign(message)
+    }
+
     /// Standard base64 of the Ed25519 signature over `pae(payload)`.
     pub fn sign(&self, payload: &[u8]) -> String {
         let sig = self.key.sign(&pae(payload));

@@ -15,3 +15,4 @@ mod pipeline;
 mod restore;
 mod schema;
 mod tls;
+mod witness;
