@@ -20,7 +20,6 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::audit::{dsse_line, parse_dsse_line, Stored};
-use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::Keyring;
 use crate::verify::{Problem, Summary, Verifier};
 
@@ -248,15 +247,10 @@ impl<'k> ArchiveReader<'k> {
                 m.sequence, open.segment.last
             )));
         }
-        let before = self.verifier.problems.len();
-        let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        self.verifier.message(m.sequence, sig, &m.payload);
-        if let Some(problem) = self.verifier.problems.get(before) {
-            return Err(ArchiveError::Altered {
-                path: path.clone(),
-                problem: problem.clone(),
-            });
-        }
+        self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
+            path: path.clone(),
+            problem,
+        })?;
         open.last_signed = m.signature.is_some();
         open.expected += 1;
         Ok(m)
@@ -459,16 +453,13 @@ pub async fn run(
         let Some(msg) = msg else { break };
         let msg = msg.map_err(|e| stream_err(e.to_string()))?;
         let sequence = msg.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
-        let stored = stored_of(sequence, &msg);
-        let before = verifier.problems.len();
-        let sig = stored.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        verifier.message(sequence, sig, &stored.payload);
-        if let Some(problem) = verifier.problems.get(before) {
+        let stored = Stored::from_message(sequence, &msg);
+        if let Err(problem) = verifier.check(&stored) {
             // What was verified before it is kept: sealed, so the archive holds it.
             copied.sealed.extend(writer.seal()?);
             return Err(ArchiveError::Unverifiable {
                 stream: stream.to_owned(),
-                problem: problem.clone(),
+                problem,
             });
         }
         copied.sealed.extend(writer.push(&stored, limits)?);
@@ -481,21 +472,6 @@ pub async fn run(
         copied.last = s.last;
     }
     Ok(copied)
-}
-
-pub fn stored_of(sequence: u64, msg: &jetstream::Message) -> Stored {
-    let headers = msg.headers.as_ref();
-    let kid = headers
-        .and_then(|h| h.get(HEADER_KEY_ID))
-        .map(|v| v.as_str().to_owned());
-    let sig = headers
-        .and_then(|h| h.get(HEADER_SIGNATURE))
-        .map(|v| v.as_str().to_owned());
-    Stored {
-        sequence,
-        signature: kid.zip(sig),
-        payload: msg.payload.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,24 @@ pub struct Stored {
     pub payload: Bytes,
 }
 
+impl Stored {
+    /// The message JetStream stored at `sequence`, with its signature headers if any.
+    pub fn from_message(sequence: u64, msg: &jetstream::Message) -> Stored {
+        let headers = msg.headers.as_ref();
+        let kid = headers
+            .and_then(|h| h.get(HEADER_KEY_ID))
+            .map(|v| v.as_str().to_owned());
+        let sig = headers
+            .and_then(|h| h.get(HEADER_SIGNATURE))
+            .map(|v| v.as_str().to_owned());
+        Stored {
+            sequence,
+            signature: kid.zip(sig),
+            payload: msg.payload.clone(),
+        }
+    }
+}
+
 /// Reads messages `from..=to` (to the stream's last sequence when `to` is None) in order,
 /// calling `f` for each; `f` returns false to stop early.
 pub async fn read_stream(
@@ -86,18 +104,7 @@ pub async fn read_stream(
             .info()
             .map_err(|e| format!("reading {stream}: {e}"))?
             .stream_sequence;
-        let headers = msg.headers.as_ref();
-        let kid = headers
-            .and_then(|h| h.get(HEADER_KEY_ID))
-            .map(|v| v.as_str().to_owned());
-        let sig = headers
-            .and_then(|h| h.get(HEADER_SIGNATURE))
-            .map(|v| v.as_str().to_owned());
-        let keep_going = f(Stored {
-            sequence,
-            signature: kid.zip(sig),
-            payload: msg.payload.clone(),
-        });
+        let keep_going = f(Stored::from_message(sequence, &msg));
         if !keep_going || sequence >= last {
             break;
         }

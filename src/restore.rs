@@ -625,7 +625,7 @@ impl<'k> Log<'k> {
                     .map_err(|e| format!("reading stream {stream}: {e}"))?
                     .stream_sequence;
                 *done = sequence >= *last;
-                let m = crate::archive::stored_of(sequence, &msg);
+                let m = Stored::from_message(sequence, &msg);
                 checked(verifier, m).map(Some)
             }
             Inner::Archive(reader) => reader.next_message().map_err(|e| e.to_string()),
@@ -676,13 +676,8 @@ impl<'k> Log<'k> {
 
 /// Feeds `m` to the verifier; the first problem it finds refuses the message.
 fn checked(verifier: &mut crate::verify::Verifier<'_>, m: Stored) -> Result<Stored, String> {
-    let before = verifier.problems.len();
-    let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-    verifier.message(m.sequence, sig, &m.payload);
-    match verifier.problems.get(before) {
-        Some(p) => Err(format!("{p}; nothing restored")),
-        None => Ok(m),
-    }
+    verifier.check(&m).map_err(|p| format!("{p}; nothing restored"))?;
+    Ok(m)
 }
 
 /// Reads the log to `wanted.at` (and on to the signature that covers it), calling `take` for

@@ -102,6 +102,17 @@ impl<'k> Verifier<'k> {
         }
     }
 
+    /// Feeds `m`; the first problem it shows, if any (for readers that stop at the first).
+    pub fn check(&mut self, m: &crate::audit::Stored) -> Result<(), Problem> {
+        let before = self.problems.len();
+        let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        self.message(m.sequence, sig, &m.payload);
+        match self.problems.get(before) {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Feeds the stored message at `sequence`, with its signature headers if any.
     pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) {
         let s = &mut self.summary;

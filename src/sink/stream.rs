@@ -270,10 +270,8 @@ pub async fn read_schemas(
         return Ok(Vec::new());
     }
     let request = |e: String| SinkError::Request(format!("reading the schema events of stream {name}: {e}"));
-    match last_on_subject(stream, subject).await? {
-        None => return Ok(Vec::new()),
-        Some((last, _)) if last > up_to && up_to == 0 => return Ok(Vec::new()),
-        Some(_) => {}
+    if last_on_subject(stream, subject).await?.is_none() {
+        return Ok(Vec::new());
     }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {

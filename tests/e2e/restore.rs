@@ -227,34 +227,28 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
 
     let fresh = tokio::task::spawn_blocking(Postgres::start).await.unwrap().unwrap();
     let target = fresh.url("postgres");
-    let (code, out) = run(&[
-        "restore",
-        "--archive",
-        archive_dir.to_str().unwrap(),
-        "--public-key",
-        public.to_str().unwrap(),
-        "--into",
-        "public",
-        "--target",
-        &target,
-    ]);
+    // From the archive and the public key alone.
+    let restore = || {
+        run(&[
+            "restore",
+            "--archive",
+            archive_dir.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+            "--into",
+            "public",
+            "--target",
+            &target,
+        ])
+    };
+    let (code, out) = restore();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("public.accounts") && out.contains("public.lines"), "{out}");
     let restored = oracle(&connect_db(&target).await, &["public.accounts", "public.lines"]).await;
     assert_eq!(restored, expected);
 
     // Never an existing table: the same restore again is refused, naming it, and writes nothing.
-    let (code, out) = run(&[
-        "restore",
-        "--archive",
-        archive_dir.to_str().unwrap(),
-        "--public-key",
-        public.to_str().unwrap(),
-        "--into",
-        "public",
-        "--target",
-        &target,
-    ]);
+    let (code, out) = restore();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("already exists"), "{out}");
     drop(dir);
