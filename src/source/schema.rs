@@ -40,12 +40,22 @@ impl Catalog {
                  WHERE attrelid = {oid} AND attnum > 0 AND NOT attisdropped"
             ))
             .await?;
+        // Every column's type in one statement, in the Relation's order.
+        let oids: Vec<String> = rel.columns.iter().map(|c| c.type_oid.to_string()).collect();
+        let mods: Vec<String> = rel.columns.iter().map(|c| c.type_modifier.to_string()).collect();
+        let types = self
+            .bare(&format!(
+                "SELECT format_type(o, m) FROM unnest('{{{}}}'::oid[], '{{{}}}'::int4[]) WITH ORDINALITY AS c(o, m, n) ORDER BY n",
+                oids.join(","),
+                mods.join(",")
+            ))
+            .await?;
         let mut columns = Vec::with_capacity(rel.columns.len());
-        for c in &rel.columns {
+        for (c, ty) in rel.columns.iter().zip(&types) {
             let fact = facts.iter().find(|r| r.get(0) == Some(c.name.as_str()));
             columns.push(ColumnSchema {
                 name: c.name.clone(),
-                type_name: self.type_name(c.type_oid, c.type_modifier).await?,
+                type_name: text(ty, 0),
                 not_null: fact.is_some_and(|r| flag(r, 1)),
                 generated: fact.is_some_and(|r| flag(r, 2)),
             });
