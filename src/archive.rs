@@ -292,9 +292,16 @@ pub fn verify_dir<'k>(
 }
 
 /// `verify --archive DIR`: the whole archive, as `verify` reports a stream.
-pub fn verify_archive(dir: &Path, stream: &str, keyring: &Keyring) -> Result<(Summary, Vec<Problem>), ArchiveError> {
-    let (_, verifier) = verify_dir(dir, stream, keyring)?;
-    Ok(verifier.finish())
+pub fn verify_archive(
+    dir: &Path,
+    stream: &str,
+    keyring: &Keyring,
+    options: &crate::verify::VerifyOptions,
+) -> Result<(Summary, Vec<Problem>), ArchiveError> {
+    let mut reader = ArchiveReader::open(dir, stream, keyring)?;
+    reader.verifier = options.apply(reader.verifier);
+    while reader.next_message()?.is_some() {}
+    Ok(reader.verifier.finish())
 }
 
 /// The segment being written: the verified lines up to the newest signed event in the

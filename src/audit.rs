@@ -242,7 +242,9 @@ impl Change {
                     ..change(Op::Truncate, table)
                 }))
             }
-            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) => Ok(None),
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) | Data::Checkpoint(_) => {
+                Ok(None)
+            }
         }
     }
 
@@ -293,7 +295,7 @@ impl TableState {
                 previous
             }
             // Markers are not changes: `Change::parse` returns none for them.
-            Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema => None,
+            Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema | Op::Checkpoint => None,
         }
     }
 }

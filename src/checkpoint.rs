@@ -32,6 +32,9 @@ struct Inner {
     awaiting_signature: Option<Lsn>,
     confirmed: Lsn,
     received: Lsn,
+    /// With `audit.require_witness`: the newest group end a checkpoint cosigned by the
+    /// witness quorum covers; nothing past it is confirmed.
+    witnessed: Option<Lsn>,
 }
 
 #[derive(Debug)]
@@ -50,7 +53,26 @@ impl Checkpoint {
                 awaiting_signature: None,
                 confirmed: start,
                 received: start,
+                witnessed: None,
             }),
+        }
+    }
+
+    /// Confirms only what checkpoints cosigned by the witness quorum cover, from now on
+    /// (`audit.require_witness`); `start` stays confirmable.
+    pub fn require_witness(self) -> Self {
+        {
+            let mut inner = self.lock();
+            inner.witnessed = Some(inner.confirmed);
+        }
+        self
+    }
+
+    /// A checkpoint the quorum cosigned covers the groups up to `end`.
+    pub fn witnessed(&self, end: Lsn) {
+        let mut inner = self.lock();
+        if let Some(w) = inner.witnessed.as_mut() {
+            *w = (*w).max(end);
         }
     }
 
@@ -89,13 +111,17 @@ impl Checkpoint {
                 }
             }
         }
-        inner.confirmed
+        match inner.witnessed {
+            Some(w) => inner.confirmed.min(w),
+            None => inner.confirmed,
+        }
     }
 
     /// The `write` position: what was received, never behind what is confirmed.
     pub fn written(&self) -> Lsn {
         let inner = self.lock();
-        inner.received.max(inner.confirmed)
+        let confirmed = inner.witnessed.map_or(inner.confirmed, |w| inner.confirmed.min(w));
+        inner.received.max(confirmed)
     }
 }
 
@@ -118,6 +144,21 @@ mod tests {
         // A signed group end confirms itself.
         cp.acked(Some(Lsn(40)), true, t0);
         assert_eq!(cp.confirmable(t0), Lsn(40));
+    }
+
+    #[test]
+    fn with_require_witness_confirms_only_what_a_cosigned_checkpoint_covers() {
+        let t0 = Instant::now();
+        let cp = Checkpoint::new(Lsn(10), Duration::ZERO).require_witness();
+        cp.acked(Some(Lsn(20)), true, t0);
+        cp.acked(Some(Lsn(30)), true, t0);
+        assert_eq!(cp.confirmable(t0), Lsn(10), "nothing cosigned yet");
+        cp.witnessed(Lsn(20));
+        assert_eq!(cp.confirmable(t0), Lsn(20));
+        cp.witnessed(Lsn(15));
+        assert_eq!(cp.confirmable(t0), Lsn(20), "never back");
+        cp.witnessed(Lsn(40));
+        assert_eq!(cp.confirmable(t0), Lsn(30), "never past what is acked and signed");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::{exit, Error};
 use crate::event::{ColumnHasher, Keyring, Signer};
+use crate::tlog::{SignedCheckpoint, Vkey};
+use crate::verify::VerifyOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,22 +59,7 @@ pub enum Command {
     },
     /// Read the whole stream (or an export) and prove it intact: signatures, chain, sequence,
     /// transactions, order. Exit 0 with a summary, 1 naming every problem and its sequence.
-    Verify {
-        /// The configuration file (stream, NATS, keys); not needed with --file and --public-key.
-        #[arg(short = 'c', long = "config", required_unless_present_any = ["file", "archive"])]
-        config: Option<PathBuf>,
-        /// A public key (SPKI PEM) to accept signatures from; repeat for rotated keys. Default:
-        /// the public key of `signing.key_file` and `signing.trusted_keys`.
-        #[arg(long = "public-key")]
-        public_keys: Vec<PathBuf>,
-        /// Verify an export (`walguard export`) instead of the stream.
-        #[arg(long, conflicts_with = "archive")]
-        file: Option<PathBuf>,
-        /// Verify an archive folder (`walguard archive`): every segment, and that none is
-        /// missing, partial or altered.
-        #[arg(long)]
-        archive: Option<PathBuf>,
-    },
+    Verify(VerifyArgs),
     /// Copy the stream into verified, fsynced segment files (`{stream}-{first}-{last}.jsonl`)
     /// in DIR, resuming after the newest one. Needs only read access to the stream.
     Archive {
@@ -152,6 +139,33 @@ pub struct WitnessArgs {
     /// before cosigning. The --log keys must then be of one origin.
     #[arg(short = 'c', long = "config")]
     pub config: Option<PathBuf>,
+}
+
+/// `walguard verify`: the stream, an export or an archive, proven intact.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The configuration file (stream, NATS, keys); not needed with --file and --public-key.
+    #[arg(short = 'c', long = "config", required_unless_present_any = ["file", "archive"])]
+    pub config: Option<PathBuf>,
+    /// A public key (SPKI PEM) to accept signatures from; repeat for rotated keys. Default:
+    /// the public key of `signing.key_file` and `signing.trusted_keys`.
+    #[arg(long = "public-key")]
+    pub public_keys: Vec<PathBuf>,
+    /// Verify an export (`walguard export`) instead of the stream.
+    #[arg(long, conflicts_with = "archive")]
+    pub file: Option<PathBuf>,
+    /// Verify an archive folder (`walguard archive`): every segment, and that none is
+    /// missing, partial or altered.
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// A checkpoint kept elsewhere (its signed note, as a witness or an auditor keeps it): the
+    /// stream must extend it; else the first size where it does not is named.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// A witness's key (C2SP vkey `name+keyid+base64`, or a file holding one) whose
+    /// cosignatures are checked; repeat for several. Default: `[[audit.witnesses]]`.
+    #[arg(long = "witness-key")]
+    pub witness_keys: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -352,6 +366,12 @@ fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[
         let counts: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
         println!("  {table}: {}", counts.join(", "));
     }
+    if let Some((size, cosigned)) = summary.last_checkpoint {
+        println!(
+            "  checkpoints: {} checked (root, signature, cosignatures); the newest, of size {size}, has {cosigned} witness cosignature(s)",
+            summary.checkpoints
+        );
+    }
     if problems.is_empty() {
         println!("intact: every message is chained, signed or covered by a signature, complete and in commit order");
         exit::OK
@@ -364,29 +384,26 @@ fn print_verification(what: &str, summary: &crate::verify::Summary, problems: &[
     }
 }
 
-pub async fn verify(
-    config: Option<&Path>,
-    public_keys: &[PathBuf],
-    file: Option<&Path>,
-    archive: Option<&Path>,
-) -> Result<Found, Failure> {
-    let cfg = config.map(load).transpose()?;
-    let keyring = verification_keys(cfg.as_ref(), public_keys)?;
-    if let Some(dir) = archive {
+pub async fn verify(args: &VerifyArgs) -> Result<Found, Failure> {
+    let cfg = args.config.as_deref().map(load).transpose()?;
+    let keyring = verification_keys(cfg.as_ref(), &args.public_keys)?;
+    let options = verify_options(cfg.as_ref(), &keyring, args)?;
+    if let Some(dir) = &args.archive {
         let stream = match &cfg {
             Some(cfg) => cfg.nats.stream.clone(),
             None => crate::archive::stream_of(dir).map_err(archive_failure)?,
         };
-        let (summary, problems) = crate::archive::verify_archive(dir, &stream, &keyring).map_err(archive_failure)?;
+        let (summary, problems) =
+            crate::archive::verify_archive(dir, &stream, &keyring, &options).map_err(archive_failure)?;
         return Ok(print_verification(
             &format!("archive {} (stream {stream})", dir.display()),
             &summary,
             &problems,
         ));
     }
-    if let Some(file) = file {
+    if let Some(file) = &args.file {
         let (summary, problems) =
-            crate::verify::verify_file(file, &keyring).map_err(|e| Failure::Problem(e.to_string()))?;
+            crate::verify::verify_file(file, &keyring, &options).map_err(|e| Failure::Problem(e.to_string()))?;
         return Ok(print_verification(&file.display().to_string(), &summary, &problems));
     }
     let Some(cfg) = cfg else {
@@ -396,7 +413,7 @@ pub async fn verify(
         ));
     };
     let js = jetstream(&cfg).await?;
-    let (summary, problems) = crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring)
+    let (summary, problems) = crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring, &options)
         .await
         .map_err(|e| Failure::Unavailable(e.to_string()))?;
     Ok(print_verification(
@@ -404,6 +421,47 @@ pub async fn verify(
         &summary,
         &problems,
     ))
+}
+
+/// What `verify` checks beyond the chain: the witnesses' keys (`--witness-key`, else
+/// `[[audit.witnesses]]`) and a checkpoint kept elsewhere (`--checkpoint`), whose own
+/// signature is checked here.
+fn verify_options(cfg: Option<&Config>, keyring: &Keyring, args: &VerifyArgs) -> Result<VerifyOptions, Failure> {
+    let mut witnesses = Vec::new();
+    for text in &args.witness_keys {
+        let vkey = match std::fs::read_to_string(text) {
+            Ok(file) => file.trim().to_owned(),
+            Err(_) => text.clone(),
+        };
+        witnesses.push(Vkey::parse(&vkey).map_err(|e| Failure::Usage(format!("--witness-key {text}: {e}")))?);
+    }
+    if args.witness_keys.is_empty() {
+        for w in cfg.map(|c| c.audit.witnesses.as_slice()).unwrap_or_default() {
+            witnesses.push(Vkey::parse(&w.key).map_err(|e| Failure::Config(e.to_string()))?);
+        }
+    }
+    let extending = match &args.checkpoint {
+        None => None,
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| Failure::Problem(format!("--checkpoint {}: {e}", path.display()));
+            let bytes = std::fs::read(path).map_err(|e| bad(&e))?;
+            let signed = SignedCheckpoint::parse(&bytes).map_err(|e| bad(&e))?;
+            let origin = signed.checkpoint().origin().to_owned();
+            signed
+                .verify_log(&crate::tlog::log_vkeys(keyring, &origin))
+                .map_err(|e| bad(&e))?;
+            let cosigned = signed.cosignatures(&witnesses).map_err(|e| bad(&e))?;
+            println!(
+                "checkpoint {}: size {}, signed by the log, cosigned by {} of {} witness key(s)",
+                path.display(),
+                signed.checkpoint().size(),
+                cosigned.len(),
+                witnesses.len()
+            );
+            Some((signed.checkpoint().size(), signed.checkpoint().root()))
+        }
+    };
+    Ok(VerifyOptions { witnesses, extending })
 }
 
 /// The keys `verify` accepts: the `--public-key` files, else the configured signing key and

@@ -38,6 +38,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub hashing: HashingConfig,
     pub archive: ArchiveConfig,
+    pub audit: AuditConfig,
     /// The file this was loaded from; relative paths in it are resolved against its folder.
     pub file: PathBuf,
     /// `postgres.url`, parsed: see [`Config::pg_config`].
@@ -64,6 +65,8 @@ struct ConfigFile {
     hashing: HashingConfig,
     #[serde(default)]
     archive: ArchiveConfig,
+    #[serde(default)]
+    audit: AuditConfig,
 }
 
 /// A `[[tables]]` entry and its name split as PostgreSQL reads it ([`parse_table_name`]).
@@ -257,6 +260,112 @@ fn default_segment_events() -> u64 {
 
 fn default_segment_seconds() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `[audit]`: the transparency log's checkpoints and their witnesses (SPEC section 8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The checkpoints' origin line; `{system_identifier}`, `{database}` and `{slot}` are
+    /// filled in at start-up ([`AuditConfig::origin_for`]).
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// A checkpoint at most this often, when there are new messages.
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "de_duration")]
+    pub checkpoint_interval: Duration,
+    /// How many witnesses must cosign; `None`: every configured witness.
+    #[serde(default)]
+    pub witness_quorum: Option<usize>,
+    /// Confirm the slot only past events covered by a checkpoint the quorum cosigned.
+    #[serde(default)]
+    pub require_witness: bool,
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// One `[[audit.witnesses]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The witness's submission prefix (`http://` or `https://`).
+    pub url: String,
+    /// Its C2SP vkey, `name+keyid+base64`.
+    pub key: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            origin: default_origin(),
+            checkpoint_interval: default_checkpoint_interval(),
+            witness_quorum: None,
+            require_witness: false,
+            witnesses: Vec::new(),
+        }
+    }
+}
+
+fn default_origin() -> String {
+    "walguard/{system_identifier}/{database}/{slot}".to_owned()
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl AuditConfig {
+    /// The origin line with its placeholders filled in.
+    pub fn origin_for(&self, system_identifier: &str, database: &str, slot: &str) -> String {
+        self.origin
+            .replace("{system_identifier}", system_identifier)
+            .replace("{database}", database)
+            .replace("{slot}", slot)
+    }
+
+    /// The quorum: `witness_quorum`, or every witness.
+    pub fn quorum(&self) -> usize {
+        self.witness_quorum.unwrap_or(self.witnesses.len())
+    }
+}
+
+/// The `[audit]` section's rules: an origin C2SP can name (no space, no `+`, only the known
+/// placeholders), a positive interval, witnesses' keys that are cosignature keys, and a quorum
+/// that the witnesses can reach.
+fn check_audit(a: &AuditConfig) -> Result<(), String> {
+    let filled = a.origin_for("1", "db", "slot");
+    if filled.is_empty() || filled.contains(char::is_whitespace) || filled.contains('+') {
+        return Err(format!(
+            "audit.origin {:?}: expected a non-empty name without spaces or '+' (C2SP signed-note key names)",
+            a.origin
+        ));
+    }
+    if filled.contains('{') || filled.contains('}') {
+        return Err(format!(
+            "audit.origin {:?}: the only placeholders are {{system_identifier}}, {{database}} and {{slot}}",
+            a.origin
+        ));
+    }
+    if a.checkpoint_interval.is_zero() {
+        return Err("audit.checkpoint_interval: expected a positive duration".into());
+    }
+    for (i, w) in a.witnesses.iter().enumerate() {
+        let key = crate::tlog::Vkey::parse(&w.key).map_err(|e| format!("audit.witnesses[{i}].key {:?}: {e}", w.key))?;
+        crate::witness::WitnessClient::new(&w.url, key, Duration::from_secs(1))
+            .map_err(|e| format!("audit.witnesses[{i}]: {e}"))?;
+    }
+    let n = a.witnesses.len();
+    match a.witness_quorum {
+        Some(q) if q == 0 || q > n => {
+            return Err(format!(
+                "audit.witness_quorum {q}: expected 1 to {n} (the number of [[audit.witnesses]])"
+            ))
+        }
+        _ => {}
+    }
+    if a.require_witness && n == 0 {
+        return Err("audit.require_witness = true needs at least one [[audit.witnesses]] entry".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -493,6 +602,7 @@ impl Config {
             server,
             mut hashing,
             archive,
+            audit,
         } = parsed;
         let e = |m: String| invalid(file, m);
         let target = check_postgres(&postgres).map_err(e)?;
@@ -510,6 +620,7 @@ impl Config {
         if archive.segment_seconds.is_zero() {
             return Err(e("archive.segment_seconds: expected a positive duration".into()));
         }
+        check_audit(&audit).map_err(e)?;
         if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(e(format!(
                 "server.listen {:?}: expected host:port such as 127.0.0.1:9187",
@@ -544,6 +655,7 @@ impl Config {
             server,
             hashing,
             archive,
+            audit,
             file: file.to_owned(),
             target,
             tables,

@@ -175,7 +175,8 @@ async fn verify(client: async_nats::Client, cfg: &Config, signer: &Signer) -> Re
     let mut keyring = Keyring::default();
     keyring.add(signer.verifying_key());
     let js = async_nats::jetstream::new(client);
-    let (summary, problems) = crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring).await?;
+    let (summary, problems) =
+        crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring, &Default::default()).await?;
     println!(
         "stream {}: {} messages, {} events, {} watermarks, {} signed",
         cfg.nats.stream, summary.messages, summary.events, summary.watermarks, summary.signed

@@ -100,7 +100,7 @@ pub enum Recovery {
 
 /// Every value of the `kind` label of `walguard_errors_total`, each exported at 0 from
 /// start-up so that `increase()` sees the first error of a kind (SPEC section 5).
-pub const ERROR_KINDS: [&str; 15] = [
+pub const ERROR_KINDS: [&str; 16] = [
     "config",
     "key",
     "postgres",
@@ -116,6 +116,7 @@ pub const ERROR_KINDS: [&str; 15] = [
     "snapshot",
     "internal",
     "audit",
+    "witness",
 ];
 
 impl Error {

@@ -28,12 +28,7 @@ fn main() {
             Command::Check { config, format } => cli::check(&config, format).await,
             Command::Resync { config } => cli::resync(&config).await,
             Command::Keygen { out } => cli::keygen(&out),
-            Command::Verify {
-                config,
-                public_keys,
-                file,
-                archive,
-            } => cli::verify(config.as_deref(), &public_keys, file.as_deref(), archive.as_deref()).await,
+            Command::Verify(args) => cli::verify(&args).await,
             Command::Archive {
                 config,
                 dir,

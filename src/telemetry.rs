@@ -49,6 +49,10 @@ pub struct Metrics {
     pub errors: Family<Kind, Counter>,
     pub restarts: Counter,
     pub snapshot_rows: Family<Table, Counter>,
+    /// The size of the newest checkpoint, and of the newest one the witness quorum cosigned.
+    pub checkpoint_size: Gauge,
+    pub witnessed_size: Gauge,
+    pub witness_quorum_missed: Counter,
     registry: Registry,
 }
 
@@ -69,6 +73,9 @@ impl Metrics {
             errors: Family::default(),
             restarts: Counter::default(),
             snapshot_rows: Family::default(),
+            checkpoint_size: Gauge::default(),
+            witnessed_size: Gauge::default(),
+            witness_quorum_missed: Counter::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -128,6 +135,21 @@ impl Metrics {
             "Snapshot rows read, by table",
             m.snapshot_rows.clone(),
         );
+        r.register(
+            "walguard_checkpoint_size",
+            "The tree size of the newest checkpoint published",
+            m.checkpoint_size.clone(),
+        );
+        r.register(
+            "walguard_witnessed_size",
+            "The tree size of the newest checkpoint the witness quorum cosigned",
+            m.witnessed_size.clone(),
+        );
+        r.register(
+            "walguard_witness_quorum_missed",
+            "Checkpoints published without the witness quorum's cosignatures",
+            m.witness_quorum_missed.clone(),
+        );
         for kind in crate::error::ERROR_KINDS {
             let _ = m.errors.get_or_create(&Kind { kind: kind.to_owned() });
         }
@@ -149,7 +171,7 @@ impl Metrics {
 }
 
 /// The `kind` label of `walguard_markers_published_total`: `Op::as_str` of each marker.
-const MARKER_KINDS: [&str; 4] = ["watermark", "resync", "snapshot_progress", "schema"];
+const MARKER_KINDS: [&str; 5] = ["watermark", "resync", "snapshot_progress", "schema", "checkpoint"];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -169,6 +191,8 @@ pub struct Health {
     /// An event that cannot go out (SPEC G3), and where it stands: not ready until an event
     /// at or past it is published, across the sessions that retry it.
     blocked: Mutex<Option<(String, Option<Position>)>>,
+    /// With `audit.require_witness`: why the slot is held back (no witness quorum).
+    unwitnessed: Mutex<Option<String>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
@@ -176,6 +200,7 @@ static HEALTH: LazyLock<Health> = LazyLock::new(|| Health {
     reason: Mutex::new("starting".into()),
     oldest_unacked: Mutex::new(None),
     blocked: Mutex::new(None),
+    unwitnessed: Mutex::new(None),
 });
 
 pub fn health() -> &'static Health {
@@ -217,9 +242,18 @@ impl Health {
         *self.oldest_unacked.lock().unwrap_or_else(|p| p.into_inner()) = since;
     }
 
+    /// `Some(reason)`: the newest checkpoint lacks its witness quorum and the slot is held
+    /// back for it; `None`: the quorum cosigned it.
+    pub fn witnessed(&self, reason: Option<String>) {
+        *self.unwitnessed.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
     pub fn ready(&self) -> Result<(), String> {
         if let Some((reason, _)) = &*self.blocked.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(format!("blocked: {reason}"));
+        }
+        if let Some(reason) = &*self.unwitnessed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(format!("not witnessed: {reason}"));
         }
         if !self.streaming.load(Ordering::SeqCst) {
             let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -328,6 +362,7 @@ mod tests {
             reason: Mutex::new("starting".into()),
             oldest_unacked: Mutex::new(None),
             blocked: Mutex::new(None),
+            unwitnessed: Mutex::new(None),
         };
         assert_eq!(h.ready(), Err("starting".into()));
         h.streaming();
@@ -361,7 +396,13 @@ mod tests {
                 "{kind} missing from:\n{text}"
             );
         }
-        for op in [Op::Watermark, Op::Resync, Op::SnapshotProgress] {
+        for op in [
+            Op::Watermark,
+            Op::Resync,
+            Op::SnapshotProgress,
+            Op::Schema,
+            Op::Checkpoint,
+        ] {
             assert!(op.is_marker() && MARKER_KINDS.contains(&op.as_str()));
             let line = format!("walguard_markers_published_total{{kind=\"{}\"}}", op.as_str());
             assert!(text.contains(&line), "{line} missing from:\n{text}");

@@ -3,8 +3,13 @@
 //! (no more than 255 unsigned in a row, no unsigned tail), transactions are complete
 //! (`pgtxidx` 1..n, `pgtxcnt` = n on the last) and the order `(pglsn, pgtxidx)` only grows.
 //!
+//! It also recomputes the Merkle tree over every message (SPEC section 8): each checkpoint
+//! event must give the root of the messages before it, be signed by the log's key for its
+//! origin, and carry only cosignatures that verify by the witness keys it is given; with a
+//! checkpoint kept elsewhere (`--checkpoint`), the stream must extend it.
+//!
 //! `Verifier` is pure and fed one message at a time, so it checks streams of any length in
-//! constant memory; `verify_stream` feeds it from JetStream.
+//! constant memory (O(log n) for the tree); `verify_stream` feeds it from JetStream.
 
 use async_nats::jetstream;
 
@@ -16,6 +21,7 @@ use crate::event::signing::SignatureError;
 use crate::event::stored::{Attributes, Data, StoredEvent};
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
+use crate::tlog::{log_vkeys, CheckpointData, Frontier, Vkey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -40,6 +46,10 @@ pub struct Summary {
     pub signed: u64,
     pub first_lsn: Option<Lsn>,
     pub last_lsn: Lsn,
+    /// Checkpoint events whose root, signature and cosignatures were checked.
+    pub checkpoints: u64,
+    /// The newest checkpoint: its size and how many of the given witnesses cosigned it.
+    pub last_checkpoint: Option<(u64, usize)>,
     /// Events per table and op.
     pub tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
@@ -63,6 +73,12 @@ pub struct Verifier<'k> {
     unsigned_run: u32,
     /// The newest schema event per table so far.
     schemas: std::collections::HashMap<String, TableSchema>,
+    /// The Merkle tree over the messages so far; `None` for a partial range.
+    tree: Option<Frontier>,
+    /// Witness keys whose cosignatures are checked.
+    witnesses: Vec<Vkey>,
+    /// A checkpoint kept elsewhere: the stream's tree at its size must have its root.
+    expected: Option<(u64, crate::tlog::Hash)>,
     pub summary: Summary,
     pub problems: Vec<Problem>,
 }
@@ -80,6 +96,9 @@ impl<'k> Verifier<'k> {
             unsigned_since: None,
             unsigned_run: 0,
             schemas: std::collections::HashMap::new(),
+            tree: Some(Frontier::new()),
+            witnesses: Vec::new(),
+            expected: None,
             summary: Summary::default(),
             problems: Vec::new(),
         }
@@ -89,8 +108,22 @@ impl<'k> Verifier<'k> {
     pub fn partial(keyring: &'k Keyring) -> Self {
         Verifier {
             partial: true,
+            tree: None,
             ..Verifier::new(keyring)
         }
+    }
+
+    /// Checks the cosignatures by these witness keys (others are ignored).
+    pub fn with_witnesses(mut self, witnesses: Vec<Vkey>) -> Self {
+        self.witnesses = witnesses;
+        self
+    }
+
+    /// The stream must extend this checkpoint (one kept elsewhere, already verified): at its
+    /// size, the recomputed root must be its root.
+    pub fn extending(mut self, size: u64, root: crate::tlog::Hash) -> Self {
+        self.expected = Some((size, root));
+        self
     }
 
     fn problem(&mut self, sequence: u64, reason: impl Into<String>) {
@@ -123,7 +156,16 @@ impl<'k> Verifier<'k> {
         s.last_sequence = sequence;
         let expected_prev = self.check_link(sequence, sha256(payload));
         self.check_signature(sequence, signature, payload);
-        let event = match StoredEvent::parse(payload) {
+        let parsed = StoredEvent::parse(payload);
+        if let Ok(StoredEvent {
+            data: Data::Checkpoint(c),
+            ..
+        }) = &parsed
+        {
+            self.check_checkpoint(sequence, c);
+        }
+        self.grow_tree(payload);
+        let event = match parsed {
             Ok(event) => event,
             Err(e) => {
                 self.problem(sequence, format!("not a walguard event: {e}"));
@@ -134,6 +176,10 @@ impl<'k> Verifier<'k> {
         self.check_attributes(sequence, attrs, expected_prev);
         self.check_order(sequence, attrs);
         self.count(&event);
+        if attrs.op == Op::Checkpoint {
+            // A marker of its own after a group's end: not a transaction.
+            return;
+        }
         if attrs.op == Op::Schema {
             // A marker inside a transaction or group: not one of its events.
             if let Data::Schema(schema) = event.data {
@@ -144,6 +190,65 @@ impl<'k> Verifier<'k> {
         self.check_group(sequence, attrs);
         if let Data::Row(_, row) = &event.data {
             self.check_schema(sequence, row);
+        }
+    }
+
+    /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.
+    fn grow_tree(&mut self, payload: &[u8]) {
+        let Some(tree) = self.tree.as_mut() else {
+            return;
+        };
+        tree.append_payload(payload);
+        if let Some((size, root)) = self.expected {
+            if tree.size() == size && tree.root() != root {
+                let found = tree.root();
+                self.problem(
+                    size,
+                    format!("the stream does not extend the checkpoint of size {size}: its first {size} messages have root {found}, the checkpoint's is {root} (the stream was rewritten)"),
+                );
+            }
+        }
+    }
+
+    /// A checkpoint event: it covers the messages before it, its root is theirs, the log's key
+    /// signed it, and every cosignature by a given witness key verifies.
+    fn check_checkpoint(&mut self, sequence: u64, c: &CheckpointData) {
+        if let Some(tree) = &self.tree {
+            if c.size + 1 != sequence {
+                self.problem(
+                    sequence,
+                    format!(
+                        "the checkpoint covers {} messages, not the {} before it",
+                        c.size,
+                        sequence - 1
+                    ),
+                );
+            } else if c.root != tree.root() {
+                self.problem(
+                    sequence,
+                    format!(
+                        "the checkpoint of size {}: its root {} is not the root {} of the messages before it (the checkpoint was forged or messages before it were altered)",
+                        c.size,
+                        c.root,
+                        tree.root()
+                    ),
+                );
+            }
+        }
+        let signed = match c.signed() {
+            Ok(s) => s,
+            Err(e) => return self.problem(sequence, format!("the checkpoint's note does not parse: {e}")),
+        };
+        let logs = log_vkeys(self.keyring, signed.checkpoint().origin());
+        if let Err(e) = signed.verify_log(&logs) {
+            return self.problem(sequence, format!("the checkpoint's signature: {e}"));
+        }
+        match signed.cosignatures(&self.witnesses) {
+            Ok(cosignatures) => {
+                self.summary.checkpoints += 1;
+                self.summary.last_checkpoint = Some((c.size, cosignatures.len()));
+            }
+            Err(e) => self.problem(sequence, format!("the checkpoint's cosignatures: {e}")),
         }
     }
 
@@ -271,8 +376,9 @@ impl<'k> Verifier<'k> {
     /// `(pglsn, pgtxidx)` only grows along the stream.
     fn check_order(&mut self, sequence: u64, attrs: &Attributes) {
         let position = attrs.position();
-        // A schema event takes the place of the event before it (ARCHITECTURE.md).
-        let marker = attrs.op == Op::Schema;
+        // A schema or checkpoint event takes the place of the event before it
+        // (ARCHITECTURE.md).
+        let marker = matches!(attrs.op, Op::Schema | Op::Checkpoint);
         if let Some(prev) = self.position {
             if position < prev || (position == prev && !marker) {
                 self.problem(
@@ -292,7 +398,7 @@ impl<'k> Verifier<'k> {
         let s = &mut self.summary;
         s.last_lsn = s.last_lsn.max(attrs.pglsn);
         s.first_lsn.get_or_insert(attrs.pglsn);
-        if attrs.is_watermark() || attrs.op == Op::Schema {
+        if attrs.is_watermark() || matches!(attrs.op, Op::Schema | Op::Checkpoint) {
             s.watermarks += 1;
         } else {
             s.events += 1;
@@ -352,8 +458,18 @@ impl<'k> Verifier<'k> {
         }
     }
 
-    /// Ends the check: an open transaction or an unsigned tail is a problem.
+    /// Ends the check: an open transaction, an unsigned tail or a stream shorter than a
+    /// checkpoint kept elsewhere is a problem.
     pub fn finish(mut self) -> (Summary, Vec<Problem>) {
+        if let (Some((size, _)), Some(tree)) = (self.expected, &self.tree) {
+            if tree.size() < size {
+                let have = tree.size();
+                self.problem(
+                    have + 1,
+                    format!("the stream does not extend the checkpoint of size {size}: it holds only {have} messages (messages {} to {size} were removed)", have + 1),
+                );
+            }
+        }
         if let Some(g) = self.group.take() {
             let seq = self.summary.last_sequence;
             self.problem(
@@ -377,13 +493,33 @@ impl<'k> Verifier<'k> {
     }
 }
 
+/// What a verification checks beyond the chain (SPEC section 8).
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Witness keys whose cosignatures are checked.
+    pub witnesses: Vec<Vkey>,
+    /// A checkpoint kept elsewhere (size, root), its signature already checked.
+    pub extending: Option<(u64, crate::tlog::Hash)>,
+}
+
+impl VerifyOptions {
+    pub fn apply<'k>(&self, verifier: Verifier<'k>) -> Verifier<'k> {
+        let v = verifier.with_witnesses(self.witnesses.clone());
+        match self.extending {
+            Some((size, root)) => v.extending(size, root),
+            None => v,
+        }
+    }
+}
+
 /// Reads every message of `stream` in order and checks it.
 pub async fn verify_stream(
     js: &jetstream::Context,
     stream: &str,
     keyring: &Keyring,
+    options: &VerifyOptions,
 ) -> Result<(Summary, Vec<Problem>), String> {
-    let mut verifier = Verifier::new(keyring);
+    let mut verifier = options.apply(Verifier::new(keyring));
     crate::audit::read_stream(js, stream, 1, None, |m| {
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
         verifier.message(m.sequence, sig, &m.payload);
@@ -394,7 +530,11 @@ pub async fn verify_stream(
 }
 
 /// Checks an export (`walguard export`): JSON lines of DSSE envelopes.
-pub fn verify_file(path: &std::path::Path, keyring: &Keyring) -> Result<(Summary, Vec<Problem>), String> {
+pub fn verify_file(
+    path: &std::path::Path,
+    keyring: &Keyring,
+    options: &VerifyOptions,
+) -> Result<(Summary, Vec<Problem>), String> {
     use std::io::BufRead;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut verifier: Option<Verifier<'_>> = None;
@@ -411,11 +551,11 @@ pub fn verify_file(path: &std::path::Path, keyring: &Keyring) -> Result<(Summary
             m.sequence = verifier.as_ref().map_or(1, |v| v.summary.last_sequence + 1);
         }
         let v = verifier.get_or_insert_with(|| {
-            if m.sequence > 1 {
+            options.apply(if m.sequence > 1 {
                 Verifier::partial(keyring)
             } else {
                 Verifier::new(keyring)
-            }
+            })
         });
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
         v.message(m.sequence, sig, &m.payload);
@@ -429,6 +569,8 @@ mod tests {
     use crate::event::draft::{Draft, Op};
     use crate::event::naming::Naming;
     use crate::event::{Envelope, Signer};
+    use crate::tlog::SignedCheckpoint;
+    use base64::Engine;
 
     type Stored = (u64, Option<(String, String)>, Vec<u8>);
 
@@ -504,16 +646,36 @@ mod tests {
             ));
         }
 
+        /// A checkpoint of every message so far, signed by the fixture's key, after the event
+        /// at `(lsn, idx)` that ended its group at `end`; `root` overrides the true root.
+        fn checkpoint(&mut self, lsn: u64, idx: u32, end: u64, root: Option<crate::tlog::Hash>) -> SignedCheckpoint {
+            let tree = Frontier::from_leaf_hashes(self.out.iter().map(|(_, _, p)| crate::tlog::leaf_hash(p)));
+            let body = crate::tlog::Checkpoint::new(ORIGIN, tree.size(), root.unwrap_or(tree.root())).unwrap();
+            let signer = crate::tlog::CheckpointSigner::new(ORIGIN, &self.signer).unwrap();
+            let signed = SignedCheckpoint::sign(body, &signer).unwrap();
+            let data = CheckpointData::new(&signed).to_bytes();
+            let at = Position { lsn: Lsn(lsn), idx };
+            let draft = naming().checkpoint(at, Lsn(end), 0, tree.size(), data);
+            self.marker(draft);
+            signed
+        }
+
         fn check(&self, msgs: &[Stored]) -> Vec<Problem> {
+            self.check_with(msgs, &VerifyOptions::default())
+        }
+
+        fn check_with(&self, msgs: &[Stored], options: &VerifyOptions) -> Vec<Problem> {
             let mut ring = Keyring::default();
             ring.add(self.signer.verifying_key());
-            let mut v = Verifier::new(&ring);
+            let mut v = options.apply(Verifier::new(&ring));
             for (seq, sig, payload) in msgs {
                 v.message(*seq, sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str())), payload);
             }
             v.finish().1
         }
     }
+
+    const ORIGIN: &str = "walguard/1/db/s";
 
     fn naming() -> Naming {
         Naming {
@@ -533,6 +695,106 @@ mod tests {
         f.push(0x200, 1, Some(0x230), true);
         f.watermark(0x300);
         f
+    }
+
+    #[test]
+    fn checkpoints_are_recomputed_and_a_wrong_root_or_a_forged_cosignature_is_named() {
+        let mut f = intact();
+        f.checkpoint(0x300, 0, 0x300, None);
+        f.push(0x400, 1, Some(0x430), true);
+        let signed = f.checkpoint(0x400, 1, 0x430, None);
+        assert_eq!(f.check(&f.out), vec![]);
+        assert_eq!(signed.checkpoint().size(), 8);
+
+        // A root that is not the stream's.
+        let mut g = intact();
+        g.checkpoint(0x300, 0, 0x300, Some(crate::tlog::Hash([9; 32])));
+        let p = g.check(&g.out);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].sequence, 7);
+        assert!(p[0].reason.contains("is not the root"), "{p:?}");
+
+        // A cosignature line by a configured witness key that does not verify.
+        let witness = crate::tlog::Cosigner::new(
+            "witness.example/w",
+            Signer::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32])),
+        )
+        .unwrap();
+        let mut h = intact();
+        let mut note = h.checkpoint(0x300, 0, 0x300, None);
+        h.out.pop();
+        h.seq -= 1;
+        h.prev = sha256(&h.out.last().unwrap().2);
+        // The witness's line with one bit of its signature changed: a forgery.
+        let good = witness.cosign(note.text(), 1_700_000_000);
+        let mut sig = base64::engine::general_purpose::STANDARD
+            .decode(good.trim_end().rsplit(' ').next().unwrap())
+            .unwrap();
+        let last = sig.len() - 1;
+        sig[last] ^= 1;
+        let name_part = good.trim_end().rsplit_once(' ').unwrap().0;
+        let bad_line = format!(
+            "{name_part} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(&sig)
+        );
+        note.add_signature_lines(&bad_line).unwrap();
+        let data = CheckpointData::new(&note).to_bytes();
+        let draft = naming().checkpoint(
+            Position {
+                lsn: Lsn(0x300),
+                idx: 0,
+            },
+            Lsn(0x300),
+            0,
+            6,
+            data,
+        );
+        h.marker(draft);
+        let options = VerifyOptions {
+            witnesses: vec![witness.vkey().clone()],
+            extending: None,
+        };
+        let p = h.check_with(&h.out, &options);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].reason.contains("cosignatures"), "{p:?}");
+        // Without that witness's key the line is someone else's and ignored.
+        assert_eq!(h.check(&h.out), vec![]);
+    }
+
+    #[test]
+    fn a_stream_cut_short_or_rewritten_does_not_extend_a_checkpoint_kept_elsewhere() {
+        let mut f = intact();
+        let kept = f.checkpoint(0x300, 0, 0x300, None);
+        let (size, root) = (kept.checkpoint().size(), kept.checkpoint().root());
+        let options = VerifyOptions {
+            witnesses: Vec::new(),
+            extending: Some((size, root)),
+        };
+        f.push(0x400, 1, Some(0x430), true);
+        assert_eq!(f.check_with(&f.out, &options), vec![]);
+        // The newest messages removed: shorter than the checkpoint.
+        let cut = &f.out[..4];
+        let p = f.check_with(cut, &options);
+        assert!(
+            p.iter()
+                .any(|p| p.sequence == 5 && p.reason.contains("holds only 4 messages")),
+            "{p:?}"
+        );
+        // A different history of the same length, signed with the same key.
+        let mut g = Fixture::new();
+        g.schema(0x5, 0, "id");
+        g.watermark(0x11);
+        g.push(0x100, 1, None, false);
+        g.push(0x100, 2, Some(0x130), true);
+        g.push(0x200, 1, Some(0x230), true);
+        g.watermark(0x300);
+        let p = g.check_with(&g.out, &options);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].sequence, size);
+        assert!(
+            p[0].reason.contains("does not extend the checkpoint of size 6"),
+            "{p:?}"
+        );
     }
 
     #[test]

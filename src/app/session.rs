@@ -43,11 +43,13 @@ use crate::pipeline::slot_monitor::SlotMonitor;
 use crate::pipeline::start::{decide_start, Names, Start};
 use crate::sink::publisher::{Publisher, ACK_TIMEOUT};
 use crate::sink::stream::{self, Tail};
+use crate::sink::transparency::{self, TransparencyLog};
 use crate::sink::{self, SinkError};
 use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
 use crate::source::conn::{quote_literal, ReplicationConnection, ReplicationReader, ReplicationWriter, SystemInfo};
 use crate::telemetry;
+use crate::tlog::Vkey;
 
 /// How long the publisher may take to drain its acks at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -207,10 +209,13 @@ impl Session<'_> {
         // again, byte for byte).
         let schema_subject = format!("{}._walguard.schema", cfg.nats.subject_prefix);
         let schemas = stream::read_schemas(&links.stream, &schema_subject, tail.next_sequence - 1).await?;
+        let log = self
+            .transparency_log(&links.system, &links.js, &links.stream, &keyring, &tail)
+            .await?;
         let (next_sequence, last_sequence) = (tail.next_sequence, tail.last_sequence);
         let resume_after = tail.position.lsn;
         let at = opening.at;
-        let mut stages = self.build(links, envelope, tail, &opening, progress);
+        let mut stages = self.build(links, envelope, tail, &opening, progress, log);
         stages.producer.builder.set_published_schemas(schemas);
         let started = self.begin(stages, at, snapshot, open_group).await?;
         telemetry::health().streaming();
@@ -280,9 +285,53 @@ impl Session<'_> {
         Ok(opening)
     }
 
+    /// The Merkle tree over the stream up to the verified head (restored from the newest
+    /// checkpoint, SPEC section 8) and the checkpoint schedule with the configured witnesses.
+    async fn transparency_log(
+        &self,
+        system: &SystemInfo,
+        js: &jetstream::Context,
+        stream: &jetstream::stream::Stream,
+        keyring: &Keyring,
+        tail: &Tail,
+    ) -> Result<TransparencyLog, Error> {
+        let cfg = self.cfg;
+        let origin = cfg
+            .audit
+            .origin_for(&system.system_identifier, &system.dbname, &cfg.postgres.slot);
+        let logs = transparency::log_vkeys(keyring, &origin);
+        let witnesses: Vec<Vkey> = cfg
+            .audit
+            .witnesses
+            .iter()
+            .filter_map(|w| Vkey::parse(&w.key).ok())
+            .collect();
+        let subject = format!("{}._walguard.checkpoint", cfg.nats.subject_prefix);
+        let size = tail.next_sequence - 1;
+        let restored = transparency::restore(js, stream, &subject, size, &logs, &witnesses).await?;
+        tracing::debug!(size, root = %restored.frontier.root(), "Merkle tree restored");
+        TransparencyLog::new(
+            &cfg.audit,
+            origin,
+            self.signer.clone(),
+            restored,
+            js.clone(),
+            cfg.nats.stream.clone(),
+        )
+        .map_err(|e| Error::Refused(Refusal::Internal, e))
+    }
+
     /// Builds the builder, the checkpoint and the publisher from the links and the tail; none
     /// of them runs yet.
-    fn build(&self, links: Links, envelope: Envelope, tail: Tail, opening: &Opening, progress: Progress) -> Stages {
+    fn build(
+        &self,
+        links: Links,
+        envelope: Envelope,
+        tail: Tail,
+        opening: &Opening,
+        progress: Progress,
+        log: TransparencyLog,
+    ) -> Stages {
         let cfg = self.cfg;
         let Links {
             catalog,
@@ -292,10 +341,11 @@ impl Session<'_> {
             js,
             stream,
         } = links;
-        let checkpoint = Arc::new(Checkpoint::new(
-            tail.confirmed.unwrap_or(opening.at),
-            cfg.nats.durability_delay,
-        ));
+        let mut checkpoint = Checkpoint::new(tail.confirmed.unwrap_or(opening.at), cfg.nats.durability_delay);
+        if cfg.audit.require_witness {
+            checkpoint = checkpoint.require_witness();
+        }
+        let checkpoint = Arc::new(checkpoint);
         let naming = Arc::new(Naming {
             system_identifier: system.system_identifier.clone(),
             slot: cfg.postgres.slot.clone(),
@@ -313,6 +363,8 @@ impl Session<'_> {
             watermark_interval: cfg.nats.watermark_interval,
             genesis: opening.genesis,
             replay_end: system.xlogpos,
+            log,
+            require_witness: cfg.audit.require_witness,
         };
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let producer = Producer {

@@ -40,6 +40,9 @@ pub enum Op {
     /// A guarded table's shape (SPEC section 7), before its first event and before the first
     /// after the shape changed.
     Schema,
+    /// A signed tree head of the stream (SPEC section 8): the Merkle root over every message
+    /// before it, with witnesses' cosignatures.
+    Checkpoint,
 }
 
 impl Op {
@@ -55,12 +58,16 @@ impl Op {
             Op::Snapshot => "snapshot",
             Op::SnapshotProgress => "snapshot_progress",
             Op::Schema => "schema",
+            Op::Checkpoint => "checkpoint",
         }
     }
 
     /// walguard's own markers, which carry no row change: counted apart from row events.
     pub fn is_marker(self) -> bool {
-        matches!(self, Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema)
+        matches!(
+            self,
+            Op::Watermark | Op::Resync | Op::SnapshotProgress | Op::Schema | Op::Checkpoint
+        )
     }
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::draft::{Draft, Op};
 use super::schema::TableSchema;
+use super::Position;
 use crate::lsn::Lsn;
 
 /// The names every event of one slot is built from.
@@ -121,6 +122,27 @@ impl Naming {
         }
     }
 
+    /// The checkpoint event of a tree of `size` messages (SPEC section 8), published after the
+    /// event at `after` (the end of a group, `end`): it takes that event's place in the order,
+    /// as a schema event does, and names the same group end, so a restart resumes after it.
+    /// Its id names the size: the tree has one head per size.
+    pub fn checkpoint(&self, after: Position, end: Lsn, time_micros: i64, size: u64, data: Vec<u8>) -> Draft {
+        Draft {
+            op: Op::Checkpoint,
+            nats_subject: format!("{}._walguard.checkpoint", self.subject_prefix).into(),
+            id: self.event_id(after.lsn, format_args!("checkpoint/{size}")),
+            ce_type: "walguard.checkpoint".into(),
+            ce_subject: self.slot.clone(),
+            time_micros,
+            pglsn: after.lsn,
+            pgxid: 0,
+            pgtxidx: after.idx,
+            end: Some(end),
+            data,
+            table: "_walguard".into(),
+        }
+    }
+
     /// The progress event that closes the snapshot group read at `lsn`, as its event `idx`.
     /// The builder sets its `end` when it closes the group, as for any group's last event.
     pub(super) fn snapshot_progress(&self, lsn: Lsn, idx: u32, time_micros: i64, data: Vec<u8>) -> Draft {
@@ -153,6 +175,7 @@ fn past_tense(op: Op) -> &'static str {
         Op::Snapshot => "snapshotted",
         Op::SnapshotProgress => "snapshot.progress",
         Op::Schema => "schema",
+        Op::Checkpoint => "checkpoint",
     }
 }
 

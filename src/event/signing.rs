@@ -247,6 +247,10 @@ impl Keyring {
         self.keys.is_empty()
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
+        self.keys.values()
+    }
+
     pub fn verify(&self, key_id: &str, signature_b64: &str, payload: &[u8]) -> Result<(), SignatureError> {
         let key = self
             .keys

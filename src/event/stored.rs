@@ -164,7 +164,7 @@ struct Kind {
 }
 
 /// Every kind of event walguard writes; `data.op` is its `Op::as_str`.
-const OPS: [Op; 9] = [
+const OPS: [Op; 10] = [
     Op::Insert,
     Op::Update,
     Op::Delete,
@@ -174,6 +174,7 @@ const OPS: [Op; 9] = [
     Op::Snapshot,
     Op::SnapshotProgress,
     Op::Schema,
+    Op::Checkpoint,
 ];
 
 /// The op whose `data.op` is `name`.
@@ -199,6 +200,8 @@ pub enum Data {
     SnapshotProgress(SnapshotProgress),
     /// A guarded table's shape (SPEC section 7).
     Schema(crate::event::schema::TableSchema),
+    /// A signed tree head (SPEC section 8); its note is parsed, not verified.
+    Checkpoint(crate::tlog::CheckpointData),
 }
 
 impl Data {
@@ -215,6 +218,7 @@ impl Data {
             Data::Resync(_) => Op::Resync,
             Data::SnapshotProgress(_) => Op::SnapshotProgress,
             Data::Schema(_) => Op::Schema,
+            Data::Checkpoint(_) => Op::Checkpoint,
         }
     }
 
@@ -223,7 +227,9 @@ impl Data {
         match self {
             Data::Row(_, row) => Some(row.qualified()),
             Data::Truncate(t) => Some(t.qualified()),
-            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) => None,
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Schema(_) | Data::Checkpoint(_) => {
+                None
+            }
         }
     }
 }
@@ -241,6 +247,15 @@ enum Tagged {
     Resync(Resync),
     SnapshotProgress(SnapshotProgress),
     Schema(crate::event::schema::TableSchema),
+    Checkpoint(CheckpointFields),
+}
+
+/// A checkpoint's `data` as written: `{"op":"checkpoint","size":N,"root":"...","note":"..."}`.
+#[derive(Deserialize)]
+struct CheckpointFields {
+    size: u64,
+    root: String,
+    note: String,
 }
 
 impl TryFrom<Tagged> for Data {
@@ -257,6 +272,11 @@ impl TryFrom<Tagged> for Data {
             Tagged::Resync(r) => return Ok(Data::Resync(r)),
             Tagged::SnapshotProgress(p) => return Ok(Data::SnapshotProgress(p)),
             Tagged::Schema(s) => return Ok(Data::Schema(s)),
+            Tagged::Checkpoint(c) => {
+                return crate::tlog::CheckpointData::from_fields(c.size, &c.root, c.note)
+                    .map(Data::Checkpoint)
+                    .map_err(|e| e.to_string())
+            }
         };
         // Every row but a deleted one is in `after`; state is rebuilt from it.
         if op != Op::Delete && row.after.is_none() {
@@ -571,6 +591,10 @@ mod tests {
                 Op::Schema => json!({"op": "schema", "schema": "public", "table": "t",
                     "columns": [{"name": "id", "type": "bigint", "not_null": true}],
                     "key": ["id"], "primary_key": ["id"], "replica_identity": "default", "types": []}),
+                // C2SP tlog-checkpoint's example note: parsed here, not verified.
+                Op::Checkpoint => json!({"op": "checkpoint", "size": 20852163,
+                    "root": "CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=",
+                    "note": "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n\n\u{2014} example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+ZJurmRDeOoRDe4URYN7u5/Zhcyv2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n"}),
             };
             let event = parse(data).unwrap_or_else(|e| panic!("{}: {e}", op.as_str()));
             assert_eq!(event.data.op(), op);

@@ -3,6 +3,7 @@
 
 pub mod publisher;
 pub mod stream;
+pub mod transparency;
 
 use std::time::Duration;
 

@@ -27,6 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::stream::{message, Tail};
+use super::transparency::TransparencyLog;
 use super::SinkError;
 use crate::checkpoint::Checkpoint;
 use crate::clock::unix_micros;
@@ -169,6 +170,11 @@ pub struct Publisher {
     /// derived from WAL before it, so once the replay has passed it, a stored tail that was
     /// not re-derived was not written by walguard.
     pub replay_end: Lsn,
+    /// The Merkle tree over the messages before `tail.next_sequence`, and the checkpoints.
+    pub log: TransparencyLog,
+    /// `audit.require_witness`: the slot is confirmed only past what a checkpoint the witness
+    /// quorum cosigned covers.
+    pub require_witness: bool,
 }
 
 struct Chain {
@@ -177,6 +183,11 @@ struct Chain {
     position: Position,
     last_end: Lsn,
     unsigned_run: u32,
+    /// The last message published ends a group (or is a marker of its own): a checkpoint
+    /// may follow it.
+    at_boundary: bool,
+    /// Every message so far as a Merkle tree (SPEC section 8).
+    log: TransparencyLog,
 }
 
 impl Publisher {
@@ -195,6 +206,8 @@ impl Publisher {
             watermark_interval,
             genesis,
             replay_end,
+            log,
+            require_witness,
         } = self;
         let client = js.client();
         let max_payload = client.server_info().max_payload;
@@ -229,6 +242,9 @@ impl Publisher {
                 position: tail.position,
                 last_end: tail.confirmed.unwrap_or(Lsn::ZERO),
                 unsigned_run: 0,
+                // A head inside a group is followed by the group's rest (re-derived).
+                at_boundary: tail.head_ends_group,
+                log,
             },
             rx,
             pending: Vec::new().into_iter(),
@@ -239,6 +255,7 @@ impl Publisher {
             watermark_interval,
             last_watermark: Instant::now(),
             replay_end,
+            require_witness,
         };
         let outcome = publishing.publish_all(genesis).await;
         if let Err(SinkError::Refused(..) | SinkError::PayloadTooLarge { .. }) = &outcome {
@@ -271,6 +288,7 @@ struct Publishing<'a> {
     last_watermark: Instant,
     /// The server's WAL position when the session started (`Publisher::replay_end`).
     replay_end: Lsn,
+    require_witness: bool,
 }
 
 impl Publishing<'_> {
@@ -303,7 +321,11 @@ impl Publishing<'_> {
             self.take_pending().await?;
             self.sign_held_when_idle().await?;
             if self.closing && self.ctx.in_flight.is_empty() {
-                return Ok(());
+                // A clean shutdown ends with a checkpoint of everything published, once
+                // its ack is in.
+                if !self.checkpoint_if_due().await? {
+                    return Ok(());
+                }
             }
         }
     }
@@ -328,7 +350,40 @@ impl Publishing<'_> {
             self.ctx.publish(&mut self.chain, wm, true).await?;
             self.last_watermark = Instant::now();
         }
+        if quiet && self.held.is_none() {
+            self.checkpoint_if_due().await?;
+        }
         Ok(())
+    }
+
+    /// Publishes a checkpoint of the tree when one is due and the chain stands at a group's
+    /// end, so no checkpoint ever stands inside a transaction or among the stored messages
+    /// a restart re-derives (`sink::transparency`). Returns whether one was published.
+    async fn checkpoint_if_due(&mut self) -> Result<bool, SinkError> {
+        let chain = &mut self.chain;
+        let rederiving = chain.next_sequence <= self.ctx.compare_through;
+        if !chain.at_boundary || rederiving || !chain.log.due(Instant::now(), self.closing) {
+            return Ok(false);
+        }
+        let signed = chain.log.checkpoint().await?;
+        debug_assert_eq!(signed.size + 1, chain.next_sequence);
+        let draft = self
+            .naming
+            .checkpoint(chain.position, chain.last_end, unix_micros(), signed.size, signed.data);
+        let covered = chain.last_end;
+        self.ctx.publish_with(chain, draft, true, Some(signed.headers)).await?;
+        if self.require_witness {
+            if signed.quorum {
+                self.ctx.checkpoint.witnessed(covered);
+                telemetry::health().witnessed(None);
+            } else {
+                telemetry::health().witnessed(Some(format!(
+                    "the checkpoint of size {} lacks its witness quorum (audit.require_witness): the slot is not confirmed past the last cosigned one",
+                    signed.size
+                )));
+            }
+        }
+        Ok(true)
     }
 
     /// Takes the batch's items while acks in flight are below the bound: each event is held
@@ -341,6 +396,7 @@ impl Publishing<'_> {
                     // signed (unless the unsigned run is full).
                     if let Some(prev) = self.held.replace(draft) {
                         self.ctx.publish(&mut self.chain, prev, false).await?;
+                        self.checkpoint_if_due().await?;
                     }
                 }
                 Some(Item::Position(lsn)) => self.server_position = self.server_position.max(lsn),
@@ -356,6 +412,7 @@ impl Publishing<'_> {
         if self.pending.as_slice().is_empty() && (self.rx.is_empty() || self.closing) {
             if let Some(last) = self.held.take() {
                 self.ctx.publish(&mut self.chain, last, true).await?;
+                self.checkpoint_if_due().await?;
             }
         }
         Ok(())
@@ -387,6 +444,17 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// `idle`: no further draft is ready behind this one, so it is signed.
     async fn publish(&mut self, chain: &mut Chain, draft: Draft, idle: bool) -> Result<(), SinkError> {
+        self.publish_with(chain, draft, idle, None).await
+    }
+
+    /// `publish` with headers beyond SPEC's (a checkpoint's frontier).
+    async fn publish_with(
+        &mut self,
+        chain: &mut Chain,
+        draft: Draft,
+        idle: bool,
+        extra: Option<HeaderMap>,
+    ) -> Result<(), SinkError> {
         let sequence = chain.next_sequence;
         self.envelope.write(&draft, sequence, &chain.prev_hash, &mut self.buf);
         let hash = sha256(&self.buf);
@@ -399,18 +467,20 @@ impl Ctx<'_> {
             // re-derived from the WAL.
             let always = matches!(
                 draft.op,
-                Op::Watermark | Op::Resync | Op::Snapshot | Op::SnapshotProgress
+                Op::Watermark | Op::Resync | Op::Snapshot | Op::SnapshotProgress | Op::Checkpoint
             );
             let sign = idle || always || chain.unsigned_run >= MAX_UNSIGNED_RUN;
-            self.send_new(sequence, &draft, sign).await?;
+            self.send_new(sequence, &draft, sign, extra).await?;
             if sign {
                 chain.unsigned_run = 0;
             } else {
                 chain.unsigned_run += 1;
             }
         }
+        chain.log.append(&self.buf);
         chain.next_sequence += 1;
         chain.prev_hash = hash;
+        chain.at_boundary = draft.end.is_some();
         chain.position = chain.position.max(draft.position());
         if let Some(end) = draft.end {
             chain.last_end = chain.last_end.max(end);
@@ -435,7 +505,13 @@ impl Ctx<'_> {
 
     /// Publishes the serialized draft in `buf` at `sequence` and puts it in flight; an event
     /// over the server's max_payload blocks here (nothing after it is sent).
-    async fn send_new(&mut self, sequence: u64, draft: &Draft, sign: bool) -> Result<(), SinkError> {
+    async fn send_new(
+        &mut self,
+        sequence: u64,
+        draft: &Draft,
+        sign: bool,
+        extra: Option<HeaderMap>,
+    ) -> Result<(), SinkError> {
         if self.buf.len() + HEADROOM > self.max_payload {
             return Err(SinkError::PayloadTooLarge {
                 table: draft.table.clone(),
@@ -450,7 +526,12 @@ impl Ctx<'_> {
             self.blocked_after = None;
             telemetry::health().unblocked();
         }
-        let headers = headers(draft, sequence, sign.then_some(self.signer), &self.buf);
+        let mut headers = headers(draft, sequence, sign.then_some(self.signer), &self.buf);
+        for (name, values) in extra.iter().flat_map(|h| h.iter()) {
+            for value in values {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         self.client
             .publish_with_reply_and_headers(
                 draft.nats_subject.clone(),

@@ -118,6 +118,8 @@ pub struct Tail {
     pub last_sequence: u64,
     /// The verified head's payload.
     pub head: Option<bytes::Bytes>,
+    /// The verified head ends its group (it has a `pgendlsn`).
+    pub head_ends_group: bool,
 }
 
 impl Tail {
@@ -164,6 +166,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
             confirmed: None,
             last_sequence: 0,
             head: None,
+            head_ends_group: false,
         });
     }
     let last = state.last_sequence;
@@ -204,6 +207,7 @@ pub async fn read_tail(stream: &mut stream::Stream, keyring: &Keyring, source: &
         confirmed,
         last_sequence: last,
         head: Some(head.payload.clone()),
+        head_ends_group: attrs.pgendlsn.is_some(),
     })
 }
 

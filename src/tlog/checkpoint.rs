@@ -221,6 +221,15 @@ impl SignedCheckpoint {
     }
 }
 
+/// The log keys a checkpoint of `origin` may be signed with: every key of the keyring, named
+/// for the origin (a C2SP key id covers the name, so one signing key is one vkey per origin).
+pub fn log_vkeys(keyring: &crate::event::Keyring, origin: &str) -> Vec<Vkey> {
+    keyring
+        .keys()
+        .filter_map(|key| Vkey::new(origin, KeyKind::Ed25519, *key).ok())
+        .collect()
+}
+
 /// The `data` of a `walguard.checkpoint` event (SPEC section 8):
 /// `{"op":"checkpoint","size":N,"root":"<base64>","note":"<signed note>"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,12 +276,13 @@ impl CheckpointData {
         if wire.op != "checkpoint" {
             return Err(CheckpointError::Data(format!("op is {:?}", wire.op)));
         }
-        let root = Hash::from_base64(&wire.root).map_err(|e| CheckpointError::Data(e.to_string()))?;
-        let data = CheckpointData {
-            size: wire.size,
-            root,
-            note: wire.note,
-        };
+        CheckpointData::from_fields(wire.size, &wire.root, wire.note)
+    }
+
+    /// The data from its fields as stored (the root in base64), checked as `from_bytes` does.
+    pub fn from_fields(size: u64, root: &str, note: String) -> Result<CheckpointData, CheckpointError> {
+        let root = Hash::from_base64(root).map_err(|e| CheckpointError::Data(e.to_string()))?;
+        let data = CheckpointData { size, root, note };
         let signed = data.signed()?;
         if signed.checkpoint.size != data.size || signed.checkpoint.root != data.root {
             return Err(CheckpointError::DataMismatch {

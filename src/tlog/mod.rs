@@ -32,7 +32,7 @@ pub mod proof;
 pub mod tree;
 
 pub use add_checkpoint::AddCheckpoint;
-pub use checkpoint::{Checkpoint, CheckpointData, CheckpointError, SignedCheckpoint};
+pub use checkpoint::{log_vkeys, Checkpoint, CheckpointData, CheckpointError, SignedCheckpoint};
 pub use note::{CheckpointSigner, Cosignature, Cosigner, KeyKind, NoteError, Vkey};
 pub use proof::{ProofError, RangeHasher};
 pub use tree::{leaf_hash, node_hash, CompactRange, Frontier, Hash, TreeError, EMPTY_ROOT};

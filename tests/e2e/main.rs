@@ -15,4 +15,5 @@ mod pipeline;
 mod restore;
 mod schema;
 mod tls;
+mod transparency;
 mod witness;

@@ -1,0 +1,185 @@
+//! The transparency log of `walguard run` (SPEC section 8): checkpoints at
+//! `audit.checkpoint_interval` and before a clean shutdown, each the RFC 6962 root of every
+//! message before it, recomputed here independently (SHA-256 from the `sha2` crate, the tree
+//! written out as the RFC defines it); the tree resumes after a SIGKILL; and a stream cut
+//! short the way an admin can (deleted and re-created without its newest messages, the rest
+//! republished with their headers) passes the chain check but not `verify --checkpoint` with
+//! a checkpoint kept from before.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{eventually, Env, Stored};
+
+const SCHEMA: &str = "create table t (id int primary key, v text)";
+const TABLES: &str = "[[tables]]\nname = \"public.t\"";
+
+/// RFC 6962 section 2.1: MTH of the leaves' hashes, split at the largest power of two below n.
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => Sha256::digest([]).into(),
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            let mut h = Sha256::new();
+            h.update([1u8]);
+            h.update(mth(&leaves[..k]));
+            h.update(mth(&leaves[k..]));
+            h.finalize().into()
+        }
+    }
+}
+
+fn leaf(payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(payload);
+    h.finalize().into()
+}
+
+/// Every checkpoint in `stream` covers exactly the messages before it, with their root.
+fn assert_checkpoints_match(stream: &[Stored]) -> usize {
+    let leaves: Vec<[u8; 32]> = stream.iter().map(|m| leaf(&m.payload)).collect();
+    let mut seen = 0;
+    for m in stream.iter().filter(|m| m.subject == "wg._walguard.checkpoint") {
+        seen += 1;
+        let data = m.data();
+        assert_eq!(m.json["type"], "walguard.checkpoint", "{m:?}");
+        assert!(m.signed, "a checkpoint is always signed: {m:?}");
+        let size = data["size"].as_u64().unwrap();
+        assert_eq!(size, m.seq - 1, "a checkpoint covers the messages before it: {m:?}");
+        let root = base64::engine::general_purpose::STANDARD.encode(mth(&leaves[..size as usize]));
+        assert_eq!(data["root"], root.as_str(), "root of the first {size} messages: {m:?}");
+        let note = data["note"].as_str().unwrap();
+        let mut lines = note.lines();
+        assert!(lines.next().unwrap().starts_with("walguard/"), "origin line: {note}");
+        assert_eq!(lines.next(), Some(size.to_string().as_str()), "{note}");
+        assert_eq!(lines.next(), Some(root.as_str()), "{note}");
+    }
+    seen
+}
+
+fn audit_section(env: &Env, audit: &str) {
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!("\n[audit]\n{audit}\n"));
+    std::fs::write(&env.config, text).unwrap();
+}
+
+async fn insert(env: &Env, from: i32, to: i32) {
+    for i in from..to {
+        env.db
+            .execute("insert into t values ($1, 'x')", &[&i])
+            .await
+            .unwrap();
+    }
+}
+
+async fn checkpoints(env: &Env) -> Vec<Stored> {
+    env.read_stream()
+        .await
+        .into_iter()
+        .filter(|m| m.subject == "wg._walguard.checkpoint")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_at_the_interval_and_at_shutdown_are_the_roots_of_the_stream_and_resume_after_sigkill() {
+    let env = Env::start(SCHEMA, TABLES, "").await;
+    audit_section(&env, "checkpoint_interval = \"1s\"");
+    let mut wg = env.spawn_ready().await;
+    insert(&env, 0, 30).await;
+    env.wait_events(30, Duration::from_secs(30)).await;
+    let first = eventually(Duration::from_secs(30), "a checkpoint at the interval", || async {
+        let c = checkpoints(&env).await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await
+    .unwrap();
+    // Killed mid-stream, after at least one checkpoint: the next session restores the tree
+    // from the stream's newest checkpoint and the messages after it.
+    insert(&env, 30, 40).await;
+    env.wait_events(40, Duration::from_secs(30)).await;
+    wg.kill();
+    insert(&env, 40, 60).await;
+    let mut wg = env.spawn();
+    env.wait_events(60, Duration::from_secs(30)).await;
+    let newest = first.last().unwrap().seq;
+    eventually(Duration::from_secs(30), "a checkpoint after the restart", || async {
+        checkpoints(&env).await.last().is_some_and(|c| c.seq > newest + 20).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+
+    let stream = env.read_stream().await;
+    let last = stream.last().unwrap();
+    assert_eq!(last.subject, "wg._walguard.checkpoint", "a clean stop ends with a checkpoint: {last:?}");
+    let seen = assert_checkpoints_match(&stream);
+    assert!(seen >= 2, "{seen} checkpoints");
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("checkpoints: {seen} checked")), "{out}");
+}
+
+/// Every message of the stream with its headers, as an admin's script would copy them.
+async fn raw_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let st = js.get_stream(stream).await.unwrap();
+    let last = st.cached_info().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        out.push(st.get_raw_message(seq).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoint() {
+    let env = Env::start(SCHEMA, TABLES, "").await;
+    let mut wg = env.spawn_ready().await;
+    insert(&env, 0, 30).await;
+    env.wait_events(30, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    // The auditor keeps the newest checkpoint (the one of the clean stop).
+    let kept = checkpoints(&env).await.pop().expect("a checkpoint at shutdown");
+    let kept_size = kept.data()["size"].as_u64().unwrap();
+    let kept_file = env.dir.path().join("kept.checkpoint");
+    std::fs::write(&kept_file, kept.data()["note"].as_str().unwrap()).unwrap();
+
+    // The admin's rewrite: the stream deleted and re-created with all but its newest 10
+    // messages (cut further back to a signed one, so the chain check has nothing to say).
+    let js = env.js().await;
+    let messages = raw_messages(&js, &env.stream).await;
+    let config = js.get_stream(&env.stream).await.unwrap().cached_info().config.clone();
+    let mut keep = messages.len() - 10;
+    while !messages[keep - 1].headers.get("Walguard-Signature").is_some() {
+        keep -= 1;
+    }
+    js.delete_stream(&env.stream).await.unwrap();
+    js.create_stream(config).await.unwrap();
+    for m in &messages[..keep] {
+        js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "the chain alone cannot tell: {out}");
+    let (code, stdout, stderr) = env.command(&[
+        "verify",
+        "-c",
+        env.config.to_str().unwrap(),
+        "--checkpoint",
+        kept_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "does not extend the checkpoint of size {kept_size}: it holds only {keep} messages"
+        )),
+        "{stdout}{stderr}"
+    );
+}
