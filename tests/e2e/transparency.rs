@@ -13,6 +13,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::harness::{eventually, Env, Stored};
+use crate::witness::{witness_key, WitnessProcess};
 
 const SCHEMA: &str = "create table t (id int primary key, v text)";
 const TABLES: &str = "[[tables]]\nname = \"public.t\"";
@@ -70,10 +71,7 @@ fn audit_section(env: &Env, audit: &str) {
 
 async fn insert(env: &Env, from: i32, to: i32) {
     for i in from..to {
-        env.db
-            .execute("insert into t values ($1, 'x')", &[&i])
-            .await
-            .unwrap();
+        env.db.execute("insert into t values ($1, 'x')", &[&i]).await.unwrap();
     }
 }
 
@@ -108,7 +106,11 @@ async fn checkpoints_at_the_interval_and_at_shutdown_are_the_roots_of_the_stream
     env.wait_events(60, Duration::from_secs(30)).await;
     let newest = first.last().unwrap().seq;
     eventually(Duration::from_secs(30), "a checkpoint after the restart", || async {
-        checkpoints(&env).await.last().is_some_and(|c| c.seq > newest + 20).then_some(())
+        checkpoints(&env)
+            .await
+            .last()
+            .is_some_and(|c| c.seq > newest + 20)
+            .then_some(())
     })
     .await
     .unwrap();
@@ -116,7 +118,10 @@ async fn checkpoints_at_the_interval_and_at_shutdown_are_the_roots_of_the_stream
 
     let stream = env.read_stream().await;
     let last = stream.last().unwrap();
-    assert_eq!(last.subject, "wg._walguard.checkpoint", "a clean stop ends with a checkpoint: {last:?}");
+    assert_eq!(
+        last.subject, "wg._walguard.checkpoint",
+        "a clean stop ends with a checkpoint: {last:?}"
+    );
     let seen = assert_checkpoints_match(&stream);
     assert!(seen >= 2, "{seen} checkpoints");
     let (code, out) = env.verify();
@@ -182,4 +187,208 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
         )),
         "{stdout}{stderr}"
     );
+}
+
+/// The log's key as a C2SP vkey for this environment's origin (what `walguard witness --log`
+/// takes), and the origin.
+async fn log_vkey(env: &Env) -> (walguard::tlog::Vkey, String) {
+    let row = env
+        .db
+        .query_one("select system_identifier::text from pg_control_system()", &[])
+        .await
+        .unwrap();
+    let sysid: String = row.get(0);
+    let origin = format!("walguard/{sysid}/postgres/{}", env.slot);
+    let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
+    let vkey = walguard::tlog::Vkey::new(&origin, walguard::tlog::KeyKind::Ed25519, signer.verifying_key()).unwrap();
+    (vkey, origin)
+}
+
+fn witness_section(witness: &WitnessProcess) -> String {
+    format!(
+        "[[audit.witnesses]]\nurl = \"http://127.0.0.1:{}\"\nkey = \"{}\"",
+        witness.port, witness.vkey
+    )
+}
+
+/// The stream rewritten with the signing key: one value changed in message `at`, every
+/// later message re-chained, every message re-signed, every checkpoint recomputed and
+/// re-signed by the log key (no witness can be forged), republished into a fresh stream.
+async fn rewrite_with_the_key(env: &Env, origin: &str, at: u64) {
+    use walguard::tlog::{Checkpoint, CheckpointData, CheckpointSigner, Frontier, SignedCheckpoint};
+    let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
+    let js = env.js().await;
+    let messages = raw_messages(&js, &env.stream).await;
+    let config = js.get_stream(&env.stream).await.unwrap().cached_info().config.clone();
+    js.delete_stream(&env.stream).await.unwrap();
+    js.create_stream(config).await.unwrap();
+    let mut prev = [0u8; 32];
+    let mut tree = Frontier::new();
+    for m in &messages {
+        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        v["prevhash"] = base64::engine::general_purpose::STANDARD.encode(prev).into();
+        if m.sequence == at {
+            v["data"]["after"]["v"] = "rewritten".into();
+        }
+        if v["type"] == "walguard.checkpoint" {
+            let body = Checkpoint::new(origin, tree.size(), tree.root()).unwrap();
+            let signed = SignedCheckpoint::sign(body, &CheckpointSigner::new(origin, &signer).unwrap()).unwrap();
+            v["data"] = serde_json::from_slice(&CheckpointData::new(&signed).to_bytes()).unwrap();
+        }
+        let payload = serde_json::to_vec(&v).unwrap();
+        prev = Sha256::digest(&payload).into();
+        tree.append_payload(&payload);
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in m.headers.iter() {
+            let name_text: &str = name.as_ref();
+            if name_text != "Walguard-Signature" && name_text != "Walguard-Key-Id" {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        headers.insert("Walguard-Key-Id", signer.key_id());
+        headers.insert("Walguard-Signature", signer.sign(&payload));
+        js.publish_with_headers(m.subject.clone(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_cosigned_by_a_witness_and_a_history_rewritten_with_the_key_is_caught() {
+    let env = Env::start(SCHEMA, TABLES, "").await;
+    let (vkey, origin) = log_vkey(&env).await;
+    let key = witness_key(env.dir.path());
+    let witness = WitnessProcess::start(env.dir.path(), &key, &vkey);
+    audit_section(
+        &env,
+        &format!("checkpoint_interval = \"1s\"\n{}", witness_section(&witness)),
+    );
+    let mut wg = env.spawn_ready().await;
+    insert(&env, 0, 20).await;
+    env.wait_events(20, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    let stream = env.read_stream().await;
+    assert_checkpoints_match(&stream);
+    let kept = checkpoints(&env).await.pop().unwrap();
+    let note = kept.data()["note"].as_str().unwrap().to_owned();
+    assert!(
+        note.contains("\n— witness.test/w1 "),
+        "the witness's cosignature: {note}"
+    );
+    let kept_file = env.dir.path().join("witnessed.checkpoint");
+    std::fs::write(&kept_file, &note).unwrap();
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("has 1 witness cosignature(s)"), "{out}");
+
+    // Rewritten with the signing key, the stream is consistent in itself...
+    let row_event = stream.iter().find(|m| m.op() == "insert").unwrap().seq;
+    rewrite_with_the_key(&env, &origin, row_event).await;
+    let (code, out) = env.verify();
+    assert_eq!(
+        code, 0,
+        "a history rewritten with the key passes the chain check: {out}"
+    );
+    assert!(out.contains("has 0 witness cosignature(s)"), "{out}");
+    // ...but not against the checkpoint the witness cosigned.
+    let size = kept.data()["size"].as_u64().unwrap();
+    let (code, stdout, stderr) = env.command(&[
+        "verify",
+        "-c",
+        env.config.to_str().unwrap(),
+        "--checkpoint",
+        kept_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("cosigned by 1 of 1 witness key(s)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "sequence {size}: the stream does not extend the checkpoint of size {size}"
+        )),
+        "{stdout}{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_witness_holds_the_slot_while_the_witness_is_down_and_catches_up_after() {
+    let env = Env::start(SCHEMA, TABLES, "").await;
+    let (vkey, _) = log_vkey(&env).await;
+    let key = witness_key(env.dir.path());
+    let state = env.dir.path().join("witness-state");
+    let mut witness = WitnessProcess::start_on(walguard::testkit::free_port(), &state, &key, &vkey, &[]);
+    audit_section(
+        &env,
+        &format!(
+            "checkpoint_interval = \"1s\"\nrequire_witness = true\n{}",
+            witness_section(&witness)
+        ),
+    );
+    let _wg = env.spawn_ready().await;
+    insert(&env, 0, 10).await;
+    env.wait_events(10, Duration::from_secs(30)).await;
+    let cosigned_end = |stream: &[Stored]| {
+        stream
+            .iter()
+            .filter(|m| m.subject == "wg._walguard.checkpoint")
+            .filter(|m| m.data()["note"].as_str().unwrap().contains("— witness.test/w1 "))
+            .filter_map(|m| m.json["pgendlsn"].as_str().map(crate::harness::lsn))
+            .max()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a cosigned checkpoint and the slot past it",
+        || async {
+            let end = cosigned_end(&env.read_stream().await)?;
+            (env.confirmed_flush().await? >= end).then_some(())
+        },
+    )
+    .await
+    .expect("the slot confirmed up to a cosigned checkpoint");
+
+    witness.kill();
+    insert(&env, 10, 20).await;
+    env.wait_events(20, Duration::from_secs(30)).await;
+    let port = env.listen_port;
+    let (status, body) = crate::ops::wait_status(port, "/readyz", 503, Duration::from_secs(30)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("witness quorum"), "{body}");
+    // Checkpoints go on without the witness, and the slot stays at the last cosigned one.
+    let stream = eventually(Duration::from_secs(30), "an uncosigned checkpoint", || async {
+        let stream = env.read_stream().await;
+        let uncosigned = stream
+            .iter()
+            .filter(|m| m.subject == "wg._walguard.checkpoint")
+            .any(|m| !m.data()["note"].as_str().unwrap().contains("— witness.test/w1 "));
+        uncosigned.then_some(stream)
+    })
+    .await
+    .unwrap();
+    let held_at = cosigned_end(&stream).unwrap();
+    let newest_end = stream
+        .iter()
+        .filter_map(|m| m.json["pgendlsn"].as_str().map(crate::harness::lsn))
+        .max()
+        .unwrap();
+    assert!(newest_end > held_at);
+    let confirmed = env.confirmed_flush().await.unwrap();
+    assert!(
+        confirmed <= held_at,
+        "confirmed {confirmed:x} past the last cosigned {held_at:x}"
+    );
+
+    // The witness back on its port: walguard catches up by itself.
+    let _witness = WitnessProcess::start_on(witness.port, &state, &key, &vkey, &[]);
+    let (status, body) = crate::ops::wait_status(port, "/readyz", 200, Duration::from_secs(60)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(30),
+        "the slot confirmed past the rows written while the witness was down",
+        || async { (env.confirmed_flush().await? >= newest_end).then_some(()) },
+    )
+    .await
+    .expect("caught up");
 }

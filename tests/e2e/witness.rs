@@ -62,19 +62,23 @@ impl Log {
 }
 
 /// A `walguard witness` process; SIGKILLed on drop.
-struct WitnessProcess {
+pub(crate) struct WitnessProcess {
     child: Option<Child>,
-    port: u16,
-    vkey: Vkey,
+    pub(crate) port: u16,
+    pub(crate) vkey: Vkey,
 }
 
 impl WitnessProcess {
-    fn start(dir: &Path, key: &Path, log: &Vkey) -> WitnessProcess {
+    pub(crate) fn start(dir: &Path, key: &Path, log: &Vkey) -> WitnessProcess {
         WitnessProcess::start_with(&dir.join("state"), key, log, &[])
     }
 
     fn start_with(state: &Path, key: &Path, log: &Vkey, extra: &[&str]) -> WitnessProcess {
-        let port = walguard::testkit::free_port();
+        WitnessProcess::start_on(walguard::testkit::free_port(), state, key, log, extra)
+    }
+
+    /// On `port` (a restart where its clients know it).
+    pub(crate) fn start_on(port: u16, state: &Path, key: &Path, log: &Vkey, extra: &[&str]) -> WitnessProcess {
         let mut child = Command::new(BIN)
             .args(["witness", "--listen", &format!("127.0.0.1:{port}"), "--key"])
             .arg(key)
@@ -110,7 +114,7 @@ impl WitnessProcess {
         .unwrap()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -124,7 +128,7 @@ impl Drop for WitnessProcess {
     }
 }
 
-fn witness_key(dir: &Path) -> PathBuf {
+pub(crate) fn witness_key(dir: &Path) -> PathBuf {
     let path = dir.join("witness.key");
     Signer::generate(&path).unwrap();
     path
