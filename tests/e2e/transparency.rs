@@ -159,7 +159,7 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
     let messages = raw_messages(&js, &env.stream).await;
     let config = js.get_stream(&env.stream).await.unwrap().cached_info().config.clone();
     let mut keep = messages.len() - 10;
-    while !messages[keep - 1].headers.get("Walguard-Signature").is_some() {
+    while messages[keep - 1].headers.get("Walguard-Signature").is_none() {
         keep -= 1;
     }
     js.delete_stream(&env.stream).await.unwrap();
