@@ -33,19 +33,32 @@ pub struct Stored {
 impl Stored {
     /// The message JetStream stored at `sequence`, with its signature headers if any.
     pub fn from_message(sequence: u64, msg: &jetstream::Message) -> Stored {
-        let headers = msg.headers.as_ref();
-        let kid = headers
-            .and_then(|h| h.get(HEADER_KEY_ID))
-            .map(|v| v.as_str().to_owned());
-        let sig = headers
-            .and_then(|h| h.get(HEADER_SIGNATURE))
-            .map(|v| v.as_str().to_owned());
         Stored {
             sequence,
-            signature: kid.zip(sig),
+            signature: signature_of(msg.headers.as_ref()),
             payload: msg.payload.clone(),
         }
     }
+
+    /// A message fetched by sequence (`sink::stream::message`).
+    pub fn from_raw(sequence: u64, msg: &jetstream::message::StreamMessage) -> Stored {
+        Stored {
+            sequence,
+            signature: signature_of(Some(&msg.headers)),
+            payload: msg.payload.clone(),
+        }
+    }
+}
+
+/// The key id and signature headers, when both are there.
+fn signature_of(headers: Option<&async_nats::HeaderMap>) -> Option<(String, String)> {
+    let kid = headers
+        .and_then(|h| h.get(HEADER_KEY_ID))
+        .map(|v| v.as_str().to_owned());
+    let sig = headers
+        .and_then(|h| h.get(HEADER_SIGNATURE))
+        .map(|v| v.as_str().to_owned());
+    kid.zip(sig)
 }
 
 /// Reads messages `from..=to` (to the stream's last sequence when `to` is None) in order,

@@ -60,6 +60,9 @@ pub enum Command {
     /// Read the whole stream (or an export) and prove it intact: signatures, chain, sequence,
     /// transactions, order. Exit 0 with a summary, 1 naming every problem and its sequence.
     Verify(VerifyArgs),
+    /// Write a C2SP tlog-proof that one event is in the log, against the newest checkpoint,
+    /// and the event's export line: checkable offline with `verify --proof --event`.
+    Prove(ProveArgs),
     /// Copy the stream into verified, fsynced segment files (`{stream}-{first}-{last}.jsonl`)
     /// in DIR, resuming after the newest one. Needs only read access to the stream.
     Archive {
@@ -144,8 +147,9 @@ pub struct WitnessArgs {
 /// `walguard verify`: the stream, an export or an archive, proven intact.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The configuration file (stream, NATS, keys); not needed with --file and --public-key.
-    #[arg(short = 'c', long = "config", required_unless_present_any = ["file", "archive"])]
+    /// The configuration file (stream, NATS, keys); not needed with --file, --archive or
+    /// --proof and --public-key.
+    #[arg(short = 'c', long = "config", required_unless_present_any = ["file", "archive", "proof"])]
     pub config: Option<PathBuf>,
     /// A public key (SPKI PEM) to accept signatures from; repeat for rotated keys. Default:
     /// the public key of `signing.key_file` and `signing.trusted_keys`.
@@ -166,6 +170,31 @@ pub struct VerifyArgs {
     /// cosignatures are checked; repeat for several. Default: `[[audit.witnesses]]`.
     #[arg(long = "witness-key")]
     pub witness_keys: Vec<String>,
+    /// A proof from `walguard prove` (C2SP tlog-proof), checked offline with --event.
+    #[arg(long, requires = "event")]
+    pub proof: Option<PathBuf>,
+    /// The event's export line that --proof proves.
+    #[arg(long, requires = "proof")]
+    pub event: Option<PathBuf>,
+}
+
+/// `walguard prove`: one event's inclusion proof against the newest checkpoint.
+#[derive(Debug, clap::Args)]
+pub struct ProveArgs {
+    #[arg(short = 'c', long = "config", required_unless_present = "archive")]
+    pub config: Option<PathBuf>,
+    /// Prove from an archive folder (`walguard archive`) instead of the stream.
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// A public key (SPKI PEM) the archive is verified with, as for `verify`.
+    #[arg(long = "public-key")]
+    pub public_keys: Vec<PathBuf>,
+    /// The event's stream sequence.
+    #[arg(long)]
+    pub sequence: u64,
+    /// Where the proof goes; the event's export line goes next to it, in OUT.event.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -388,6 +417,9 @@ pub async fn verify(args: &VerifyArgs) -> Result<Found, Failure> {
     let cfg = args.config.as_deref().map(load).transpose()?;
     let keyring = verification_keys(cfg.as_ref(), &args.public_keys)?;
     let options = verify_options(cfg.as_ref(), &keyring, args)?;
+    if let (Some(proof), Some(event)) = (&args.proof, &args.event) {
+        return verify_proof(proof, event, &keyring, &options.witnesses);
+    }
     if let Some(dir) = &args.archive {
         let stream = match &cfg {
             Some(cfg) => cfg.nats.stream.clone(),
@@ -421,6 +453,69 @@ pub async fn verify(args: &VerifyArgs) -> Result<Found, Failure> {
         &summary,
         &problems,
     ))
+}
+
+/// `verify --proof P --event E`: offline, nothing but the files and the keys.
+fn verify_proof(proof: &Path, event: &Path, keyring: &Keyring, witnesses: &[Vkey]) -> Result<Found, Failure> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Failure::Problem(format!("{}: {e}", p.display())));
+    let proof_bytes = read(proof)?;
+    let event_line = String::from_utf8_lossy(&read(event)?).into_owned();
+    match crate::prove::check(&proof_bytes, &event_line, keyring, witnesses) {
+        Ok(c) => {
+            println!(
+                "proven: event sequence {} is in the log {} as of its checkpoint of size {}, signed by the log's key, cosigned by {}",
+                c.sequence,
+                c.origin,
+                c.size,
+                if c.cosigned_by.is_empty() {
+                    "no witness".to_owned()
+                } else {
+                    c.cosigned_by.join(", ")
+                }
+            );
+            Ok(exit::OK)
+        }
+        Err(reason) => {
+            println!("NOT proven: {reason}");
+            Ok(exit::PROBLEM)
+        }
+    }
+}
+
+/// `walguard prove`.
+pub async fn prove(args: &ProveArgs) -> Result<Found, Failure> {
+    let cfg = args.config.as_deref().map(load).transpose()?;
+    let proven = match (&args.archive, &cfg) {
+        (Some(dir), _) => {
+            let keyring = verification_keys(cfg.as_ref(), &args.public_keys)?;
+            let stream = match &cfg {
+                Some(cfg) => cfg.nats.stream.clone(),
+                None => crate::archive::stream_of(dir).map_err(archive_failure)?,
+            };
+            crate::prove::prove_archive(dir, &stream, &keyring, args.sequence).map_err(Failure::Problem)?
+        }
+        (None, Some(cfg)) => {
+            let js = jetstream(cfg).await?;
+            crate::prove::prove_stream(&js, &cfg.nats.stream, &cfg.nats.subject_prefix, args.sequence)
+                .await
+                .map_err(Failure::Problem)?
+        }
+        (None, None) => return Err(Failure::Usage("pass -c FILE or --archive DIR".into())),
+    };
+    let event_path = PathBuf::from(format!("{}.event", args.out.display()));
+    let write = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).map_err(|e| Failure::Problem(format!("{}: {e}", p.display())))
+    };
+    write(&args.out, &proven.proof.to_bytes())?;
+    write(&event_path, format!("{}\n", proven.event_line).as_bytes())?;
+    eprintln!(
+        "wrote the inclusion proof of sequence {} against the checkpoint of size {} to {}, and the event to {}",
+        args.sequence,
+        proven.size,
+        args.out.display(),
+        event_path.display()
+    );
+    Ok(exit::OK)
 }
 
 /// What `verify` checks beyond the chain: the witnesses' keys (`--witness-key`, else

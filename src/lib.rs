@@ -15,6 +15,7 @@ pub mod error;
 pub mod event;
 pub mod lsn;
 pub mod pipeline;
+pub mod prove;
 pub mod restore;
 pub mod resync;
 pub mod sink;

@@ -29,6 +29,7 @@ fn main() {
             Command::Resync { config } => cli::resync(&config).await,
             Command::Keygen { out } => cli::keygen(&out),
             Command::Verify(args) => cli::verify(&args).await,
+            Command::Prove(args) => cli::prove(&args).await,
             Command::Archive {
                 config,
                 dir,

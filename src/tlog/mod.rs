@@ -29,10 +29,12 @@ pub mod add_checkpoint;
 pub mod checkpoint;
 pub mod note;
 pub mod proof;
+pub mod tlog_proof;
 pub mod tree;
 
 pub use add_checkpoint::AddCheckpoint;
 pub use checkpoint::{log_vkeys, Checkpoint, CheckpointData, CheckpointError, SignedCheckpoint};
 pub use note::{CheckpointSigner, Cosignature, Cosigner, KeyKind, NoteError, Vkey};
 pub use proof::{ProofError, RangeHasher};
+pub use tlog_proof::{TlogProof, TlogProofError};
 pub use tree::{leaf_hash, node_hash, CompactRange, Frontier, Hash, TreeError, EMPTY_ROOT};

@@ -392,3 +392,106 @@ async fn require_witness_holds_the_slot_while_the_witness_is_down_and_catches_up
     .await
     .expect("caught up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prove_writes_a_tlog_proof_that_verifies_offline_from_the_stream_and_from_an_archive() {
+    let env = Env::start(SCHEMA, TABLES, "").await;
+    let mut wg = env.spawn_ready().await;
+    insert(&env, 0, 40).await;
+    env.wait_events(40, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    let stream = env.read_stream().await;
+    let event = stream.iter().filter(|m| m.op() == "insert").nth(17).unwrap().seq;
+    let public = env.dir.path().join("walguard.pub");
+    let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
+    std::fs::write(&public, signer.public_key_pem()).unwrap();
+    let config = env.config.to_str().unwrap();
+    let dir = env.dir.path();
+    let proof = dir.join("event.tlog-proof");
+    let (code, out, err) = env.command(&[
+        "prove",
+        "-c",
+        config,
+        "--sequence",
+        &event.to_string(),
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&proof).unwrap();
+    assert!(
+        text.starts_with(&format!("c2sp.org/tlog-proof@v1\nindex {}\n", event - 1)),
+        "{text}"
+    );
+    let event_file = format!("{}.event", proof.display());
+    let offline = |proof: &str, event: &str| {
+        env.command(&[
+            "verify",
+            "--public-key",
+            public.to_str().unwrap(),
+            "--proof",
+            proof,
+            "--event",
+            event,
+        ])
+    };
+    let (code, out, err) = offline(proof.to_str().unwrap(), &event_file);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("proven: event sequence {event} is in the log walguard/")),
+        "{out}"
+    );
+
+    // The event altered (one value), or the proof's first hash: not proven, and said why.
+    let line = std::fs::read_to_string(&event_file).unwrap();
+    let mut envelope: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = String::from_utf8(b64.decode(envelope["payload"].as_str().unwrap()).unwrap()).unwrap();
+    envelope["payload"] = b64.encode(payload.replacen("\"v\":\"x\"", "\"v\":\"y\"", 1)).into();
+    envelope["signatures"] = serde_json::json!([]);
+    let altered = dir.join("altered.event");
+    std::fs::write(&altered, envelope.to_string()).unwrap();
+    let (code, out, _) = offline(proof.to_str().unwrap(), altered.to_str().unwrap());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("NOT proven") && out.contains("inclusion proof does not verify"),
+        "{out}"
+    );
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] = b64.encode([7u8; 32]);
+    let bad_proof = dir.join("bad.tlog-proof");
+    std::fs::write(&bad_proof, format!("{}\n", lines.join("\n"))).unwrap();
+    let (code, out, _) = offline(bad_proof.to_str().unwrap(), &event_file);
+    assert_eq!(code, 1, "{out}");
+
+    // From an archive, the same proof.
+    let archive = dir.join("archive");
+    let (code, out, err) = env.command(&["archive", "-c", config, "--dir", archive.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let from_archive = dir.join("archived.tlog-proof");
+    let (code, out, err) = env.command(&[
+        "prove",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+        "--sequence",
+        &event.to_string(),
+        "--out",
+        from_archive.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&from_archive).unwrap(), text);
+    // A sequence past the newest checkpoint is named.
+    let (code, _, err) = env.command(&[
+        "prove",
+        "-c",
+        config,
+        "--sequence",
+        "100000",
+        "--out",
+        from_archive.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not covered by the newest checkpoint"), "{err}");
+}
