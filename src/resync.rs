@@ -26,7 +26,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let pg = cfg.pg_config();
     let catalog = Catalog::connect(&pg).await?;
     check::prepare_database(&catalog, cfg).await?;
-    let mut repl = ReplicationConnection::connect(&pg).await?;
+    let mut repl = ReplicationConnection::connect(catalog.chosen()).await?;
     let system = repl.identify_system().await?;
     let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
     let mut st = stream::ensure(&js, &cfg.nats).await?;

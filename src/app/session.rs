@@ -224,7 +224,7 @@ impl Session<'_> {
         let pg = self.cfg.pg_config();
         let catalog = Arc::new(Catalog::connect(&pg).await?);
         let tables = check::prepare_database(&catalog, self.cfg).await?;
-        let mut repl = ReplicationConnection::connect(&pg).await?;
+        let mut repl = ReplicationConnection::connect(catalog.chosen()).await?;
         let system = repl.identify_system().await?;
         let client = sink::connect(&self.cfg.nats).await?;
         // The timeout bounds every awaited PubAck (and API request) of the publisher.
