@@ -447,7 +447,10 @@ async fn live_state(
         &table,
         &reader
             .client()
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+                &[],
+            )
             .await
             .map_err(failed)?
             .get::<_, String>(0),

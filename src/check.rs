@@ -195,7 +195,17 @@ pub async fn database(
     retention(catalog, report).await?;
     let publication = catalog.publication(&cfg.postgres.publication).await?;
     let guarded = check_tables(catalog, cfg, &server, publication.as_ref(), report).await?;
-    check_publication(&cfg.postgres.publication, publication.as_ref(), &guarded, report);
+    if catalog.in_recovery() {
+        standby_source(
+            &cfg.postgres.publication,
+            publication.as_ref(),
+            &guarded,
+            &server,
+            report,
+        );
+    } else {
+        check_publication(&cfg.postgres.publication, publication.as_ref(), &guarded, report);
+    }
     Ok((guarded.specs, publication))
 }
 
@@ -219,7 +229,16 @@ pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<Tab
 /// CREATE_REPLICATION_SLOT has no FAILOVER option. Checked on the replication connection
 /// that creates the slot, whose startup parameters name the server's version. Returns whether
 /// the slot is to be a failover slot.
-pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
+pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection, standby: bool) -> Result<bool, Error> {
+    if cfg.postgres.failover_slot && standby {
+        return Err(Error::Refused(
+            Refusal::Preflight,
+            format!(
+                "postgres.failover_slot = true, but postgres.url reached a standby, where a failover slot cannot be created (PostgreSQL synchronizes failover slots from the primary to standbys, not back): point postgres.url at the primary (target_session_attrs=read-write), or remove failover_slot from {} to decode on the standby",
+                cfg.file.display()
+            ),
+        ));
+    }
     if cfg.postgres.failover_slot && repl.server_major() < 17 {
         return Err(Error::Refused(
             Refusal::Preflight,
@@ -395,6 +414,67 @@ fn check_publication(pub_name: &str, publication: Option<&PublicationFacts>, gua
     for problem in problems {
         report.record(name, problem);
     }
+}
+
+/// The server is a hot standby (logical decoding on a standby, PostgreSQL 16+): nothing can be
+/// written there, so the publication must already exist on the primary with every guarded
+/// table (it reaches the standby through the WAL); what `run` would create or add on a
+/// primary is a failure here, with the SQL to run on the primary.
+fn standby_source(
+    pub_name: &str,
+    publication: Option<&PublicationFacts>,
+    guarded: &Guarded,
+    server: &Server,
+    report: &mut Report,
+) {
+    let name = "postgres.publication";
+    if server.version < 160000 {
+        report.fail(
+            "postgres.standby",
+            format!(
+                "the server is a standby (in recovery) and server_version_num {} has no logical decoding on standbys",
+                server.version
+            ),
+            Some("point postgres.url at the primary (target_session_attrs=read-write), or upgrade to PostgreSQL 16 or later".to_owned()),
+        );
+        return;
+    }
+    report.pass(
+        "postgres.standby",
+        "the server is a hot standby: walguard decodes there, the primary carries no walsender (keep hot_standby_feedback = on)",
+    );
+    let tables: Vec<(String, String)> = guarded
+        .specs
+        .iter()
+        .map(|s| (s.schema.clone(), s.name.clone()))
+        .collect();
+    let list = tables
+        .iter()
+        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(p) = publication else {
+        report.fail(
+            name,
+            format!("publication {pub_name} does not exist, and a standby cannot create one"),
+            Some(format!(
+                "on the primary: CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true);",
+                quote_ident(pub_name)
+            )),
+        );
+        return;
+    };
+    if let Some(Verdict { detail, .. }) = tables_not_yet_published(pub_name, p, &tables) {
+        report.fail(
+            name,
+            format!("{detail} (a standby cannot add them)"),
+            Some(format!(
+                "on the primary: ALTER PUBLICATION {} ADD TABLE {list};",
+                quote_ident(pub_name)
+            )),
+        );
+    }
+    check_publication(pub_name, Some(p), guarded, report);
 }
 
 /// An action the publication leaves out is a change the stream would silently miss.

@@ -652,7 +652,8 @@ impl Catalog {
             .client
             .query_opt(
                 "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status::text,
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, safe_wal_size::bigint
+                        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                                  ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, safe_wal_size::bigint
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )

@@ -470,6 +470,15 @@ impl ReplicationConnection {
         })
     }
 
+    /// TIMELINE_HISTORY: the history file of timeline `tli` (2 and later), as text.
+    pub async fn timeline_history(&mut self, tli: u32) -> Result<String, SourceError> {
+        let rows = self.simple_query(&format!("TIMELINE_HISTORY {tli}")).await?;
+        rows.first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .map(|v| crate::pipeline::timeline::history_text(&v))
+            .ok_or_else(|| SourceError::Protocol(format!("TIMELINE_HISTORY {tli} returned no content")))
+    }
+
     /// The server's major version, from the startup parameters.
     pub fn server_major(&self) -> u32 {
         self.server_version
