@@ -5,6 +5,8 @@
 //! What `run` creates by itself (a missing publication, slot or stream) is a warning, so a
 //! fresh setup that `run` can start passes (SPEC section 5).
 
+mod failover;
+
 use serde::Serialize;
 
 use crate::config::{Config, TableConfig};
@@ -1071,11 +1073,12 @@ pub async fn preflight(cfg: &Config) -> Report {
         Ok(catalog) => {
             report.pass(
                 "postgres.connect",
-                crate::source::tls::describe_target(&cfg.pg_config()),
+                crate::source::tls::describe_target(catalog.chosen()),
             );
             let result = async {
                 database(&catalog, cfg, &mut report).await?;
-                slot(&catalog, cfg, &mut report).await
+                slot(&catalog, cfg, &mut report).await?;
+                failover::check(&catalog, cfg, &mut report).await
             }
             .await;
             if let Err(e) = result {

@@ -302,7 +302,7 @@ impl Catalog {
         self.state.in_recovery
     }
 
-    pub(super) fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
+    pub(crate) fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
         |source| CatalogError::Postgres {
             target: self.target.clone(),
             source,
