@@ -410,7 +410,10 @@ impl Postgres {
         }
         let out = backup.output().map_err(|e| format!("running pg_basebackup: {e}"))?;
         if !out.status.success() {
-            return Err(format!("pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         let mut conf = format!(
             "primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres application_name=standby'\n\

@@ -41,12 +41,18 @@ pub async fn check(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Resu
             Ok(other) if other.in_recovery() => standby(&other, &candidate.host_label(), cfg, report).await?,
             Ok(_) => report.warn(
                 NAME,
-                format!("{} is a primary too: two primaries in postgres.url", candidate.host_label()),
+                format!(
+                    "{} is a primary too: two primaries in postgres.url",
+                    candidate.host_label()
+                ),
                 Some("list the primary and its standbys only".to_owned()),
             ),
             Err(e) => report.warn(
                 NAME,
-                format!("{} is not reachable, so its readiness is unknown: {e}", candidate.host_label()),
+                format!(
+                    "{} is not reachable, so its readiness is unknown: {e}",
+                    candidate.host_label()
+                ),
                 None,
             ),
         }
@@ -60,7 +66,10 @@ async fn primary(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Result
     let client = catalog.client();
     let slot = &cfg.postgres.slot;
     let failover: Option<bool> = client
-        .query_opt("SELECT failover FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+        .query_opt(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
         .await
         .map_err(catalog.err())?
         .map(|r| r.get(0));
@@ -77,13 +86,19 @@ async fn primary(catalog: &Catalog, cfg: &Config, report: &mut Report) -> Result
         None => report.warn(NAME, format!("slot {slot} does not exist; run creates it as a failover slot"), None),
     }
     let physical: Vec<String> = client
-        .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1", &[])
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1",
+            &[],
+        )
         .await
         .map_err(catalog.err())?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let named = catalog.shown_setting("synchronized_standby_slots").await?.unwrap_or_default();
+    let named = catalog
+        .shown_setting("synchronized_standby_slots")
+        .await?
+        .unwrap_or_default();
     let fix = match physical.as_slice() {
         [] => "give each standby a physical slot (primary_slot_name), then ALTER SYSTEM SET synchronized_standby_slots = 'SLOT'; SELECT pg_reload_conf();".to_owned(),
         slots => format!(
@@ -143,8 +158,13 @@ async fn standby(other: &Catalog, label: &str, cfg: &Config, report: &mut Report
     if !missing.is_empty() {
         report.fail(
             NAME,
-            format!("standby {label} cannot synchronize the failover slot: it lacks {}", missing.join(", ")),
-            Some(format!("on standby {label}: ALTER SYSTEM SET each of them; SELECT pg_reload_conf();")),
+            format!(
+                "standby {label} cannot synchronize the failover slot: it lacks {}",
+                missing.join(", ")
+            ),
+            Some(format!(
+                "on standby {label}: ALTER SYSTEM SET each of them; SELECT pg_reload_conf();"
+            )),
         );
         return Ok(());
     }
