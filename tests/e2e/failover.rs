@@ -194,6 +194,11 @@ async fn failover_under_load() {
     .unwrap_or_else(|| panic!("walguard did not catch up after the failover:\n{}", wg.output()));
     // Exactly once, in order, and nothing the new primary lacks.
     assert_eq!(got, want, "the stream against the new primary's table");
+    let tx_after = want.iter().filter(|(tx, _)| *tx > at_promotion).count();
+    eprintln!(
+        "failover under load: {} rows in the stream, all on the new primary, {tx_after} of them committed after the promotion",
+        got.len()
+    );
     assert_eq!(
         wg.wait_exit(Duration::from_millis(1)),
         None,
@@ -237,7 +242,8 @@ async fn the_fork_is_refused() {
     promote(&standby).await;
 
     let code = wg.wait_exit(Duration::from_secs(120));
-    let out = wg.output();
+    let refusal = wg.output();
+    let out = &refusal;
     assert_eq!(code, Some(1), "walguard must refuse the fork:\n{out}");
     for part in ["timeline", "public.ledger", "reconcile"] {
         assert!(out.contains(part), "{part:?} missing from:\n{out}");
@@ -251,6 +257,15 @@ async fn the_fork_is_refused() {
         "reconcile must show the rows the new primary lacks: {out}{err}"
     );
     let lost = &log[before_fork..];
+    eprintln!(
+        "the fork: {} transactions published beyond the stale standby, refused with: {}",
+        lost.len(),
+        refusal
+            .lines()
+            .rev()
+            .find(|l| l.contains("timeline"))
+            .unwrap_or_default()
+    );
     let some_lost_id = lost[0][0].1;
     assert!(
         format!("{out}{err}").contains(&some_lost_id.to_string()),
