@@ -366,3 +366,63 @@ async fn standby_as_source() {
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_host_url_finds_the_host_target_session_attrs_asks_for() {
+    let primary = Postgres::start().expect("start PostgreSQL");
+    let standby = primary
+        .start_standby(PHYSICAL_SLOT, &[])
+        .expect("start a streaming standby");
+    let dead = walguard::testkit::free_port();
+    let env = Env::start_with_pg(primary, LEDGER, GUARD_LEDGER, "").await;
+    // Nothing reads-write: the error names every host and what each answered.
+    use_url(
+        &env,
+        &format!(
+            "host=127.0.0.1,127.0.0.1 port={dead},{} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
+            standby.port()
+        ),
+        false,
+    );
+    let log = env.expect_run_exit(
+        69,
+        &[&format!("127.0.0.1:{dead}"), "is a standby (in recovery)", "read-write"],
+    );
+    assert!(log.contains(&format!("127.0.0.1:{}", standby.port())), "{log}");
+    // A dead host and the standby first, the primary last: walguard streams from the primary.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{dead},127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=primary&connect_timeout=2",
+        standby.port(),
+        env.pg.port()
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = \"host=") {
+                format!("url = \"{url}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&env.config, text).unwrap();
+    let mut wg = env.spawn_ready().await;
+    let (mut next_id, mut log) = (0, Committed::new());
+    write_ledger(&env.db, 1, 20, &mut next_id, &mut log).await;
+    env.wait_events(log.iter().map(Vec::len).sum(), Duration::from_secs(30))
+        .await;
+    assert_exactly_once_in_order(&env.read_stream().await, &log);
+    let slot_on_primary: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&env.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slot_on_primary, 1);
+    wg.stop(Duration::from_secs(20));
+}
