@@ -1411,4 +1411,49 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
+
+    #[test]
+    fn a_standby_source_needs_the_publication_made_on_the_primary() {
+        let t = table(None, &[]);
+        let guarded = Guarded {
+            specs: vec![spec(&t, &facts(ReplicaIdentity::Default, &["id"], &["id", "name"])).unwrap()],
+            partitioned: Vec::new(),
+        };
+        let server = |version| Server {
+            version,
+            role: "walguard".into(),
+        };
+        // Missing: a failure with the CREATE PUBLICATION to run on the primary.
+        let mut report = Report::default();
+        standby_source("wg", None, &guarded, &server(170000), &mut report);
+        assert!(!report.ready());
+        let failures = report.failures();
+        assert!(
+            failures.contains("a standby cannot create one")
+                && failures.contains("on the primary: CREATE PUBLICATION \"wg\" FOR TABLE \"public\".\"people\""),
+            "{failures}"
+        );
+        // A table not in it yet: a failure with the ALTER PUBLICATION.
+        let mut report = Report::default();
+        standby_source("wg", Some(&publication(false)), &guarded, &server(170000), &mut report);
+        assert!(
+            report.failures().contains("ALTER PUBLICATION \"wg\" ADD TABLE"),
+            "{}",
+            report.failures()
+        );
+        // Complete: ready.
+        let mut complete = publication(false);
+        complete.tables = vec![("public".into(), "people".into())];
+        let mut report = Report::default();
+        standby_source("wg", Some(&complete), &guarded, &server(170000), &mut report);
+        assert!(report.ready(), "{}", report.failures());
+        // Before 16 there is no logical decoding on a standby.
+        let mut report = Report::default();
+        standby_source("wg", Some(&complete), &guarded, &server(150004), &mut report);
+        assert!(
+            report.failures().contains("no logical decoding on standbys"),
+            "{}",
+            report.failures()
+        );
+    }
 }
