@@ -424,8 +424,17 @@ pub async fn reconcile_table(
     let table = crate::snapshot::qualified(spec);
     let (at, live) = live_state(pg, spec, hasher).await?;
     // Wait until the stream proves everything committed before `at`.
-    wait_until_covered(js, stream, at, wait).await?;
-    let derived = restore(js, stream, &table, None, None, Some(at))
+    let covered = wait_until_covered(js, stream, at, wait).await?;
+    // On one timeline the stream never goes beyond the server's WAL, as it is decoded from
+    // it. Beyond it, the stream holds a history this server does not have (a standby promoted
+    // behind what was published, SPEC section 7): compare with all of the stream, so the rows
+    // the server lacks show.
+    let upto = if covered > server_position(pg, &table).await? {
+        None
+    } else {
+        Some(at)
+    };
+    let derived = restore(js, stream, &table, None, None, upto)
         .await
         .map_err(|e| crate::Error::Refused(Refusal::Audit, e))?;
     Ok(Reconciled {
@@ -462,7 +471,10 @@ async fn live_state(
         &table,
         &reader
             .client()
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+                &[],
+            )
             .await
             .map_err(failed)?
             .get::<_, String>(0),
@@ -564,16 +576,32 @@ fn live_row(draft: &crate::event::Draft) -> Result<(StoredKey, Map<String, Value
 /// committed before it is in the stream. A failed read is retried until the deadline, then
 /// reported as it is (not as "walguard is not running"); a newest message that is not a
 /// walguard event is refused at once.
+/// The server's WAL position now (on a standby, what it has replayed).
+async fn server_position(pg: &crate::source::tls::PgConfig, table: &str) -> Result<crate::lsn::Lsn, crate::Error> {
+    let catalog = crate::source::catalog::Catalog::connect(pg).await?;
+    let text: String = catalog
+        .client()
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::Error::Refused(Refusal::Audit, format!("reading {table}: {e}")))?
+        .get(0);
+    wal_position(table, &text)
+}
+
+/// Waits until the stream's newest position is at or past `at`; returns that position.
 async fn wait_until_covered(
     js: &jetstream::Context,
     stream: &str,
     at: crate::lsn::Lsn,
     wait: Duration,
-) -> Result<(), crate::Error> {
+) -> Result<crate::lsn::Lsn, crate::Error> {
     let deadline = std::time::Instant::now() + wait;
     loop {
         let failure = match newest_position(js, stream).await {
-            Ok(Some(covered)) if covered >= at => return Ok(()),
+            Ok(Some(covered)) if covered >= at => return Ok(covered),
             Ok(_) => None,
             Err(e) if e.is_transient() => Some(e),
             Err(e) => return Err(e),

@@ -5,6 +5,8 @@
 //! What `run` creates by itself (a missing publication, slot or stream) is a warning, so a
 //! fresh setup that `run` can start passes (SPEC section 5).
 
+mod failover;
+
 use serde::Serialize;
 
 use crate::config::{Config, TableConfig};
@@ -195,7 +197,17 @@ pub async fn database(
     retention(catalog, report).await?;
     let publication = catalog.publication(&cfg.postgres.publication).await?;
     let guarded = check_tables(catalog, cfg, &server, publication.as_ref(), report).await?;
-    check_publication(&cfg.postgres.publication, publication.as_ref(), &guarded, report);
+    if catalog.in_recovery() {
+        standby_source(
+            &cfg.postgres.publication,
+            publication.as_ref(),
+            &guarded,
+            &server,
+            report,
+        );
+    } else {
+        check_publication(&cfg.postgres.publication, publication.as_ref(), &guarded, report);
+    }
     Ok((guarded.specs, publication))
 }
 
@@ -219,7 +231,16 @@ pub async fn prepare_database(catalog: &Catalog, cfg: &Config) -> Result<Vec<Tab
 /// CREATE_REPLICATION_SLOT has no FAILOVER option. Checked on the replication connection
 /// that creates the slot, whose startup parameters name the server's version. Returns whether
 /// the slot is to be a failover slot.
-pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection) -> Result<bool, Error> {
+pub fn failover_slot(cfg: &Config, repl: &ReplicationConnection, standby: bool) -> Result<bool, Error> {
+    if cfg.postgres.failover_slot && standby {
+        return Err(Error::Refused(
+            Refusal::Preflight,
+            format!(
+                "postgres.failover_slot = true, but postgres.url reached a standby, where a failover slot cannot be created (PostgreSQL synchronizes failover slots from the primary to standbys, not back): point postgres.url at the primary (target_session_attrs=read-write), or remove failover_slot from {} to decode on the standby",
+                cfg.file.display()
+            ),
+        ));
+    }
     if cfg.postgres.failover_slot && repl.server_major() < 17 {
         return Err(Error::Refused(
             Refusal::Preflight,
@@ -395,6 +416,67 @@ fn check_publication(pub_name: &str, publication: Option<&PublicationFacts>, gua
     for problem in problems {
         report.record(name, problem);
     }
+}
+
+/// The server is a hot standby (logical decoding on a standby, PostgreSQL 16+): nothing can be
+/// written there, so the publication must already exist on the primary with every guarded
+/// table (it reaches the standby through the WAL); what `run` would create or add on a
+/// primary is a failure here, with the SQL to run on the primary.
+fn standby_source(
+    pub_name: &str,
+    publication: Option<&PublicationFacts>,
+    guarded: &Guarded,
+    server: &Server,
+    report: &mut Report,
+) {
+    let name = "postgres.publication";
+    if server.version < 160000 {
+        report.fail(
+            "postgres.standby",
+            format!(
+                "the server is a standby (in recovery) and server_version_num {} has no logical decoding on standbys",
+                server.version
+            ),
+            Some("point postgres.url at the primary (target_session_attrs=read-write), or upgrade to PostgreSQL 16 or later".to_owned()),
+        );
+        return;
+    }
+    report.pass(
+        "postgres.standby",
+        "the server is a hot standby: walguard decodes there, the primary carries no walsender (keep hot_standby_feedback = on)",
+    );
+    let tables: Vec<(String, String)> = guarded
+        .specs
+        .iter()
+        .map(|s| (s.schema.clone(), s.name.clone()))
+        .collect();
+    let list = tables
+        .iter()
+        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(p) = publication else {
+        report.fail(
+            name,
+            format!("publication {pub_name} does not exist, and a standby cannot create one"),
+            Some(format!(
+                "on the primary: CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true);",
+                quote_ident(pub_name)
+            )),
+        );
+        return;
+    };
+    if let Some(Verdict { detail, .. }) = tables_not_yet_published(pub_name, p, &tables) {
+        report.fail(
+            name,
+            format!("{detail} (a standby cannot add them)"),
+            Some(format!(
+                "on the primary: ALTER PUBLICATION {} ADD TABLE {list};",
+                quote_ident(pub_name)
+            )),
+        );
+    }
+    check_publication(pub_name, Some(p), guarded, report);
 }
 
 /// An action the publication leaves out is a change the stream would silently miss.
@@ -991,11 +1073,12 @@ pub async fn preflight(cfg: &Config) -> Report {
         Ok(catalog) => {
             report.pass(
                 "postgres.connect",
-                crate::source::tls::describe_target(&cfg.pg_config()),
+                crate::source::tls::describe_target(catalog.chosen()),
             );
             let result = async {
                 database(&catalog, cfg, &mut report).await?;
-                slot(&catalog, cfg, &mut report).await
+                slot(&catalog, cfg, &mut report).await?;
+                failover::check(&catalog, cfg, &mut report).await
             }
             .await;
             if let Err(e) = result {
@@ -1327,5 +1410,50 @@ mod tests {
     fn sizes_for_humans() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn a_standby_source_needs_the_publication_made_on_the_primary() {
+        let t = table(None, &[]);
+        let guarded = Guarded {
+            specs: vec![spec(&t, &facts(ReplicaIdentity::Default, &["id"], &["id", "name"])).unwrap()],
+            partitioned: Vec::new(),
+        };
+        let server = |version| Server {
+            version,
+            role: "walguard".into(),
+        };
+        // Missing: a failure with the CREATE PUBLICATION to run on the primary.
+        let mut report = Report::default();
+        standby_source("wg", None, &guarded, &server(170000), &mut report);
+        assert!(!report.ready());
+        let failures = report.failures();
+        assert!(
+            failures.contains("a standby cannot create one")
+                && failures.contains("on the primary: CREATE PUBLICATION \"wg\" FOR TABLE \"public\".\"people\""),
+            "{failures}"
+        );
+        // A table not in it yet: a failure with the ALTER PUBLICATION.
+        let mut report = Report::default();
+        standby_source("wg", Some(&publication(false)), &guarded, &server(170000), &mut report);
+        assert!(
+            report.failures().contains("ALTER PUBLICATION \"wg\" ADD TABLE"),
+            "{}",
+            report.failures()
+        );
+        // Complete: ready.
+        let mut complete = publication(false);
+        complete.tables = vec![("public".into(), "people".into())];
+        let mut report = Report::default();
+        standby_source("wg", Some(&complete), &guarded, &server(170000), &mut report);
+        assert!(report.ready(), "{}", report.failures());
+        // Before 16 there is no logical decoding on a standby.
+        let mut report = Report::default();
+        standby_source("wg", Some(&complete), &guarded, &server(150004), &mut report);
+        assert!(
+            report.failures().contains("no logical decoding on standbys"),
+            "{}",
+            report.failures()
+        );
     }
 }

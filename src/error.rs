@@ -61,6 +61,9 @@ pub enum Refusal {
     Internal,
     /// An audit tool (restore, history, reconcile) cannot go on.
     Audit,
+    /// After a promotion the stream holds events beyond the new timeline's switch point: WAL
+    /// the new primary may not have (SPEC section 7, "Failover").
+    TimelineFork,
 }
 
 impl Refusal {
@@ -75,6 +78,7 @@ impl Refusal {
             Refusal::Snapshot => "snapshot",
             Refusal::Internal => "internal",
             Refusal::Audit => "audit",
+            Refusal::TimelineFork => "timeline_fork",
         }
     }
 }
@@ -100,7 +104,7 @@ pub enum Recovery {
 
 /// Every value of the `kind` label of `walguard_errors_total`, each exported at 0 from
 /// start-up so that `increase()` sees the first error of a kind (SPEC section 5).
-pub const ERROR_KINDS: [&str; 16] = [
+pub const ERROR_KINDS: [&str; 17] = [
     "config",
     "key",
     "postgres",
@@ -116,6 +120,7 @@ pub const ERROR_KINDS: [&str; 16] = [
     "snapshot",
     "internal",
     "audit",
+    "timeline_fork",
     "witness",
 ];
 

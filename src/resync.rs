@@ -26,7 +26,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let pg = cfg.pg_config();
     let catalog = Catalog::connect(&pg).await?;
     check::prepare_database(&catalog, cfg).await?;
-    let mut repl = ReplicationConnection::connect(&pg).await?;
+    let mut repl = ReplicationConnection::connect(catalog.chosen()).await?;
     let system = repl.identify_system().await?;
     let js = async_nats::jetstream::new(sink::connect(&cfg.nats).await?);
     let mut st = stream::ensure(&js, &cfg.nats).await?;
@@ -36,7 +36,7 @@ pub async fn run(cfg: &Config) -> Result<String, Error> {
     let tail = stream::read_tail(&mut st, &keyring, envelope.source()).await?;
 
     drop_old_slot(&catalog, slot).await?;
-    let failover = check::failover_slot(cfg, &repl)?;
+    let failover = check::failover_slot(cfg, &repl, catalog.in_recovery())?;
     let (point, _) = repl.create_slot(slot, false, failover).await?;
     tracing::warn!(slot = %slot, consistent_point = %point, "resync: created a new slot");
 

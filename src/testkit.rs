@@ -347,6 +347,100 @@ impl Postgres {
         self.stop(fast);
         self.start_server()
     }
+
+    /// Starts the server again after `stop` or `kill`, on the same port and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.start_server()
+    }
+
+    /// SIGKILLs the postmaster, as a lost host would: no shutdown checkpoint, and its
+    /// backends end when they notice.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's major version (18 for "postgres (PostgreSQL) 18.1").
+    pub fn major(&self) -> u32 {
+        self.version
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Runs one SQL statement with psql as the superuser (for setups before a test connects).
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A streaming physical standby of this server: `pg_basebackup -R` (run as the server's
+    /// user) with a new physical slot `slot` on this server, `hot_standby_feedback`, and on
+    /// PostgreSQL 17+ `sync_replication_slots` with `dbname` in `primary_conninfo`, so failover
+    /// slots are synchronized to it. `settings` are added to its configuration.
+    pub fn start_standby(&self, slot: &str, settings: &[(&str, &str)]) -> Result<Postgres> {
+        let dir = tempfile::Builder::new()
+            .prefix("walguard-pg-standby-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = self.user {
+            nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).map_err(|e| e.to_string())?;
+        }
+        let data = dir.path().join("data");
+        let mut backup = Command::new(self.bin.join("pg_basebackup"));
+        backup
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-D"])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-C", "-S", slot, "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.user {
+            backup.uid(uid).gid(gid);
+        }
+        let out = backup.output().map_err(|e| format!("running pg_basebackup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut conf = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres application_name=standby'\n\
+             primary_slot_name = '{slot}'\nhot_standby_feedback = on\n",
+            self.port
+        );
+        if self.major() >= 17 {
+            conf.push_str("sync_replication_slots = on\n");
+        }
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut existing = fs::read_to_string(&conf_path).map_err(|e| e.to_string())?;
+        existing.push_str(&conf);
+        fs::write(&conf_path, existing).map_err(|e| e.to_string())?;
+        let mut standby = Postgres {
+            dir,
+            bin: self.bin.clone(),
+            user: self.user,
+            port: free_port(),
+            child: None,
+            version: self.version.clone(),
+        };
+        standby.start_server()?;
+        Ok(standby)
+    }
 }
 
 impl Drop for Postgres {

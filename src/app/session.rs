@@ -41,6 +41,7 @@ use crate::pipeline::handoff::{Batcher, Item, QUEUED_BATCHES};
 use crate::pipeline::reader::WalReader;
 use crate::pipeline::slot_monitor::SlotMonitor;
 use crate::pipeline::start::{decide_start, Names, Start};
+use crate::pipeline::timeline;
 use crate::sink::publisher::{Publisher, ACK_TIMEOUT};
 use crate::sink::stream::{self, Tail};
 use crate::sink::transparency::{self, TransparencyLog};
@@ -229,7 +230,7 @@ impl Session<'_> {
         let pg = self.cfg.pg_config();
         let catalog = Arc::new(Catalog::connect(&pg).await?);
         let tables = check::prepare_database(&catalog, self.cfg).await?;
-        let mut repl = ReplicationConnection::connect(&pg).await?;
+        let mut repl = ReplicationConnection::connect(catalog.chosen()).await?;
         let system = repl.identify_system().await?;
         let client = sink::connect(&self.cfg.nats).await?;
         // The timeout bounds every awaited PubAck (and API request) of the publisher.
@@ -259,7 +260,10 @@ impl Session<'_> {
         };
         let opening = match decide_start(slot.as_ref(), tail.is_empty(), tail.confirmed, names)? {
             Start::CreateSlot => {
-                let failover = check::failover_slot(self.cfg, &links.repl)?;
+                let failover = check::failover_slot(self.cfg, &links.repl, links.catalog.in_recovery())?;
+                if links.catalog.in_recovery() {
+                    tracing::info!(slot = %slot_name, "creating the slot on a standby: it waits for the primary's next running-xacts record (written at its checkpoints and every 15 s by the background writer while it is busy); `SELECT pg_log_standby_snapshot()` on the primary writes one now");
+                }
                 let (point, exported) = links.repl.create_slot(slot_name, true, failover).await?;
                 tracing::info!(slot = %slot_name, consistent_point = %point, "created replication slot");
                 Opening {
@@ -276,11 +280,15 @@ impl Session<'_> {
                     exported: None,
                 }
             }
-            Start::Resume { at } => Opening {
-                at,
-                genesis: None,
-                exported: None,
-            },
+            Start::Resume { at } => {
+                let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::ZERO);
+                self.check_timeline(links, at, confirmed, tail.last_sequence).await?;
+                Opening {
+                    at,
+                    genesis: None,
+                    exported: None,
+                }
+            }
         };
         Ok(opening)
     }
@@ -319,6 +327,42 @@ impl Session<'_> {
             cfg.nats.stream.clone(),
         )
         .map_err(|e| Error::Refused(Refusal::Internal, e))
+    }
+
+    /// After a promotion (timeline 2 or later): refuses when the stream holds events beyond
+    /// the switch point that nothing on this timeline confirmed (`pipeline::timeline`),
+    /// naming the range and the tables.
+    async fn check_timeline(
+        &self,
+        links: &mut Links,
+        stream_end: Lsn,
+        confirmed: Lsn,
+        last_sequence: u64,
+    ) -> Result<(), Error> {
+        let tli = links.system.timeline;
+        if tli <= 1 {
+            return Ok(());
+        }
+        let content = links.repl.timeline_history(tli).await?;
+        let history = timeline::parse_history(&content)
+            .map_err(|e| Error::Refused(Refusal::Internal, format!("TIMELINE_HISTORY {tli}: {e}")))?;
+        let Some(fork) = timeline::check(tli, &history, stream_end, confirmed) else {
+            return Ok(());
+        };
+        let tables = tables_after(&links.stream, last_sequence, fork.from).await?;
+        Err(Error::Refused(
+            Refusal::TimelineFork,
+            format!(
+                "the server is on timeline {} since {}, but stream {} holds events up to {} (tables: {}): the changes committed between {} and {} came from WAL the promoted server does not have, and its own changes there would be skipped as already published. Nothing is published on top of this fork: `walguard reconcile` shows the rows that differ; then start over explicitly with `walguard resync`",
+                fork.timeline,
+                fork.from,
+                self.cfg.nats.stream,
+                fork.to,
+                tables,
+                fork.from,
+                fork.to,
+            ),
+        ))
     }
 
     /// Builds the builder, the checkpoint and the publisher from the links and the tail; none
@@ -708,6 +752,33 @@ async fn end_stream(reader: ReplicationReader, mut writer: ReplicationWriter) {
 /// `snapshot_progress` event unless a resync came after it, and where a group a crash left
 /// open stopped. A failed read is an error (transient: the session retries), never "no
 /// marker": an unread resync record would make an older snapshot marker look current.
+/// The guarded tables with events after `from` in the stream, read back from its end (at
+/// most `TABLES_AFTER_READ` messages: a refusal's message, not an audit).
+async fn tables_after(stream: &jetstream::stream::Stream, last_sequence: u64, from: Lsn) -> Result<String, Error> {
+    const TABLES_AFTER_READ: u64 = 100_000;
+    let mut tables = std::collections::BTreeSet::new();
+    let mut seq = last_sequence;
+    let floor = last_sequence.saturating_sub(TABLES_AFTER_READ);
+    while seq > floor {
+        let msg = stream::message(stream, seq).await?;
+        let Ok(attrs) = crate::event::stored::Attributes::parse(&msg.payload) else {
+            break;
+        };
+        if attrs.pglsn <= from {
+            return Ok(tables.into_iter().collect::<Vec<_>>().join(", "));
+        }
+        if !msg.subject.contains("._walguard.") {
+            tables.insert(attrs.subject.split('/').next().unwrap_or_default().to_owned());
+        }
+        seq -= 1;
+    }
+    let mut listed = tables.into_iter().collect::<Vec<_>>().join(", ");
+    if seq > 0 {
+        listed.push_str(&format!(", and possibly more at or before sequence {seq}"));
+    }
+    Ok(listed)
+}
+
 async fn snapshot_state(
     stream: &jetstream::stream::Stream,
     tail: &Tail,

@@ -11,6 +11,7 @@ use crate::event::shape::TableSpec;
 use crate::event::value::ValueKind;
 use crate::lsn::Lsn;
 use crate::source::conn::{quote_ident, SESSION_OPTIONS};
+use crate::source::hosts::{self, NoHost, ServerState};
 use crate::source::tls::{PgConfig, SslMode};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Catalog {
     client: Client,
     target: String,
+    /// The one host of `postgres.url` this connection went to (`source::hosts`).
+    chosen: PgConfig,
+    /// What that server said it is when connected.
+    state: ServerState,
     _conn: tokio::task::JoinHandle<()>,
 }
 
@@ -223,9 +228,23 @@ pub struct PublicationFacts {
 }
 
 impl Catalog {
+    /// Connects to the first host of `pg` that is what its `target_session_attrs` asks for
+    /// (`source::hosts`).
     pub async fn connect(pg: &PgConfig) -> Result<Catalog, CatalogError> {
-        let target = super::tls::describe_target(pg);
-        let mut cfg: tokio_postgres::Config = (**pg).clone();
+        match hosts::connect(pg, Catalog::connect_one, |_| true).await {
+            Ok((catalog, _)) => Ok(catalog),
+            Err(NoHost::Single(e)) => Err(e),
+            Err(NoHost::Listed { message, .. }) => Err(CatalogError::Connect {
+                target: super::tls::describe_target(pg),
+                reason: message,
+            }),
+        }
+    }
+
+    /// One host: connects and asks what the server is.
+    async fn connect_one(pg: PgConfig) -> Result<(Catalog, ServerState), CatalogError> {
+        let target = super::tls::describe_target(&pg);
+        let mut cfg: tokio_postgres::Config = (*pg).clone();
         cfg.options(SESSION_OPTIONS);
         if cfg.get_application_name().is_none() {
             cfg.application_name("walguard");
@@ -251,14 +270,39 @@ impl Catalog {
                 .map_err(failed)?;
             (client, tokio::spawn(async move { log_end(conn.await) }))
         };
-        Ok(Catalog {
+        let row = client
+            .query_one(ServerState::QUERY, &[])
+            .await
+            .map_err(|source| CatalogError::Postgres {
+                target: target.clone(),
+                source,
+            })?;
+        let state = ServerState::from_text(row.get(0), row.get(1)).ok_or_else(|| CatalogError::Connect {
+            target: target.clone(),
+            reason: "the server's answer to pg_is_in_recovery() or transaction_read_only is not a boolean".into(),
+        })?;
+        let catalog = Catalog {
             client,
             target,
+            chosen: pg,
+            state,
             _conn: handle,
-        })
+        };
+        Ok((catalog, state))
     }
 
-    pub(super) fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
+    /// The one host this connection went to: the replication connection goes there too, so
+    /// both talk to the same server.
+    pub fn chosen(&self) -> &PgConfig {
+        &self.chosen
+    }
+
+    /// Whether the server was in recovery (a standby) when connected.
+    pub fn in_recovery(&self) -> bool {
+        self.state.in_recovery
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
         |source| CatalogError::Postgres {
             target: self.target.clone(),
             source,
@@ -608,7 +652,8 @@ impl Catalog {
             .client
             .query_opt(
                 "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status::text,
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, safe_wal_size::bigint
+                        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                                  ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, safe_wal_size::bigint
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )

@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
 use crate::lsn::Lsn;
+use crate::source::hosts::{self, NoHost, ServerState};
 use crate::source::tls::{describe_target, user_of, PgConfig, SslMode};
 
 /// Refuse messages larger than this: a garbage length must not allocate gigabytes. pgoutput
@@ -73,6 +74,10 @@ pub enum SourceError {
     /// everything sent was confirmed.
     #[error("PostgreSQL ended the replication stream (server shutting down?)")]
     Ended,
+    /// No host of a multi-host `postgres.url` could be used (`source::hosts`); `message`
+    /// names each and what it answered.
+    #[error("{message}")]
+    NoHost { message: String, transient: bool },
 }
 
 impl SourceError {
@@ -80,6 +85,7 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Connect { .. } | SourceError::Io(_) | SourceError::Ended => true,
+            SourceError::NoHost { transient, .. } => *transient,
             SourceError::Server(e) => super::sqlstate::is_transient(&e.code),
             SourceError::Auth { .. } | SourceError::Tls { .. } | SourceError::Protocol(_) | SourceError::Decode(_) => {
                 false
@@ -199,6 +205,13 @@ async fn open_socket(cfg: &tokio_postgres::Config) -> Result<BoxSocket, SourceEr
     let target = describe_target(cfg);
     let timeout = cfg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
     let connect = async {
+        if let Some(addr) = cfg.get_hostaddrs().first() {
+            // libpq: `hostaddr` is where to connect, `host` only the name (for TLS).
+            return TcpStream::connect((*addr, port)).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                Box::pin(s) as BoxSocket
+            });
+        }
         match cfg.get_hosts().first() {
             Some(Host::Unix(dir)) => {
                 let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));
@@ -268,7 +281,31 @@ async fn negotiate_tls(pg: &PgConfig, mut socket: BoxSocket) -> Result<BoxSocket
 }
 
 impl ReplicationConnection {
+    /// Connects to the first host of `pg` that is what its `target_session_attrs` asks for
+    /// (`source::hosts`); the server is asked what it is in this `replication=database`
+    /// session, which runs SQL.
     pub async fn connect(pg: &PgConfig) -> Result<Self, SourceError> {
+        let attempt = |one: PgConfig| async move {
+            let mut conn = ReplicationConnection::connect_one(&one).await?;
+            let rows = conn.simple_query(ServerState::QUERY).await?;
+            let row = rows.first();
+            let field = |i: usize| row.and_then(|r| r.get(i)).and_then(|v| v.as_deref());
+            let state = ServerState::from_text(field(0), field(1)).ok_or_else(|| {
+                SourceError::Protocol(
+                    "the answer to pg_is_in_recovery() or transaction_read_only is not a boolean".into(),
+                )
+            })?;
+            Ok::<_, SourceError>((conn, state))
+        };
+        match hosts::connect(pg, attempt, SourceError::is_transient).await {
+            Ok((conn, _)) => Ok(conn),
+            Err(NoHost::Single(e)) => Err(e),
+            Err(NoHost::Listed { message, transient }) => Err(SourceError::NoHost { message, transient }),
+        }
+    }
+
+    /// One host, connected and authenticated.
+    async fn connect_one(pg: &PgConfig) -> Result<Self, SourceError> {
         let cfg: &tokio_postgres::Config = pg;
         let socket = negotiate_tls(pg, open_socket(cfg).await?).await?;
         let (read, write) = tokio::io::split(socket);
@@ -431,6 +468,15 @@ impl ReplicationConnection {
                 .map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM xlogpos is not an LSN".into()))?,
             dbname: field(3),
         })
+    }
+
+    /// TIMELINE_HISTORY: the history file of timeline `tli` (2 and later), as text.
+    pub async fn timeline_history(&mut self, tli: u32) -> Result<String, SourceError> {
+        let rows = self.simple_query(&format!("TIMELINE_HISTORY {tli}")).await?;
+        rows.first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .map(|v| crate::pipeline::timeline::history_text(&v))
+            .ok_or_else(|| SourceError::Protocol(format!("TIMELINE_HISTORY {tli} returned no content")))
     }
 
     /// The server's major version, from the startup parameters.

@@ -23,6 +23,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::Host;
 
+use crate::source::hosts::SessionAttrs;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
@@ -64,6 +66,8 @@ pub struct PgConfig {
     inner: tokio_postgres::Config,
     pub ssl_mode: SslMode,
     pub root_cert: Option<PathBuf>,
+    /// `target_session_attrs`, which walguard honours itself (`source::hosts`).
+    pub session_attrs: SessionAttrs,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for PgConfig {
             .field("password", &self.inner.get_password().map(|_| "<redacted>"))
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
+            .field("session_attrs", &self.session_attrs)
             .finish()
     }
 }
@@ -84,19 +89,92 @@ impl Deref for PgConfig {
     }
 }
 
-/// Where a libpq-style configuration points, for messages (never with the password).
+/// Where a libpq-style configuration points, for messages (never with the password): every
+/// host with its port, `h1:5432,h2:5433 (user u, database app)`.
 pub fn describe_target(cfg: &tokio_postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
     format!(
-        "{host}:{port} (user {}, database {})",
+        "{} (user {}, database {})",
+        host_labels(cfg).join(","),
         user_of(cfg),
         cfg.get_dbname().unwrap_or(user_of(cfg).as_str())
     )
+}
+
+/// Each host as `host:port`, as libpq pairs them: one port for every host, or one each (an
+/// empty one is 5432); a `hostaddr` stands in for a missing host name; no host is localhost.
+fn host_labels(cfg: &tokio_postgres::Config) -> Vec<String> {
+    let count = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
+    (0..count)
+        .map(|i| {
+            let host = match (cfg.get_hosts().get(i), cfg.get_hostaddrs().get(i)) {
+                (Some(Host::Tcp(h)), _) => h.clone(),
+                (Some(Host::Unix(p)), _) => p.display().to_string(),
+                (None, Some(addr)) => addr.to_string(),
+                (None, None) => "localhost".into(),
+            };
+            format!("{host}:{}", port_of(cfg, i))
+        })
+        .collect()
+}
+
+/// The port of the `i`th host: its own, else the only one given, else 5432.
+fn port_of(cfg: &tokio_postgres::Config, i: usize) -> u16 {
+    let ports = cfg.get_ports();
+    ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432)
+}
+
+/// The `i`th host of `cfg` as a configuration of its own, everything else kept.
+fn one_host(cfg: &tokio_postgres::Config, i: usize) -> tokio_postgres::Config {
+    let mut one = tokio_postgres::Config::new();
+    if let Some(user) = cfg.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = cfg.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = cfg.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(options) = cfg.get_options() {
+        one.options(options);
+    }
+    if let Some(name) = cfg.get_application_name() {
+        one.application_name(name);
+    }
+    match cfg.get_hosts().get(i) {
+        Some(Host::Tcp(h)) => {
+            one.host(h);
+        }
+        Some(Host::Unix(p)) => {
+            one.host_path(p);
+        }
+        None if cfg.get_hostaddrs().get(i).is_none() => {
+            one.host("localhost");
+        }
+        None => {}
+    }
+    if let Some(addr) = cfg.get_hostaddrs().get(i) {
+        one.hostaddr(*addr);
+    }
+    one.port(port_of(cfg, i));
+    if let Some(t) = cfg.get_connect_timeout() {
+        one.connect_timeout(*t);
+    }
+    if let Some(t) = cfg.get_tcp_user_timeout() {
+        one.tcp_user_timeout(*t);
+    }
+    one.keepalives(cfg.get_keepalives());
+    one.keepalives_idle(cfg.get_keepalives_idle());
+    if let Some(t) = cfg.get_keepalives_interval() {
+        one.keepalives_interval(t);
+    }
+    if let Some(n) = cfg.get_keepalives_retries() {
+        one.keepalives_retries(n);
+    }
+    one.ssl_mode(cfg.get_ssl_mode());
+    one.ssl_negotiation(cfg.get_ssl_negotiation());
+    one.channel_binding(cfg.get_channel_binding());
+    one
 }
 
 /// The user a configuration connects as, as libpq picks it.
@@ -306,11 +384,13 @@ impl PgConfig {
         check_options(&params)?;
         let mut mode = None;
         let mut root = None;
+        let mut attrs = None;
         let mut kept = Vec::with_capacity(params.len());
         for p in params {
             match p.key.as_str() {
                 "sslmode" => mode = Some(p.value),
                 "sslrootcert" => root = Some(p.value),
+                "target_session_attrs" => attrs = Some(p.value),
                 _ => kept.push(p.raw),
             }
         }
@@ -325,6 +405,11 @@ impl PgConfig {
             .transpose()?
             .unwrap_or(SslMode::Prefer);
         let root_cert = root.map(PathBuf::from);
+        let session_attrs = attrs
+            .as_deref()
+            .map(SessionAttrs::from_str)
+            .transpose()?
+            .unwrap_or_default();
         if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
             return Err(format!(
                 "sslmode={} needs sslrootcert=FILE (the CA that signed the server's certificate)",
@@ -345,11 +430,56 @@ impl PgConfig {
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        let hosts = inner.get_hosts().len();
+        let addrs = inner.get_hostaddrs().len();
+        if hosts > 0 && addrs > 0 && hosts != addrs {
+            return Err(format!(
+                "postgres.url names {hosts} hosts and {addrs} hostaddrs: give one hostaddr per host, or none"
+            ));
+        }
+        let ports = inner.get_ports().len();
+        if ports > 1 && ports != hosts.max(addrs) {
+            return Err(format!(
+                "postgres.url names {} hosts and {ports} ports: give one port for all hosts, or one per host",
+                hosts.max(addrs)
+            ));
+        }
+        if inner.get_load_balance_hosts() != tokio_postgres::config::LoadBalanceHosts::Disable {
+            return Err(
+                "load_balance_hosts=random is not supported: walguard tries the hosts in the order written (remove it)"
+                    .to_owned(),
+            );
+        }
         Ok(PgConfig {
             inner,
             ssl_mode,
             root_cert,
+            session_attrs,
         })
+    }
+
+    /// One configuration per host, in the order written, each with this one's other
+    /// settings (`target_session_attrs` too): what `source::hosts::connect` tries.
+    pub fn candidates(&self) -> Vec<PgConfig> {
+        let count = self
+            .inner
+            .get_hosts()
+            .len()
+            .max(self.inner.get_hostaddrs().len())
+            .max(1);
+        (0..count)
+            .map(|i| PgConfig {
+                inner: one_host(&self.inner, i),
+                ssl_mode: self.ssl_mode,
+                root_cert: self.root_cert.clone(),
+                session_attrs: self.session_attrs,
+            })
+            .collect()
+    }
+
+    /// This configuration's first host as `host:port`, for messages.
+    pub fn host_label(&self) -> String {
+        host_labels(&self.inner).swap_remove(0)
     }
 
     pub fn config_mut(&mut self) -> &mut tokio_postgres::Config {
@@ -602,6 +732,121 @@ mod tests {
             let shown = format!("{:?}", PgConfig::parse(url).unwrap());
             assert!(shown.contains("db:5432") && shown.contains("<redacted>"), "{shown}");
             assert!(!shown.contains("pw1Zq"), "{shown}");
+        }
+    }
+
+    /// libpq's documented connection strings (libpq-connect.html, "Connection Strings" and
+    /// "Specifying Multiple Hosts"), read as libpq reads them.
+    #[test]
+    fn libpq_documented_examples() {
+        let labels = |url: &str| {
+            PgConfig::parse(url)
+                .unwrap()
+                .candidates()
+                .iter()
+                .map(PgConfig::host_label)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(labels("postgresql://"), ["localhost:5432"]);
+        assert_eq!(labels("postgresql://localhost"), ["localhost:5432"]);
+        assert_eq!(labels("postgresql://localhost:5433"), ["localhost:5433"]);
+        let c = PgConfig::parse("postgresql://localhost/mydb").unwrap();
+        assert_eq!(c.get_dbname(), Some("mydb"));
+        let c = PgConfig::parse("postgresql://user@localhost").unwrap();
+        assert_eq!(c.get_user(), Some("user"));
+        let c = PgConfig::parse("postgresql://user:secret@localhost").unwrap();
+        assert_eq!(c.get_password(), Some(&b"secret"[..]));
+        let c =
+            PgConfig::parse("postgresql://other@localhost/otherdb?connect_timeout=10&application_name=myapp").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&std::time::Duration::from_secs(10)));
+        assert_eq!(c.get_application_name(), Some("myapp"));
+        assert_eq!(c.session_attrs, SessionAttrs::Any);
+        let url = "postgresql://host1:123,host2:456/somedb?target_session_attrs=any&application_name=myapp";
+        assert_eq!(labels(url), ["host1:123", "host2:456"]);
+        let c = PgConfig::parse(url).unwrap();
+        assert_eq!(c.session_attrs, SessionAttrs::Any);
+        for one in c.candidates() {
+            assert_eq!(one.get_dbname(), Some("somedb"));
+            assert_eq!(one.get_application_name(), Some("myapp"));
+        }
+        let kv = "host=localhost port=5432 dbname=mydb connect_timeout=10";
+        assert_eq!(labels(kv), ["localhost:5432"]);
+        assert_eq!(
+            PgConfig::parse(kv).unwrap().candidates()[0].get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            labels("postgresql://[2001:db8::1234]/database"),
+            ["2001:db8::1234:5432"]
+        );
+        assert_eq!(
+            labels("postgresql:///dbname?host=/var/lib/postgresql"),
+            ["/var/lib/postgresql:5432"]
+        );
+        assert_eq!(
+            labels("postgresql://%2Fvar%2Flib%2Fpostgresql/dbname"),
+            ["/var/lib/postgresql:5432"]
+        );
+    }
+
+    #[test]
+    fn several_hosts_pair_with_their_ports_and_keep_the_rest() {
+        // One port for all, one each, an empty one as 5432, and a host without one in a URL.
+        let labels = |url: &str| {
+            PgConfig::parse(url)
+                .unwrap()
+                .candidates()
+                .iter()
+                .map(PgConfig::host_label)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(labels("host=h1,h2 port=5433"), ["h1:5433", "h2:5433"]);
+        assert_eq!(
+            labels("host=h1,h2,h3 port=1234,,5678"),
+            ["h1:1234", "h2:5432", "h3:5678"]
+        );
+        assert_eq!(
+            labels("postgresql://u@h1:1234,h2,h3:5678/db"),
+            ["h1:1234", "h2:5432", "h3:5678"]
+        );
+        let c = PgConfig::parse(
+            "postgres://u:pw@h1:5432,h2:5433/app?target_session_attrs=read-write&connect_timeout=5&sslmode=require",
+        )
+        .unwrap();
+        assert_eq!(c.session_attrs, SessionAttrs::ReadWrite);
+        assert!(format!("{c:?}").contains("h1:5432,h2:5433"));
+        let second = &c.candidates()[1];
+        assert_eq!(second.get_hosts(), [Host::Tcp("h2".into())]);
+        assert_eq!(second.get_ports(), [5433]);
+        assert_eq!(second.get_user(), Some("u"));
+        assert_eq!(second.get_password(), Some(&b"pw"[..]));
+        assert_eq!(second.get_connect_timeout(), Some(&std::time::Duration::from_secs(5)));
+        assert_eq!(second.ssl_mode, SslMode::Require);
+        assert_eq!(second.session_attrs, SessionAttrs::ReadWrite);
+        // Every attribute libpq knows, in both forms; tokio-postgres alone knows two.
+        for attrs in ["primary", "standby", "prefer-standby", "read-only"] {
+            let c = PgConfig::parse(&format!("host=h1,h2 port=1,2 target_session_attrs={attrs}")).unwrap();
+            assert_eq!(c.session_attrs.to_string(), attrs);
+            let c = PgConfig::parse(&format!("postgres://h1:1,h2:2/db?target_session_attrs={attrs}")).unwrap();
+            assert_eq!(c.session_attrs.to_string(), attrs);
+        }
+        let c = PgConfig::parse("host=h1 hostaddr=127.0.0.2 port=7").unwrap();
+        assert_eq!(c.candidates()[0].get_hostaddrs().len(), 1);
+    }
+
+    #[test]
+    fn host_lists_that_do_not_pair_are_refused() {
+        for (url, says) in [
+            ("host=h1,h2,h3 port=1,2", "3 hosts and 2 ports"),
+            ("host=h1,h2 hostaddr=127.0.0.1", "2 hosts and 1 hostaddrs"),
+            (
+                "postgres://h1,h2/db?target_session_attrs=master",
+                "target_session_attrs",
+            ),
+            ("host=h1,h2 load_balance_hosts=random", "load_balance_hosts"),
+        ] {
+            let err = PgConfig::parse(url).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod archive;
 mod audit;
+mod failover;
 mod faults;
 #[path = "../harness/mod.rs"]
 mod harness;
