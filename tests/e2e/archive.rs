@@ -264,3 +264,61 @@ async fn follow_seals_on_time_and_on_sigterm() {
     // The archive ends at a signed event, so it verifies even while walguard still runs.
     assert_eq!(code, 0, "{out}");
 }
+
+/// The permissions a user needs to archive stream `WG` and nothing more (README, Disaster
+/// recovery): the stream's info, an ephemeral ordered consumer (created, read, reset), replies.
+const READER_PERMISSIONS: &str = r#"{
+  publish: { allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.WG", "$JS.API.CONSUMER.CREATE.WG", "$JS.API.CONSUMER.CREATE.WG.>",
+                     "$JS.API.CONSUMER.MSG.NEXT.WG.>", "$JS.API.CONSUMER.INFO.WG.>", "$JS.API.CONSUMER.DELETE.WG.>"] }
+  subscribe: { allow: ["_INBOX.>"] }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_can_only_read_the_stream_archives_it_and_cannot_publish() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("nats.conf");
+    // walguard run and the harness connect as `writer` (no_auth_user); the archive as `reader`.
+    std::fs::write(
+        &conf,
+        format!(
+            "no_auth_user: writer\naccounts {{ APP {{ jetstream: enabled\n users: [\n\
+             {{ user: writer, password: wpass }}\n\
+             {{ user: reader, password: rpass, permissions: {READER_PERMISSIONS} }}\n] }} }}\n"
+        ),
+    )
+    .unwrap();
+    let nats = walguard::testkit::Nats::start_with(&["-c", conf.to_str().unwrap()]).unwrap();
+    let env = Env::start_with(
+        walguard::testkit::Postgres::start().unwrap(),
+        nats,
+        TABLE,
+        "[[tables]]\nname = \"public.t\"\n",
+        "\n[archive]\nsegment_events = 256\nsegment_seconds = \"1s\"\n",
+    )
+    .await;
+    publish(&env, 1, 10, 60).await;
+    let last = env.stream_messages().await;
+    let reader_url = env.nats.url().replace("nats://", "nats://reader:rpass@");
+    let dir = env.dir.path().join("archive");
+    let out = Command::new(BIN)
+        .args(["archive", "-c"])
+        .arg(&env.config)
+        .arg("--dir")
+        .arg(&dir)
+        .env("WALGUARD__NATS__URL", &reader_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(archived_sequences(&dir), (1..=last).collect::<Vec<u64>>(), "{text}");
+
+    // The same user cannot publish into the stream.
+    let client = async_nats::connect(&reader_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let sent = match js.publish("wg.public.t.created", "forged".into()).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(sent.is_err(), "the read-only user published into the stream");
+    assert_eq!(env.stream_messages().await, last, "nothing was added to the stream");
+}

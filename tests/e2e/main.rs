@@ -5,6 +5,7 @@
 
 mod archive;
 mod audit;
+mod demo;
 mod faults;
 #[path = "../harness/mod.rs"]
 mod harness;
