@@ -639,63 +639,6 @@ async fn newest_position(js: &jetstream::Context, stream: &str) -> Result<Option
     Ok(Some(attrs.pgendlsn.map_or(attrs.pglsn, |end| end.max(attrs.pglsn))))
 }
 
-/// Creates `schema.table` like the live table and fills it with `state`'s rows. Returns the
-/// target's name.
-pub async fn restore_into(
-    pg: &crate::source::tls::PgConfig,
-    table: &str,
-    schema: &str,
-    state: &TableState,
-) -> Result<String, crate::Error> {
-    use crate::source::conn::quote_ident;
-    let (src_schema, src_table) = table.split_once('.').unwrap_or(("public", table));
-    let catalog = crate::source::catalog::Catalog::connect(pg).await?;
-    let client = catalog.client();
-    let source = format!("{}.{}", quote_ident(src_schema), quote_ident(src_table));
-    let target = format!("{}.{}", quote_ident(schema), quote_ident(src_table));
-    let failed = |e: tokio_postgres::Error| {
-        crate::Error::Refused(
-            Refusal::Audit,
-            format!("restoring into {target}: {}", crate::source::catalog::error_chain(&e)),
-        )
-    };
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE {target} (LIKE {source} INCLUDING DEFAULTS)",
-            quote_ident(schema)
-        ))
-        .await
-        .map_err(failed)?;
-    // bytea travels as base64 in events; jsonb_populate_record wants PostgreSQL's hex form.
-    let bytea: Vec<String> = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND atttypid = 'bytea'::regtype AND attnum > 0 AND NOT attisdropped",
-            &[&target],
-        )
-        .await
-        .map_err(failed)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let insert = format!("INSERT INTO {target} SELECT * FROM jsonb_populate_record(NULL::{target}, $1::text::jsonb)");
-    for row in state.rows.values() {
-        let mut row = row.clone();
-        for col in &bytea {
-            if let Some(Value::String(b64)) = row.get(col) {
-                if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) {
-                    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-                    row.insert(col.clone(), Value::String(format!("\\x{hex}")));
-                }
-            }
-        }
-        client
-            .execute(&insert, &[&Value::Object(row).to_string()])
-            .await
-            .map_err(failed)?;
-    }
-    Ok(target)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

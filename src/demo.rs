@@ -1,5 +1,6 @@
 //! `walguard demo`: a throwaway PostgreSQL and nats-server from installed binaries, a legacy
-//! table, an outside writer, and the signed events flowing, verified at the end.
+//! table, an outside writer, and the signed events flowing, verified, then the table restored
+//! from the stream alone (the code of `restore --into`) and compared with the live one.
 
 use std::time::Duration;
 
@@ -64,7 +65,12 @@ async fn demo() -> Result<bool, String> {
         Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => return Err(e.to_string()),
     }
-    verify(client, &cfg, &signer).await
+    let mut keyring = Keyring::default();
+    keyring.add(signer.verifying_key());
+    let js = async_nats::jetstream::new(client);
+    let intact = verify(&js, &cfg, &keyring).await?;
+    let equal = restore_and_compare(&js, &cfg, &keyring, &db).await?;
+    Ok(intact && equal)
 }
 
 /// Creates the legacy table an outside system owns; returns the connection it writes on.
@@ -170,13 +176,9 @@ fn print_event(msg: &async_nats::Message) -> Result<bool, String> {
 }
 
 /// `walguard verify` on the demo's stream; whether it is intact.
-async fn verify(client: async_nats::Client, cfg: &Config, signer: &Signer) -> Result<bool, String> {
+async fn verify(js: &async_nats::jetstream::Context, cfg: &Config, keyring: &Keyring) -> Result<bool, String> {
     println!("== walguard verify");
-    let mut keyring = Keyring::default();
-    keyring.add(signer.verifying_key());
-    let js = async_nats::jetstream::new(client);
-    let (summary, problems) =
-        crate::verify::verify_stream(&js, &cfg.nats.stream, &keyring, &Default::default()).await?;
+    let (summary, problems) = crate::verify::verify_stream(js, &cfg.nats.stream, keyring, &Default::default()).await?;
     println!(
         "stream {}: {} messages, {} events, {} watermarks, {} signed",
         cfg.nats.stream, summary.messages, summary.events, summary.watermarks, summary.signed
@@ -190,4 +192,74 @@ async fn verify(client: async_nats::Client, cfg: &Config, signer: &Signer) -> Re
         }
         Ok(false)
     }
+}
+
+/// `walguard restore --into restored` on the demo's stream (the same code, in process), then
+/// the restored table compared with the live one: the columns with their types and NOT NULL,
+/// and `row_to_json` of every row in key order. Whether they are equal.
+async fn restore_and_compare(
+    js: &async_nats::jetstream::Context,
+    cfg: &Config,
+    keyring: &Keyring,
+    db: &tokio_postgres::Client,
+) -> Result<bool, String> {
+    println!("\n== walguard restore --into {RESTORED}: the table rebuilt from the stream alone");
+    let source = crate::restore::Source::Stream {
+        js: js.clone(),
+        stream: cfg.nats.stream.clone(),
+    };
+    let log = crate::restore::Log::open(&source, keyring).await?;
+    let (restored, last) =
+        crate::restore::into_schema(log, crate::restore::Wanted::default(), RESTORED, &cfg.pg_config())
+            .await
+            .map_err(|e| e.to_string())?;
+    for r in &restored {
+        println!(
+            "restored {} rows of {} into {} as of sequence {last}",
+            r.rows, r.table, r.target
+        );
+    }
+    let live = table_image(db, "public.customers").await?;
+    let copy = table_image(db, &format!("{RESTORED}.customers")).await?;
+    if live == copy {
+        println!(
+            "{RESTORED}.customers equals public.customers: {} columns (types, NOT NULL), {} rows (row_to_json)",
+            live.0.len(),
+            live.1.len()
+        );
+        return Ok(true);
+    }
+    println!("{RESTORED}.customers differs from public.customers:");
+    println!("  live     columns {:?}\n           rows {:?}", live.0, live.1);
+    println!("  restored columns {:?}\n           rows {:?}", copy.0, copy.1);
+    Ok(false)
+}
+
+/// The schema the demo restores into.
+const RESTORED: &str = "restored";
+
+/// A table's columns (name, `format_type`, NOT NULL) and its rows as `row_to_json`, by key.
+type TableImage = (Vec<(String, String, bool)>, Vec<String>);
+
+async fn table_image(db: &tokio_postgres::Client, table: &str) -> Result<TableImage, String> {
+    let failed = |e: tokio_postgres::Error| format!("reading {table}: {e}");
+    let columns = db
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let rows = db
+        .query(&format!("SELECT row_to_json(x)::text FROM {table} x ORDER BY id"), &[])
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((columns, rows))
 }

@@ -497,7 +497,11 @@ impl Loader {
                     .map_err(failed)?;
                 if !available.get::<_, bool>(0) {
                     return Err(refused(format!(
-                        "restore: type {} belongs to extension {extension}, which the target server does not have; install it there first",
+                        "restore: type {} belongs to extension {extension}, which the target server does not have \
+                         (not in pg_available_extensions); install the extension's package on that server \
+                         (contrib extensions such as citext ship with PostgreSQL's contrib package) and run \
+                         CREATE EXTENSION {extension} in the target database, or restore to a server that has it; \
+                         nothing restored",
                         t.name
                     )));
                 }

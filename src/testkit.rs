@@ -185,6 +185,11 @@ impl Postgres {
         Self::start_from(bin, &[], None)
     }
 
+    /// Starts a server from the binaries in `bin` (a copy of an installation, say).
+    pub fn start_from_bin(bin: PathBuf) -> Result<Postgres> {
+        Self::start_from(bin, &[], None)
+    }
+
     fn start_from(bin: PathBuf, settings: &[(&str, &str)], hba: Option<&str>) -> Result<Postgres> {
         let user = pg_user()?;
         let dir = tempfile::Builder::new()

@@ -5,6 +5,7 @@
 
 mod archive;
 mod audit;
+mod demo;
 mod failover;
 mod faults;
 #[path = "../harness/mod.rs"]

