@@ -1,7 +1,10 @@
 //! `walguard demo`: a throwaway PostgreSQL and nats-server from installed binaries, a legacy
-//! table, an outside writer, and the signed events flowing, verified, then the table restored
-//! from the stream alone (the code of `restore --into`) and compared with the live one.
+//! table, an outside writer, and the signed events flowing, with a witness (`walguard
+//! witness`'s code, in process) cosigning walguard's checkpoints; verified, then the table
+//! restored from the stream alone (the code of `restore --into`) and compared with the live
+//! one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,6 +17,8 @@ use crate::event::envelope::HEADER_KEY_ID;
 use crate::event::stored::Attributes;
 use crate::event::{Keyring, Signer};
 use crate::testkit::{Nats, Postgres};
+use crate::tlog::{Cosigner, KeyKind, Vkey};
+use crate::witness::Witness;
 
 const TABLE: &str = "CREATE TABLE public.customers (
     id bigserial PRIMARY KEY,
@@ -47,7 +52,11 @@ async fn demo() -> Result<bool, String> {
     println!("   {} at {}", nats.version, nats.url());
     let db = legacy_table(&pg).await?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (signer, cfg) = configure(dir.path(), &pg, &nats)?;
+    let key = dir.path().join("walguard.key");
+    let signer = Signer::generate(&key).map_err(|e| e.to_string())?;
+    let (witness_stop, witness_stopped) = watch::channel(false);
+    let witness = start_witness(dir.path(), &db, &signer, witness_stopped).await?;
+    let cfg = configure(dir.path(), &pg, &nats, &signer, &witness)?;
 
     let client = async_nats::connect(nats.url()).await.map_err(|e| e.to_string())?;
     let mut events = client.subscribe("walguard.>").await.map_err(|e| e.to_string())?;
@@ -67,8 +76,9 @@ async fn demo() -> Result<bool, String> {
     }
     let mut keyring = Keyring::default();
     keyring.add(signer.verifying_key());
+    let _ = witness_stop.send(true);
     let js = async_nats::jetstream::new(client);
-    let intact = verify(&js, &cfg, &keyring).await?;
+    let intact = verify(&js, &cfg, &keyring, &witness).await?;
     let equal = restore_and_compare(&js, &cfg, &keyring, &db).await?;
     Ok(intact && equal)
 }
@@ -84,10 +94,48 @@ async fn legacy_table(pg: &Postgres) -> Result<tokio_postgres::Client, String> {
     Ok(db)
 }
 
-/// A signing key and a config file in `dir`, loaded as `run` loads it.
-fn configure(dir: &std::path::Path, pg: &Postgres, nats: &Nats) -> Result<(Signer, Config), String> {
-    let key = dir.join("walguard.key");
-    let signer = Signer::generate(&key).map_err(|e| e.to_string())?;
+/// The demo's witness: its key, and the URL it serves `add-checkpoint` on.
+struct DemoWitness {
+    vkey: Vkey,
+    url: String,
+}
+
+/// `walguard witness` in process, for walguard's log on this server (its origin names the
+/// server's system identifier), on a loopback port.
+async fn start_witness(
+    dir: &std::path::Path,
+    db: &tokio_postgres::Client,
+    signer: &Signer,
+    stopped: watch::Receiver<bool>,
+) -> Result<DemoWitness, String> {
+    let row = db
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let system_identifier: String = row.get(0);
+    let origin = format!("walguard/{system_identifier}/postgres/walguard_demo");
+    let log = Vkey::new(&origin, KeyKind::Ed25519, signer.verifying_key()).map_err(|e| e.to_string())?;
+    let key = Signer::generate(&dir.join("witness.key")).map_err(|e| e.to_string())?;
+    let cosigner = Cosigner::new("demo.witness/w1", key).map_err(|e| e.to_string())?;
+    let vkey = cosigner.vkey().clone();
+    let witness = Witness::open(cosigner, vec![log], &dir.join("witness-state")).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(crate::witness::serve(listener, Arc::new(witness), stopped));
+    println!("== witness {} listening at {url}", vkey.name());
+    Ok(DemoWitness { vkey, url })
+}
+
+/// A config file in `dir` (with the witness), loaded as `run` loads it.
+fn configure(
+    dir: &std::path::Path,
+    pg: &Postgres,
+    nats: &Nats,
+    signer: &Signer,
+    witness: &DemoWitness,
+) -> Result<Config, String> {
     let config_path = dir.join("walguard.toml");
     std::fs::write(
         &config_path,
@@ -95,9 +143,13 @@ fn configure(dir: &std::path::Path, pg: &Postgres, nats: &Nats) -> Result<(Signe
             "[postgres]\nurl = \"{}\"\nslot = \"walguard_demo\"\npublication = \"walguard_demo\"\n\n\
              [[tables]]\nname = \"public.customers\"\ntype_prefix = \"com.acme.customer\"\n\n\
              [nats]\nurl = \"{}\"\nstream = \"WALGUARD_DEMO\"\nwatermark_interval = \"1s\"\n\n\
-             [signing]\nkey_file = \"walguard.key\"\n",
+             [signing]\nkey_file = \"walguard.key\"\n\n\
+             [audit]\ncheckpoint_interval = \"1s\"\n\n\
+             [[audit.witnesses]]\nurl = \"{}\"\nkey = \"{}\"\n",
             pg.url("postgres"),
-            nats.url()
+            nats.url(),
+            witness.url,
+            witness.vkey
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -106,8 +158,7 @@ fn configure(dir: &std::path::Path, pg: &Postgres, nats: &Nats) -> Result<(Signe
         signer.key_id(),
         config_path.display()
     );
-    let cfg = Config::load(&config_path).map_err(|e| e.to_string())?;
-    Ok((signer, cfg))
+    Config::load(&config_path).map_err(|e| e.to_string())
 }
 
 /// The outside system: inserts, an update under a declared actor, a rolled-back delete and
@@ -176,13 +227,29 @@ fn print_event(msg: &async_nats::Message) -> Result<bool, String> {
 }
 
 /// `walguard verify` on the demo's stream; whether it is intact.
-async fn verify(js: &async_nats::jetstream::Context, cfg: &Config, keyring: &Keyring) -> Result<bool, String> {
+async fn verify(
+    js: &async_nats::jetstream::Context,
+    cfg: &Config,
+    keyring: &Keyring,
+    witness: &DemoWitness,
+) -> Result<bool, String> {
     println!("== walguard verify");
-    let (summary, problems) = crate::verify::verify_stream(js, &cfg.nats.stream, keyring, &Default::default()).await?;
+    let options = crate::verify::VerifyOptions {
+        witnesses: vec![witness.vkey.clone()],
+        extending: None,
+    };
+    let (summary, problems) = crate::verify::verify_stream(js, &cfg.nats.stream, keyring, &options).await?;
     println!(
-        "stream {}: {} messages, {} events, {} watermarks, {} signed",
+        "stream {}: {} messages, {} events, {} markers, {} signed",
         cfg.nats.stream, summary.messages, summary.events, summary.watermarks, summary.signed
     );
+    if let Some((size, cosigned)) = summary.last_checkpoint {
+        println!(
+            "{} checkpoints, each the Merkle root of the messages before it; the newest (size {size}) cosigned by {cosigned} witness ({})",
+            summary.checkpoints,
+            witness.vkey.name()
+        );
+    }
     if problems.is_empty() {
         println!("intact: chain, signatures, transactions and commit order verified");
         Ok(true)

@@ -764,7 +764,8 @@ pub async fn serve(listener: tokio::net::TcpListener, witness: Arc<Witness>, mut
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            // The guard `wait_for` gives back is not Send: dropped before the arm ends.
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return,
         };
         let witness = witness.clone();
         tokio::spawn(async move {

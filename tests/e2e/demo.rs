@@ -16,6 +16,10 @@ fn the_demo_streams_verifies_and_restores_its_table_equal_to_the_live_one() {
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("intact: chain, signatures"), "{text}");
+    assert!(
+        text.contains("cosigned by 1 witness (demo.witness/w1)"),
+        "the witness cosigned a checkpoint: {text}"
+    );
     assert!(text.contains("== walguard restore --into restored"), "{text}");
     // ada was deleted, bob updated: one row, restored from the events alone.
     assert!(
