@@ -5,6 +5,7 @@
 
 mod archive;
 mod audit;
+mod console;
 mod faults;
 #[path = "../harness/mod.rs"]
 mod harness;
