@@ -702,9 +702,11 @@ pub async fn console(config: &Path, listen: Option<&str>) -> Result<Found, Failu
     }
     let keyring = verification_keys(Some(&cfg), &[])?;
     let js = jetstream(&cfg).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Failure::Config(format!("console listen {addr}: cannot listen ({e}); choose a free address")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::Config(format!(
+            "console listen {addr}: cannot listen ({e}); choose a free address"
+        ))
+    })?;
     let console = std::sync::Arc::new(crate::console::Console::new(js, &cfg.nats.stream, token, false));
     tokio::spawn(console.clone().follow(keyring));
     tracing::info!(listen = %addr, stream = %cfg.nats.stream, "console serving");

@@ -301,7 +301,11 @@ fn check_console(console: &ConsoleConfig) -> Result<(), String> {
             console.listen
         ));
     }
-    let tls = [&console.tls_cert_file, &console.tls_key_file, &console.tls_client_ca_file];
+    let tls = [
+        &console.tls_cert_file,
+        &console.tls_key_file,
+        &console.tls_client_ca_file,
+    ];
     let given = tls.iter().filter(|f| f.is_some()).count();
     if given != 0 && given != tls.len() {
         return Err(

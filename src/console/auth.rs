@@ -130,7 +130,10 @@ mod tests {
         let cookie = t.set_cookie(false);
         assert_eq!(
             cookie,
-            format!("walguard_console={}; Path=/; HttpOnly; SameSite=Strict", t.session_value())
+            format!(
+                "walguard_console={}; Path=/; HttpOnly; SameSite=Strict",
+                t.session_value()
+            )
         );
         assert!(t.set_cookie(true).ends_with("; Secure"));
         assert!(!cookie.contains(T), "the cookie carries the token itself");

@@ -115,13 +115,18 @@ impl Index {
         };
         match &event.data {
             Data::Row(op, row) => {
-                let key = stored::subject_key(&event.attributes.subject).unwrap_or_default().to_owned();
+                let key = stored::subject_key(&event.attributes.subject)
+                    .unwrap_or_default()
+                    .to_owned();
                 let table = self.table_mut(row.qualified());
                 *table.ops.entry(op.as_str()).or_default() += 1;
                 let next = table.entities.len();
                 let id = *table.by_key.entry(key.clone()).or_insert(next);
                 if id == next {
-                    table.entities.push(Entity { key, sequences: Vec::new() });
+                    table.entities.push(Entity {
+                        key,
+                        sequences: Vec::new(),
+                    });
                 }
                 table.entities[id].sequences.push(m.sequence);
             }
@@ -131,7 +136,9 @@ impl Index {
                 table.truncates.push(m.sequence);
             }
             Data::Schema(s) => {
-                self.table_mut(format!("{}.{}", s.schema, s.table)).schemas.push(m.sequence);
+                self.table_mut(format!("{}.{}", s.schema, s.table))
+                    .schemas
+                    .push(m.sequence);
                 *self.markers.entry("schema".into()).or_default() += 1;
             }
             Data::Watermark => {
@@ -183,10 +190,26 @@ pub(crate) mod tests {
         let mut index = Index::new("WG");
         let name = |n: &str| serde_json::json!({"id": 1, "name": n});
         index.add(&message(1, "_walguard", serde_json::json!({"op": "watermark"})));
-        index.add(&message(2, "public.customers/1", row("insert", 1, Value::Null, name("a"))));
-        index.add(&message(3, "public.customers/2", row("insert", 2, Value::Null, name("b"))));
-        index.add(&message(4, "public.customers/1", row("update", 1, name("a"), name("c"))));
-        index.add(&message(5, "public.customers/1", row("delete", 1, name("c"), Value::Null)));
+        index.add(&message(
+            2,
+            "public.customers/1",
+            row("insert", 1, Value::Null, name("a")),
+        ));
+        index.add(&message(
+            3,
+            "public.customers/2",
+            row("insert", 2, Value::Null, name("b")),
+        ));
+        index.add(&message(
+            4,
+            "public.customers/1",
+            row("update", 1, name("a"), name("c")),
+        ));
+        index.add(&message(
+            5,
+            "public.customers/1",
+            row("delete", 1, name("c"), Value::Null),
+        ));
         index.add(&message(6, "_walguard", serde_json::json!({"op": "watermark"})));
         assert_eq!(index.messages, 6);
         assert_eq!(index.first.as_ref().unwrap().0, 1);
@@ -206,8 +229,16 @@ pub(crate) mod tests {
     fn a_checkpoint_and_an_unreadable_message_are_counted_not_fatal() {
         let mut index = Index::new("WG");
         let cp = br#"{"type":"walguard.checkpoint","time":"2026-12-02T10:00:00Z","data":{}}"#;
-        index.add(&Stored { sequence: 1, signature: None, payload: Bytes::from_static(cp) });
-        index.add(&Stored { sequence: 2, signature: None, payload: Bytes::from_static(b"not json") });
+        index.add(&Stored {
+            sequence: 1,
+            signature: None,
+            payload: Bytes::from_static(cp),
+        });
+        index.add(&Stored {
+            sequence: 2,
+            signature: None,
+            payload: Bytes::from_static(b"not json"),
+        });
         assert_eq!(index.newest_checkpoint, Some(1));
         assert_eq!(index.messages, 2);
         assert_eq!(index.last.as_ref().unwrap().0, 2);

@@ -89,15 +89,11 @@ impl Console {
                 true
             })
             .await;
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-            match read {
-                Ok(_) => index.read_error = None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "console: reading the stream failed; trying again");
-                    index.read_error = Some(e);
-                }
+            let read_error = read.err();
+            if let Some(e) = &read_error {
+                tracing::warn!(error = %e, "console: reading the stream failed; trying again");
             }
-            drop(index);
+            self.index.write().unwrap_or_else(|p| p.into_inner()).read_error = read_error;
             tokio::time::sleep(POLL).await;
         }
     }

@@ -89,14 +89,21 @@ pub fn overview(index: &Index, now: u64) -> String {
         None => "none configured: no checkpoint in the stream".to_owned(),
         Some(s) => format!("newest checkpoint at sequence {s}"),
     };
-    let _ = write!(b, "<tr><th>Checkpoints</th><td id=\"checkpoint\">{checkpoint}</td></tr></table>");
+    let _ = write!(
+        b,
+        "<tr><th>Checkpoints</th><td id=\"checkpoint\">{checkpoint}</td></tr></table>"
+    );
     tables(&mut b, index);
     layout(&format!("Stream {}", index.stream), &b)
 }
 
 fn verification(b: &mut String, index: &Index) {
     if let Some(e) = &index.read_error {
-        let _ = write!(b, "<p class=\"bad\" id=\"read-error\">Reading the stream failed: {}</p>", esc(e));
+        let _ = write!(
+            b,
+            "<p class=\"bad\" id=\"read-error\">Reading the stream failed: {}</p>",
+            esc(e)
+        );
     }
     if index.problems.is_empty() {
         let _ = write!(
@@ -113,7 +120,12 @@ fn verification(b: &mut String, index: &Index) {
         index.verified_to
     );
     for p in &index.problems {
-        let _ = write!(b, "<li class=\"problem\">sequence {}: {}</li>", p.sequence, esc(&p.reason));
+        let _ = write!(
+            b,
+            "<li class=\"problem\">sequence {}: {}</li>",
+            p.sequence,
+            esc(&p.reason)
+        );
     }
     b.push_str("</ul></div>");
 }
@@ -179,7 +191,11 @@ pub fn table(id: usize, t: &TableIndex, page: usize, search_missed: bool) -> Str
     }
     let pages = t.entities.len().div_ceil(PAGE).max(1);
     let page = page.min(pages - 1);
-    let _ = write!(b, "<h2>Entities ({})</h2><table class=\"list\" id=\"entities\"><tr><th>Key</th><th>Events</th></tr>", t.entities.len());
+    let _ = write!(
+        b,
+        "<h2>Entities ({})</h2><table class=\"list\" id=\"entities\"><tr><th>Key</th><th>Events</th></tr>",
+        t.entities.len()
+    );
     for (n, e) in t.entities.iter().enumerate().skip(page * PAGE).take(PAGE) {
         let _ = write!(
             b,
@@ -202,7 +218,10 @@ pub fn table(id: usize, t: &TableIndex, page: usize, search_missed: bool) -> Str
     } else {
         b.push_str("<ul id=\"schemas\">");
         for s in &t.schemas {
-            let _ = write!(b, "<li><a href=\"/tables/{id}/schemas/{s}\">schema event at sequence {s}</a></li>");
+            let _ = write!(
+                b,
+                "<li><a href=\"/tables/{id}/schemas/{s}\">schema event at sequence {s}</a></li>"
+            );
         }
         b.push_str("</ul>");
     }
@@ -215,7 +234,11 @@ pub fn schema(id: usize, table: &str, sequence: u64, s: &crate::event::schema::T
         "<h1>Schema of {} at sequence {sequence}</h1><p><a href=\"/tables/{id}\">back to the table</a></p>",
         esc(table)
     );
-    let _ = write!(b, "<p>Key: {}</p><table class=\"list\"><tr><th>Column</th><th>Type</th></tr>", esc(&s.key.join(", ")));
+    let _ = write!(
+        b,
+        "<p>Key: {}</p><table class=\"list\"><tr><th>Column</th><th>Type</th></tr>",
+        esc(&s.key.join(", "))
+    );
     for c in &s.columns {
         let _ = write!(b, "<tr><td>{}</td><td>{}</td></tr>", esc(&c.name), esc(&c.type_name));
     }
@@ -278,7 +301,13 @@ fn strip(entries: &[Entry]) -> String {
     for (i, e) in entries.iter().enumerate() {
         let x = 10 + 500 * i / n.saturating_sub(1).max(1);
         let class = if e.problem.is_some() { "bad" } else { &e.op };
-        let _ = write!(svg, "<circle class=\"{}\" cx=\"{x}\" cy=\"15\" r=\"6\"><title>{} {}</title></circle>", esc(class), esc(&e.op), e.sequence);
+        let _ = write!(
+            svg,
+            "<circle class=\"{}\" cx=\"{x}\" cy=\"15\" r=\"6\"><title>{} {}</title></circle>",
+            esc(class),
+            esc(&e.op),
+            e.sequence
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -313,11 +342,18 @@ mod tests {
         }
         assert!(pages[1].contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(pages[1].contains("href=\"/tables/0/entities/0\""));
-        let msgs = [message(2, "public.customers/1", row("insert", 1, Value::Null, json!({"id": 1, "name": EVIL})))];
+        let msgs = [message(
+            2,
+            "public.customers/1",
+            row("insert", 1, Value::Null, json!({"id": 1, "name": EVIL})),
+        )];
         let entries = super::super::timeline::build(&msgs, &[]);
         let page = entity(0, "public.customers", 0, EVIL, &entries, "none yet");
         assert!(!page.contains("<script"), "{page}");
-        assert!(page.contains("<td class=\"new\">&lt;script&gt;alert(1)&lt;/script&gt;</td>"), "{page}");
+        assert!(
+            page.contains("<td class=\"new\">&lt;script&gt;alert(1)&lt;/script&gt;</td>"),
+            "{page}"
+        );
         for p in pages.iter().chain([&page]) {
             for attr in p.split("href=\"").skip(1).chain(p.split("action=\"").skip(1)) {
                 let url = attr.split('"').next().unwrap();

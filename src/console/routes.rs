@@ -91,7 +91,11 @@ async fn route(console: &Console, req: Request<Incoming>) -> Answer {
         (&Method::GET, ["tables", t, "entities", e, "timeline.json"]) => entity(console, t, e, Format::Json).await,
         (&Method::GET, ["tables", t, "entities", e, "timeline.csv"]) => entity(console, t, e, Format::Csv).await,
         (&Method::GET, _) => not_found("no such page"),
-        _ => page(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "read-only console\n"),
+        _ => page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "read-only console\n",
+        ),
     }
 }
 
@@ -184,7 +188,14 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
         tid.zip(eid).and_then(|(tid, eid)| {
             let table = index.table(tid)?;
             let entity = table.entities.get(eid)?.clone();
-            Some((tid, eid, table.name.clone(), entity, index.problems.clone(), index.newest_checkpoint))
+            Some((
+                tid,
+                eid,
+                table.name.clone(),
+                entity,
+                index.problems.clone(),
+                index.newest_checkpoint,
+            ))
         })
     };
     let Some((tid, eid, name, entity, problems, checkpoint)) = found else {
@@ -202,9 +213,14 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
         Format::Html => {
             let proof = match checkpoint {
                 None => "none yet: no checkpoint in the stream".to_owned(),
-                Some(s) => format!("against the checkpoint at sequence {s}: `walguard prove -c FILE --sequence SEQ --out FILE`"),
+                Some(s) => format!(
+                    "against the checkpoint at sequence {s}: `walguard prove -c FILE --sequence SEQ --out FILE`"
+                ),
             };
-            html(StatusCode::OK, render::entity(tid, &name, eid, &entity.key, &entries, &proof))
+            html(
+                StatusCode::OK,
+                render::entity(tid, &name, eid, &entity.key, &entries, &proof),
+            )
         }
         Format::Json => download(
             "application/json",
@@ -247,16 +263,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len() => {
-                match s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
-                    Some(Ok(b)) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 3 <= bytes.len() => match s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                Some(Ok(b)) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -271,7 +285,10 @@ mod tests {
     #[test]
     fn forms_decode() {
         assert_eq!(form_field("token=a%2Bb+c&key=x", "token").as_deref(), Some("a+b c"));
-        assert_eq!(form_field("token=a&key=%3Cscript%3E", "key").as_deref(), Some("<script>"));
+        assert_eq!(
+            form_field("token=a&key=%3Cscript%3E", "key").as_deref(),
+            Some("<script>")
+        );
         assert_eq!(form_field("key=100%", "key").as_deref(), Some("100%"));
         assert_eq!(form_field("key=%zz", "key").as_deref(), Some("%zz"));
         assert_eq!(form_field("key=%C3%A9", "key").as_deref(), Some("é"));

@@ -33,7 +33,10 @@ pub fn build(messages: &[Stored], problems: &[Problem]) -> Vec<Entry> {
     let mut row: Option<Map<String, Value>> = None;
     let mut entries = Vec::with_capacity(messages.len());
     for m in messages {
-        let problem = problems.iter().find(|p| p.sequence == m.sequence).map(|p| p.reason.clone());
+        let problem = problems
+            .iter()
+            .find(|p| p.sequence == m.sequence)
+            .map(|p| p.reason.clone());
         let signature = match (&problem, &m.signature) {
             (Some(_), _) => "problem".to_owned(),
             (None, Some(_)) => "signed".to_owned(),
@@ -118,7 +121,13 @@ pub fn to_csv(entries: &[Entry]) -> String {
     let show = |v: &Option<Value>| v.as_ref().map(json_text).unwrap_or_default();
     for e in entries {
         let actor = json_text(&e.actor);
-        let lead = [e.sequence.to_string(), e.time.clone(), e.op.clone(), actor, e.signature.clone()];
+        let lead = [
+            e.sequence.to_string(),
+            e.time.clone(),
+            e.op.clone(),
+            actor,
+            e.signature.clone(),
+        ];
         if e.changes.is_empty() {
             let fields: Vec<String> = lead.iter().cloned().chain(["".into(), "".into(), "".into()]).collect();
             push_record(&mut out, &fields);
@@ -174,9 +183,17 @@ mod tests {
     #[test]
     fn old_values_come_from_the_row_before() {
         let msgs = [
-            message(2, "public.customers/1", row("insert", 1, Value::Null, json!({"id": 1, "name": "a"}))),
+            message(
+                2,
+                "public.customers/1",
+                row("insert", 1, Value::Null, json!({"id": 1, "name": "a"})),
+            ),
             // DEFAULT replica identity: `before` holds the key only.
-            message(4, "public.customers/1", row("update", 1, json!({"id": 1}), json!({"id": 1, "name": "b"}))),
+            message(
+                4,
+                "public.customers/1",
+                row("update", 1, json!({"id": 1}), json!({"id": 1, "name": "b"})),
+            ),
             message(5, "public.customers/1", row("delete", 1, json!({"id": 1}), Value::Null)),
         ];
         let problems = [Problem {
@@ -186,9 +203,30 @@ mod tests {
         let t = build(&msgs, &problems);
         assert_eq!(t.len(), 3);
         let name = |e: &Entry| e.changes.iter().find(|c| c.column == "name").cloned().unwrap();
-        assert_eq!(name(&t[0]), Change { column: "name".into(), old: None, new: Some(json!("a")) });
-        assert_eq!(name(&t[1]), Change { column: "name".into(), old: Some(json!("a")), new: Some(json!("b")) });
-        assert_eq!(name(&t[2]), Change { column: "name".into(), old: Some(json!("b")), new: None });
+        assert_eq!(
+            name(&t[0]),
+            Change {
+                column: "name".into(),
+                old: None,
+                new: Some(json!("a"))
+            }
+        );
+        assert_eq!(
+            name(&t[1]),
+            Change {
+                column: "name".into(),
+                old: Some(json!("a")),
+                new: Some(json!("b"))
+            }
+        );
+        assert_eq!(
+            name(&t[2]),
+            Change {
+                column: "name".into(),
+                old: Some(json!("b")),
+                new: None
+            }
+        );
         assert_eq!(t[1].signature, "problem");
         assert_eq!(t[1].problem.as_deref(), Some("signature does not verify"));
         assert_eq!(t[0].signature, "covered by a later signature");
@@ -201,7 +239,12 @@ mod tests {
         let msgs = [message(
             2,
             "public.customers/1",
-            row("insert", 1, Value::Null, json!({"id": 1, "name": "a, \"b\"\nc", "f": "=1+2"})),
+            row(
+                "insert",
+                1,
+                Value::Null,
+                json!({"id": 1, "name": "a, \"b\"\nc", "f": "=1+2"}),
+            ),
         )];
         let t = build(&msgs, &[]);
         let csv = to_csv(&t);

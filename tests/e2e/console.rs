@@ -86,7 +86,9 @@ async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], 
 }
 
 async fn get(port: u16, path: &str, cookie: &str) -> Reply {
-    request(port, "GET", path, &[("cookie", cookie)], "").await.expect("console answers")
+    request(port, "GET", path, &[("cookie", cookie)], "")
+        .await
+        .expect("console answers")
 }
 
 fn form(v: &str) -> String {
@@ -102,7 +104,11 @@ fn form(v: &str) -> String {
 fn urls(page: &str) -> Vec<String> {
     ["href=\"", "src=\"", "action=\""]
         .iter()
-        .flat_map(|a| page.split(a).skip(1).map(|s| s.split('"').next().unwrap_or("").to_owned()))
+        .flat_map(|a| {
+            page.split(a)
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap_or("").to_owned())
+        })
         .collect()
 }
 
@@ -115,9 +121,10 @@ fn write_token(dir: &Path) -> PathBuf {
 }
 
 fn with_console(env: &Env, stream: &str, token: Option<&Path>, name: &str) -> PathBuf {
-    let mut text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace(&format!("stream = \"{}\"", env.stream), &format!("stream = \"{stream}\""));
+    let mut text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("stream = \"{}\"", env.stream),
+        &format!("stream = \"{stream}\""),
+    );
     text.push_str("\n[console]\n");
     if let Some(t) = token {
         text.push_str(&format!("token_file = \"{}\"\n", t.display()));
@@ -161,19 +168,41 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
     let port = console.port;
 
     // Without the token: 401 and the login form, no data, on every page.
-    let anon = eventually(Duration::from_secs(30), "the console listens", || request(port, "GET", "/", &[], ""))
-        .await
-        .expect("console listens");
-    for path in ["/", "/tables/0", "/tables/0/entities/0", "/tables/0/entities/0/timeline.csv"] {
+    let anon = eventually(Duration::from_secs(30), "the console listens", || {
+        request(port, "GET", "/", &[], "")
+    })
+    .await
+    .expect("console listens");
+    for path in [
+        "/",
+        "/tables/0",
+        "/tables/0/entities/0",
+        "/tables/0/entities/0/timeline.csv",
+    ] {
         let r = get(port, path, "").await;
         assert_eq!(r.status, 401, "{path}");
-        assert!(!r.body.contains("customers") && !r.body.contains("Ada"), "{path}: {}", r.body);
+        assert!(
+            !r.body.contains("customers") && !r.body.contains("Ada"),
+            "{path}: {}",
+            r.body
+        );
         assert!(r.body.contains("action=\"/login\""));
     }
     assert_eq!(anon.status, 401);
     let csp = anon.headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
-    let wrong = request(port, "POST", "/login", &[("content-type", "application/x-www-form-urlencoded")], "token=wrong-token-but-long-enough").await.unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let wrong = request(
+        port,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "token=wrong-token-but-long-enough",
+    )
+    .await
+    .unwrap();
     assert_eq!(wrong.status, 401);
     assert!(wrong.headers.get("set-cookie").is_none());
 
@@ -189,10 +218,15 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
     .unwrap();
     assert_eq!(login.status, 303);
     let set_cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
     assert!(!set_cookie.contains(TOKEN), "the cookie carries the token");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let bearer = request(port, "GET", "/", &[("authorization", &format!("Bearer {TOKEN}"))], "").await.unwrap();
+    let bearer = request(port, "GET", "/", &[("authorization", &format!("Bearer {TOKEN}"))], "")
+        .await
+        .unwrap();
     assert_eq!(bearer.status, 200);
 
     // The overview: the writes' counts, verified.
@@ -216,7 +250,10 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
         port,
         "POST",
         "/tables/0/search",
-        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded")],
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
         "key=1",
     )
     .await
@@ -239,7 +276,10 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
         port,
         "POST",
         "/tables/0/search",
-        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded")],
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
         "key=99",
     )
     .await
@@ -249,7 +289,10 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
     // Downloads.
     let csv = get(port, &format!("{location}/timeline.csv"), &cookie).await;
     assert_eq!(csv.status, 200);
-    assert!(csv.headers["content-disposition"].to_str().unwrap().contains("attachment"));
+    assert!(csv.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("attachment"));
     assert!(csv.body.contains(",name,Ada,Ada Lovelace\r\n"), "{}", csv.body);
     let json = get(port, &format!("{location}/timeline.json"), &cookie).await;
     let doc: serde_json::Value = serde_json::from_str(&json.body).unwrap();
@@ -261,14 +304,19 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
         port,
         "POST",
         "/tables/0/search",
-        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded")],
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
         "key=3",
     )
     .await
     .unwrap();
     let evil_page = get(port, evil.headers["location"].to_str().unwrap(), &cookie).await;
     assert!(!evil_page.body.contains("<script"), "{}", evil_page.body);
-    assert!(evil_page.body.contains("&lt;script&gt;alert(&#39;walguard&#39;)&lt;/script&gt;"));
+    assert!(evil_page
+        .body
+        .contains("&lt;script&gt;alert(&#39;walguard&#39;)&lt;/script&gt;"));
     for page in [&overview, &table.body, &entity.body, &evil_page.body] {
         for url in urls(page) {
             for value in ["Ada", "Grace", "gold", "silver", "platinum", "script", "alert"] {
@@ -300,7 +348,9 @@ async fn console_shows_a_tampered_stream_in_red_and_refuses_open_listening() {
     .await;
     let mut wg = env.spawn_ready().await;
     env.db
-        .batch_execute("INSERT INTO t VALUES (1, 'one'); INSERT INTO t VALUES (2, 'two'); UPDATE t SET v = 'uno' WHERE id = 1;")
+        .batch_execute(
+            "INSERT INTO t VALUES (1, 'one'); INSERT INTO t VALUES (2, 'two'); UPDATE t SET v = 'uno' WHERE id = 1;",
+        )
         .await
         .unwrap();
     env.wait_events(3, Duration::from_secs(30)).await;
@@ -326,11 +376,7 @@ async fn console_shows_a_tampered_stream_in_red_and_refuses_open_listening() {
     let named = [altered, altered + 1]
         .iter()
         .any(|s| page.contains(&format!("<li class=\"problem\">sequence {s}: ")));
-    assert!(
-        named,
-        "sequence {altered} not named in {page}\nlog: {}",
-        console.log()
-    );
+    assert!(named, "sequence {altered} not named in {page}\nlog: {}", console.log());
 }
 
 /// Copies the stream into `to`, replacing `from` by `with` in the first payload that holds
