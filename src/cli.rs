@@ -116,6 +116,16 @@ pub enum Command {
     /// checks each checkpoint's signature and its consistency with the last one it cosigned,
     /// stores it (fsynced) before answering, and refuses rollbacks. Prints its verifier key.
     Witness(WitnessArgs),
+    /// The auditors' read-only web console (SPEC section 9): the stream's tables, entities,
+    /// timelines and continuous verification. Needs `console.token_file` or TLS with client
+    /// certificates to listen beyond loopback.
+    Console {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// The address to serve on (default: `console.listen`, 127.0.0.1:9188).
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -816,5 +826,44 @@ pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
     tracing::info!(listen = %listen, vkey = %witness.vkey(), verifying = args.config.is_some(), "witness serving add-checkpoint");
     let shutdown = shutdown_on_signal("witness: stopping");
     crate::witness::serve(listener, std::sync::Arc::new(witness), shutdown).await;
+    Ok(exit::OK)
+}
+
+/// `walguard console` (SPEC section 9): reads the stream, follows it, and serves the pages
+/// until SIGTERM or SIGINT.
+pub async fn console(config: &Path, listen: Option<&str>) -> Result<Found, Failure> {
+    let cfg = load(config)?;
+    let listen = listen.unwrap_or(&cfg.console.listen);
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|_| Failure::Usage(format!("--listen {listen:?}: expected IP:PORT such as 127.0.0.1:9188")))?;
+    let token = match &cfg.console.token_file {
+        Some(path) => Some(crate::console::auth::Token::load(path).map_err(Failure::Config)?),
+        None => None,
+    };
+    if cfg.console.tls_cert_file.is_some() {
+        return Err(Failure::Config(format!(
+            "configuration {}: console.tls_cert_file: TLS for the console is not built yet; use console.token_file (behind a TLS proxy beyond loopback)",
+            cfg.file.display()
+        )));
+    }
+    if token.is_none() && !crate::console::auth::is_loopback(&addr) {
+        return Err(Failure::Config(format!(
+            "configuration {}: the console would serve {addr} beyond loopback to anyone: set console.token_file (or listen on 127.0.0.1)",
+            cfg.file.display()
+        )));
+    }
+    let keyring = verification_keys(Some(&cfg), &[])?;
+    let js = jetstream(&cfg).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::Config(format!(
+            "console listen {addr}: cannot listen ({e}); choose a free address"
+        ))
+    })?;
+    let console = std::sync::Arc::new(crate::console::Console::new(js, &cfg.nats.stream, token, false));
+    tokio::spawn(console.clone().follow(keyring));
+    tracing::info!(listen = %addr, stream = %cfg.nats.stream, "console serving");
+    let shutdown = shutdown_on_signal("console: stopping");
+    crate::console::serve(listener, console, shutdown).await;
     Ok(exit::OK)
 }

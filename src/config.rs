@@ -39,6 +39,7 @@ pub struct Config {
     pub hashing: HashingConfig,
     pub archive: ArchiveConfig,
     pub audit: AuditConfig,
+    pub console: ConsoleConfig,
     /// The file this was loaded from; relative paths in it are resolved against its folder.
     pub file: PathBuf,
     /// `postgres.url`, parsed: see [`Config::pg_config`].
@@ -67,6 +68,8 @@ struct ConfigFile {
     archive: ArchiveConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    console: ConsoleConfig,
 }
 
 /// A `[[tables]]` entry and its name split as PostgreSQL reads it ([`parse_table_name`]).
@@ -260,6 +263,60 @@ fn default_segment_events() -> u64 {
 
 fn default_segment_seconds() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `[console]`: where `walguard console` listens and how auditors prove who they are (SPEC
+/// section 9): a bearer token file, or TLS with client certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    #[serde(default = "default_console_listen")]
+    pub listen: String,
+    /// A file holding the bearer token (mode 0600, like the signing key).
+    pub token_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that issued the auditors' client certificates.
+    pub tls_client_ca_file: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: default_console_listen(),
+            token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+        }
+    }
+}
+
+fn default_console_listen() -> String {
+    "127.0.0.1:9188".into()
+}
+
+/// `console.*`: the address parses, and TLS is all three files or none.
+fn check_console(console: &ConsoleConfig) -> Result<(), String> {
+    if console.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!(
+            "console.listen {:?}: expected host:port such as 127.0.0.1:9188",
+            console.listen
+        ));
+    }
+    let tls = [
+        &console.tls_cert_file,
+        &console.tls_key_file,
+        &console.tls_client_ca_file,
+    ];
+    let given = tls.iter().filter(|f| f.is_some()).count();
+    if given != 0 && given != tls.len() {
+        return Err(
+            "console.tls_cert_file, console.tls_key_file and console.tls_client_ca_file: set all three (TLS with client certificates) or none"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// `[audit]`: the transparency log's checkpoints and their witnesses (SPEC section 8).
@@ -603,6 +660,7 @@ impl Config {
             mut hashing,
             archive,
             audit,
+            mut console,
         } = parsed;
         let e = |m: String| invalid(file, m);
         let target = check_postgres(&postgres).map_err(e)?;
@@ -621,6 +679,7 @@ impl Config {
             return Err(e("archive.segment_seconds: expected a positive duration".into()));
         }
         check_audit(&audit).map_err(e)?;
+        check_console(&console).map_err(e)?;
         if server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(e(format!(
                 "server.listen {:?}: expected host:port such as 127.0.0.1:9187",
@@ -642,6 +701,10 @@ impl Config {
             &mut nats.tls_ca_file,
             &mut nats.tls_cert_file,
             &mut nats.tls_key_file,
+            &mut console.token_file,
+            &mut console.tls_cert_file,
+            &mut console.tls_key_file,
+            &mut console.tls_client_ca_file,
         ]
         .into_iter()
         .flatten()
@@ -656,6 +719,7 @@ impl Config {
             hashing,
             archive,
             audit,
+            console,
             file: file.to_owned(),
             target,
             tables,

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod decode;
 pub mod demo;
 pub mod error;

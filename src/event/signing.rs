@@ -60,7 +60,7 @@ pub fn pae(payload: &[u8]) -> Vec<u8> {
 
 /// Refuses a secret file (a private key, the hashing salt) that group or others can read, as
 /// ssh refuses such keys: a secret others could copy no longer proves who wrote an event.
-pub(super) fn refuse_loose_permissions(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn refuse_loose_permissions(path: &Path) -> Result<(), KeyError> {
     let meta = fs::metadata(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,

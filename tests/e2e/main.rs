@@ -5,6 +5,7 @@
 
 mod archive;
 mod audit;
+mod console;
 mod demo;
 mod failover;
 mod faults;

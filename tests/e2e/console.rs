@@ -1,0 +1,415 @@
+//! Issue 18: `walguard console` as a real process over a stream walguard wrote from real SQL:
+//! the token is needed for every page (401 and no data without it), the login form's cookie
+//! is HttpOnly and SameSite=Strict, the overview's counts are the writes, a key searched by
+//! POST opens its timeline with the old and new values, downloads carry them, no row value
+//! is in any URL of the pages nor in the console's log, and an altered message in the stream
+//! turns the overview red with its sequence. Plain HTTP over loopback (hyper's client).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::harness::{eventually, Env, BIN};
+
+const TOKEN: &str = "console-test-token-0123456789abcdef";
+/// A row value that must stay text and stay out of URLs and logs.
+const EVIL: &str = "<script>alert('walguard')</script>";
+
+struct ConsoleProcess {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl ConsoleProcess {
+    fn start(config: &Path, dir: &Path) -> ConsoleProcess {
+        let port = walguard::testkit::free_port();
+        let log = dir.join(format!("console-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["console", "-c"])
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("WALGUARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn walguard console");
+        ConsoleProcess { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ConsoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<Reply> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let res = send.send_request(req).await.ok()?;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+async fn get(port: u16, path: &str, cookie: &str) -> Reply {
+    request(port, "GET", path, &[("cookie", cookie)], "")
+        .await
+        .expect("console answers")
+}
+
+fn form(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every href, src and action in a page.
+fn urls(page: &str) -> Vec<String> {
+    ["href=\"", "src=\"", "action=\""]
+        .iter()
+        .flat_map(|a| {
+            page.split(a)
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+fn write_token(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("console.token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn with_console(env: &Env, stream: &str, token: Option<&Path>, name: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("stream = \"{}\"", env.stream),
+        &format!("stream = \"{stream}\""),
+    );
+    text.push_str("\n[console]\n");
+    if let Some(t) = token {
+        text.push_str(&format!("token_file = \"{}\"\n", t.display()));
+    }
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn wait_overview(port: u16, cookie: &str, done: impl Fn(&str) -> bool, what: &str) -> String {
+    eventually(Duration::from_secs(60), what, || async {
+        let r = request(port, "GET", "/", &[("cookie", cookie)], "").await?;
+        (r.status == 200 && done(&r.body)).then_some(r.body)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{what}: not seen"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_urls() {
+    let env = Env::start(
+        "CREATE TABLE public.customers (id int PRIMARY KEY, name text NOT NULL, tier text);",
+        "[[tables]]\nname = \"public.customers\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    env.db
+        .batch_execute(&format!(
+            "INSERT INTO customers VALUES (1, 'Ada', 'gold'), (2, 'Grace', 'silver'), (3, '{}', NULL);
+             UPDATE customers SET name = 'Ada Lovelace', tier = 'platinum' WHERE id = 1;
+             DELETE FROM customers WHERE id = 2;",
+            EVIL.replace('\'', "''")
+        ))
+        .await
+        .unwrap();
+    env.wait_events(5, Duration::from_secs(30)).await;
+    let token = write_token(env.dir.path());
+    let config = with_console(&env, &env.stream, Some(&token), "console.toml");
+    let console = ConsoleProcess::start(&config, env.dir.path());
+    let port = console.port;
+
+    // Without the token: 401 and the login form, no data, on every page.
+    let anon = eventually(Duration::from_secs(30), "the console listens", || {
+        request(port, "GET", "/", &[], "")
+    })
+    .await
+    .expect("console listens");
+    for path in [
+        "/",
+        "/tables/0",
+        "/tables/0/entities/0",
+        "/tables/0/entities/0/timeline.csv",
+    ] {
+        let r = get(port, path, "").await;
+        assert_eq!(r.status, 401, "{path}");
+        assert!(
+            !r.body.contains("customers") && !r.body.contains("Ada"),
+            "{path}: {}",
+            r.body
+        );
+        assert!(r.body.contains("action=\"/login\""));
+    }
+    assert_eq!(anon.status, 401);
+    let csp = anon.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let wrong = request(
+        port,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "token=wrong-token-but-long-enough",
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.headers.get("set-cookie").is_none());
+
+    // The login form's cookie.
+    let login = request(
+        port,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("token={}", form(TOKEN)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(login.status, 303);
+    let set_cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains(TOKEN), "the cookie carries the token");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let bearer = request(port, "GET", "/", &[("authorization", &format!("Bearer {TOKEN}"))], "")
+        .await
+        .unwrap();
+    assert_eq!(bearer.status, 200);
+
+    // The overview: the writes' counts, verified.
+    let overview = wait_overview(
+        port,
+        &cookie,
+        |b| b.contains("delete 1, insert 3, update 1") && b.contains("Verified: intact"),
+        "the overview counts 3 inserts, 1 update, 1 delete",
+    )
+    .await;
+    assert!(overview.contains("<td class=\"events\">5</td>"), "{overview}");
+    assert!(overview.contains("none configured"), "{overview}");
+    let table = get(port, "/tables/0", &cookie).await;
+    assert_eq!(table.status, 200);
+    assert!(table.body.contains("Entities (3)"), "{}", table.body);
+    assert!(!table.body.contains("<script"), "{}", table.body);
+    assert!(table.body.contains("schema event at sequence"), "{}", table.body);
+
+    // Search by POST: a redirect to the entity's opaque id, then its timeline.
+    let found = request(
+        port,
+        "POST",
+        "/tables/0/search",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "key=1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.status, 303);
+    let location = found.headers["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/tables/0/entities/"), "{location}");
+    let entity = get(port, &location, &cookie).await;
+    assert_eq!(entity.status, 200);
+    for cell in [
+        "<td class=\"old\">—</td><td class=\"new\">Ada</td>",
+        "<td class=\"old\">Ada</td><td class=\"new\">Ada Lovelace</td>",
+        "<td class=\"old\">gold</td><td class=\"new\">platinum</td>",
+    ] {
+        assert!(entity.body.contains(cell), "{cell} missing from {}", entity.body);
+    }
+    assert!(entity.body.contains("signature: "), "{}", entity.body);
+    assert!(entity.body.contains("Inclusion proofs: none yet"), "{}", entity.body);
+    let missed = request(
+        port,
+        "POST",
+        "/tables/0/search",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "key=99",
+    )
+    .await
+    .unwrap();
+    assert_eq!(missed.status, 404);
+
+    // Downloads.
+    let csv = get(port, &format!("{location}/timeline.csv"), &cookie).await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("attachment"));
+    assert!(csv.body.contains(",name,Ada,Ada Lovelace\r\n"), "{}", csv.body);
+    let json = get(port, &format!("{location}/timeline.json"), &cookie).await;
+    let doc: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(doc["key"], "1");
+    assert_eq!(doc["events"].as_array().unwrap().len(), 2);
+
+    // The `<script>` row stays text; no row value in any URL of any page, nor in the log.
+    let evil = request(
+        port,
+        "POST",
+        "/tables/0/search",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "key=3",
+    )
+    .await
+    .unwrap();
+    let evil_page = get(port, evil.headers["location"].to_str().unwrap(), &cookie).await;
+    assert!(!evil_page.body.contains("<script"), "{}", evil_page.body);
+    assert!(evil_page
+        .body
+        .contains("&lt;script&gt;alert(&#39;walguard&#39;)&lt;/script&gt;"));
+    for page in [&overview, &table.body, &entity.body, &evil_page.body] {
+        for url in urls(page) {
+            for value in ["Ada", "Grace", "gold", "silver", "platinum", "script", "alert"] {
+                assert!(!url.contains(value), "{value} in the URL {url}");
+            }
+        }
+    }
+    let log = console.log();
+    assert!(log.contains("console request"), "{log}");
+    for value in ["Ada", "Grace", "platinum", "script", TOKEN] {
+        assert!(!log.contains(value), "{value} in the console's log:\n{log}");
+    }
+    let css = get(port, "/static/console.css", "").await;
+    assert_eq!(css.status, 200);
+    assert!(css.headers["content-type"].to_str().unwrap().starts_with("text/css"));
+    drop(console);
+    wg.stop(Duration::from_secs(10));
+}
+
+/// A copy of the stream with one row event's payload altered: the overview turns red and
+/// names that sequence; beyond loopback without a token the console refuses to start (78).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_a_tampered_stream_in_red_and_refuses_open_listening() {
+    let env = Env::start(
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text);",
+        "[[tables]]\nname = \"public.t\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    env.db
+        .batch_execute(
+            "INSERT INTO t VALUES (1, 'one'); INSERT INTO t VALUES (2, 'two'); UPDATE t SET v = 'uno' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    env.wait_events(3, Duration::from_secs(30)).await;
+    wg.stop(Duration::from_secs(10));
+    let altered = copy_altering(&env, "TAMPERED", "\"two\"", "\"TWO\"").await;
+
+    let open = with_console(&env, &env.stream, None, "open.toml");
+    let (code, _, err) = env.command(&["console", "-c", open.to_str().unwrap(), "--listen", "0.0.0.0:1"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("console.token_file") && err.contains("loopback"), "{err}");
+
+    let config = with_console(&env, "TAMPERED", None, "tampered.toml");
+    let console = ConsoleProcess::start(&config, env.dir.path());
+    let page = wait_overview(
+        console.port,
+        "",
+        |b| b.contains("NOT intact"),
+        "the overview shows the altered message",
+    )
+    .await;
+    assert!(page.contains("<div class=\"bad\" id=\"verification\">"), "{page}");
+    // The altered message's own signature, or its successor's link to it, names the place.
+    let named = [altered, altered + 1]
+        .iter()
+        .any(|s| page.contains(&format!("<li class=\"problem\">sequence {s}: ")));
+    assert!(named, "sequence {altered} not named in {page}\nlog: {}", console.log());
+}
+
+/// Copies the stream into `to`, replacing `from` by `with` in the first payload that holds
+/// it, keeping every header; returns that message's sequence.
+async fn copy_altering(env: &Env, to: &str, from: &str, with: &str) -> u64 {
+    let js = env.js().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: to.to_owned(),
+        subjects: vec![format!("{}.>", to.to_lowercase())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut altered = None;
+    for m in env.read_stream().await {
+        let text = String::from_utf8(m.payload.clone()).unwrap();
+        let payload = if altered.is_none() && text.contains(from) {
+            altered = Some(m.seq);
+            text.replace(from, with)
+        } else {
+            text
+        };
+        let headers = stored_headers(&js, &env.stream, m.seq).await;
+        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    altered.expect("a message to alter")
+}
+
+async fn stored_headers(js: &async_nats::jetstream::Context, stream: &str, seq: u64) -> async_nats::HeaderMap {
+    let raw = js.get_stream(stream).await.unwrap().get_raw_message(seq).await.unwrap();
+    raw.headers
+}
