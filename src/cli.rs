@@ -541,8 +541,8 @@ fn verify_options(cfg: Option<&Config>, keyring: &Keyring, args: &VerifyArgs) ->
         witnesses.push(Vkey::parse(&vkey).map_err(|e| Failure::Usage(format!("--witness-key {text}: {e}")))?);
     }
     if args.witness_keys.is_empty() {
-        for w in cfg.map(|c| c.audit.witnesses.as_slice()).unwrap_or_default() {
-            witnesses.push(Vkey::parse(&w.key).map_err(|e| Failure::Config(e.to_string()))?);
+        if let Some(cfg) = cfg {
+            witnesses = cfg.audit.witness_keys().map_err(Failure::Config)?;
         }
     }
     let extending = match &args.checkpoint {

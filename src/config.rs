@@ -379,6 +379,18 @@ impl AuditConfig {
             .replace("{slot}", slot)
     }
 
+    /// The witnesses' keys, in `[[audit.witnesses]]` order; the error names the entry.
+    /// Checked at load, so after it this fails for no `Config`.
+    pub fn witness_keys(&self) -> Result<Vec<crate::tlog::Vkey>, String> {
+        self.witnesses
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                crate::tlog::Vkey::parse(&w.key).map_err(|e| format!("audit.witnesses[{i}].key {:?}: {e}", w.key))
+            })
+            .collect()
+    }
+
     /// The quorum: `witness_quorum`, or every witness.
     pub fn quorum(&self) -> usize {
         self.witness_quorum.unwrap_or(self.witnesses.len())
@@ -405,8 +417,7 @@ fn check_audit(a: &AuditConfig) -> Result<(), String> {
     if a.checkpoint_interval.is_zero() {
         return Err("audit.checkpoint_interval: expected a positive duration".into());
     }
-    for (i, w) in a.witnesses.iter().enumerate() {
-        let key = crate::tlog::Vkey::parse(&w.key).map_err(|e| format!("audit.witnesses[{i}].key {:?}: {e}", w.key))?;
+    for (i, (w, key)) in a.witnesses.iter().zip(a.witness_keys()?).enumerate() {
         crate::witness::WitnessClient::new(&w.url, key, Duration::from_secs(1))
             .map_err(|e| format!("audit.witnesses[{i}]: {e}"))?;
     }

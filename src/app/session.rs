@@ -50,7 +50,6 @@ use crate::snapshot::{self, Chunks, Progress};
 use crate::source::catalog::Catalog;
 use crate::source::conn::{quote_literal, ReplicationConnection, ReplicationReader, ReplicationWriter, SystemInfo};
 use crate::telemetry;
-use crate::tlog::Vkey;
 
 /// How long the publisher may take to drain its acks at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -308,18 +307,17 @@ impl Session<'_> {
             .audit
             .origin_for(&system.system_identifier, &system.dbname, &cfg.postgres.slot);
         let logs = transparency::log_vkeys(keyring, &origin);
-        let witnesses: Vec<Vkey> = cfg
+        let witnesses = cfg
             .audit
-            .witnesses
-            .iter()
-            .filter_map(|w| Vkey::parse(&w.key).ok())
-            .collect();
+            .witness_keys()
+            .map_err(|e| Error::Refused(Refusal::Internal, e))?;
         let subject = format!("{}._walguard.checkpoint", cfg.nats.subject_prefix);
         let size = tail.next_sequence - 1;
         let restored = transparency::restore(js, stream, &subject, size, &logs, &witnesses).await?;
         tracing::debug!(size, root = %restored.frontier.root(), "Merkle tree restored");
         TransparencyLog::new(
             &cfg.audit,
+            witnesses,
             origin,
             self.signer.clone(),
             restored,

@@ -109,7 +109,10 @@ pub async fn range_roots(js: &jetstream::Context, stream: &str, ranges: Vec<Rang
 pub struct Restored {
     /// Over the messages up to the verified head.
     pub frontier: Frontier,
-    /// The newest usable checkpoint: its size, the frontier at that size, the leaves since.
+    /// The size of the newest usable checkpoint (0: none).
+    pub checkpointed: u64,
+    /// With witnesses: the frontier at that size and the leaves since (for their
+    /// consistency proofs).
     pub last: Option<(Frontier, CompactRange)>,
     /// The witnesses' keys that cosigned that checkpoint.
     pub cosigned_by: Vec<u32>,
@@ -129,6 +132,7 @@ pub async fn restore(
     let name = stream.cached_info().config.name.clone();
     let mut restored = Restored {
         frontier: Frontier::new(),
+        checkpointed: 0,
         last: None,
         cosigned_by: Vec::new(),
     };
@@ -139,7 +143,10 @@ pub async fn restore(
         if seq <= size {
             match from_checkpoint(stream, seq, logs, witnesses).await? {
                 Ok((frontier, cosigned_by)) => {
-                    restored.last = Some((frontier.clone(), CompactRange::new(frontier.size())));
+                    restored.checkpointed = frontier.size();
+                    if !witnesses.is_empty() {
+                        restored.last = Some((frontier.clone(), CompactRange::new(frontier.size())));
+                    }
                     restored.frontier = frontier;
                     restored.cosigned_by = cosigned_by;
                 }
@@ -257,9 +264,11 @@ impl std::fmt::Debug for TransparencyLog {
 }
 
 impl TransparencyLog {
-    /// The log as `restored` from the stream, with the configured witnesses.
+    /// The log as `restored` from the stream, with the configured witnesses (`keys`, from
+    /// `AuditConfig::witness_keys`, in `cfg.witnesses`' order).
     pub fn new(
         cfg: &AuditConfig,
+        keys: Vec<Vkey>,
         origin: String,
         signer: Arc<Signer>,
         restored: Restored,
@@ -268,13 +277,12 @@ impl TransparencyLog {
     ) -> Result<TransparencyLog, String> {
         let Restored {
             frontier,
+            checkpointed: last_size,
             last,
             cosigned_by,
         } = restored;
-        let last_size = last.as_ref().map_or(0, |(f, _)| f.size());
-        let mut witnesses = Vec::with_capacity(cfg.witnesses.len());
-        for w in &cfg.witnesses {
-            let key = Vkey::parse(&w.key).map_err(|e| format!("audit.witnesses key {:?}: {e}", w.key))?;
+        let mut witnesses = Vec::with_capacity(keys.len());
+        for (w, key) in cfg.witnesses.iter().zip(keys) {
             let known = cosigned_by.contains(&key.id());
             let client = WitnessClient::new(&w.url, key, WITNESS_TIMEOUT).map_err(|e| e.to_string())?;
             witnesses.push(Witness {
@@ -289,7 +297,7 @@ impl TransparencyLog {
             signer,
             interval: cfg.checkpoint_interval,
             quorum: cfg.quorum(),
-            last: if witnesses.is_empty() { None } else { last },
+            last,
             witnesses,
             frontier,
             last_size,

@@ -140,6 +140,30 @@ async fn raw_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nats::
     out
 }
 
+/// What an admin can do to a stream whose settings deny deletes: copy its messages out, delete
+/// it and re-create it empty with the same settings. Returns the messages, in order.
+async fn emptied(js: &jetstream::Context, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let messages = raw_messages(js, stream).await;
+    let config = js.get_stream(stream).await.unwrap().cached_info().config.clone();
+    js.delete_stream(stream).await.unwrap();
+    js.create_stream(config).await.unwrap();
+    messages
+}
+
+/// Publishes `payload` with `headers` on `m`'s subject and waits for its PubAck.
+async fn republish(
+    js: &jetstream::Context,
+    m: &async_nats::jetstream::message::StreamMessage,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) {
+    js.publish_with_headers(m.subject.clone(), headers, payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoint() {
     let env = Env::start(SCHEMA, TABLES, "").await;
@@ -156,20 +180,13 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
     // The admin's rewrite: the stream deleted and re-created with all but its newest 10
     // messages (cut further back to a signed one, so the chain check has nothing to say).
     let js = env.js().await;
-    let messages = raw_messages(&js, &env.stream).await;
-    let config = js.get_stream(&env.stream).await.unwrap().cached_info().config.clone();
+    let messages = emptied(&js, &env.stream).await;
     let mut keep = messages.len() - 10;
     while messages[keep - 1].headers.get("Walguard-Signature").is_none() {
         keep -= 1;
     }
-    js.delete_stream(&env.stream).await.unwrap();
-    js.create_stream(config).await.unwrap();
     for m in &messages[..keep] {
-        js.publish_with_headers(m.subject.clone(), m.headers.clone(), m.payload.clone())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        republish(&js, m, m.headers.clone(), m.payload.clone()).await;
     }
     let (code, out) = env.verify();
     assert_eq!(code, 0, "the chain alone cannot tell: {out}");
@@ -218,10 +235,7 @@ async fn rewrite_with_the_key(env: &Env, origin: &str, at: u64) {
     use walguard::tlog::{Checkpoint, CheckpointData, CheckpointSigner, Frontier, SignedCheckpoint};
     let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
     let js = env.js().await;
-    let messages = raw_messages(&js, &env.stream).await;
-    let config = js.get_stream(&env.stream).await.unwrap().cached_info().config.clone();
-    js.delete_stream(&env.stream).await.unwrap();
-    js.create_stream(config).await.unwrap();
+    let messages = emptied(&js, &env.stream).await;
     let mut prev = [0u8; 32];
     let mut tree = Frontier::new();
     for m in &messages {
@@ -249,11 +263,7 @@ async fn rewrite_with_the_key(env: &Env, origin: &str, at: u64) {
         }
         headers.insert("Walguard-Key-Id", signer.key_id());
         headers.insert("Walguard-Signature", signer.sign(&payload));
-        js.publish_with_headers(m.subject.clone(), headers, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        republish(&js, m, headers, payload.into()).await;
     }
 }
 
