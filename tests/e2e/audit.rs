@@ -159,6 +159,52 @@ async fn a_snapshot_killed_midway_resumes_without_duplicates() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A crash inside the initial snapshot's group leaves a snapshot row at the head, and the
+/// baseline resumes after that row's key as the event holds it. A bytea key is base64 there
+/// and `\x` hex in the keyset condition: every row once, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_a_bytea_key_killed_midway_resumes_after_the_right_row() {
+    let env = Env::start(
+        "CREATE TABLE public.blobs (id bytea PRIMARY KEY, v int NOT NULL);",
+        "[[tables]]\nname = \"public.blobs\"\n",
+        "",
+    )
+    .await;
+    // int8send: 8 bytes big-endian, so bytea order is g's order.
+    env.db
+        .batch_execute("INSERT INTO blobs SELECT int8send(g), g FROM generate_series(1, 30000) g")
+        .await
+        .unwrap();
+    let mut wg = env.spawn();
+    harness::eventually(Duration::from_secs(60), "8,000 messages in the stream", || async {
+        let n = match env.js().await.get_stream(&env.stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        (n >= 8_000).then_some(())
+    })
+    .await;
+    wg.kill();
+    let head = env.read_stream().await.pop().unwrap();
+    assert!(
+        head.is_snapshot(),
+        "killed inside the group: the head is a snapshot row"
+    );
+    let _wg = env.spawn();
+    let stream = wait_until(&env, Duration::from_secs(120), |s| table_completed(s, "public.blobs")).await;
+    assert!(table_completed(&stream, "public.blobs"), "{}", env.newest_log_tail());
+    let snapshots = snapshot_keys(&stream, "public.blobs");
+    assert!(
+        snapshots.values().all(|&n| n == 1),
+        "duplicates: {:?}",
+        snapshots.iter().filter(|(_, n)| **n > 1).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(snapshots.len(), 30_000);
+    let (code, out) = reconcile(&env, "public.blobs");
+    assert_eq!(code, 0, "{out}");
+    env.assert_intact();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_later_gets_its_baseline_while_writes_continue() {
     let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
