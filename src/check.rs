@@ -692,6 +692,12 @@ fn key_problem(q: &str, facts: &TableFacts, key: &[String]) -> Option<Problem> {
                 "fix `key` in [[tables]]".into(),
             ));
         }
+        if facts.nullable.contains(k) {
+            return Some((
+                format!("key column {k:?} allows NULL: a row with a NULL key names no entity, and the baseline's walk in key order would pass it over"),
+                format!("ALTER TABLE {q} ALTER COLUMN {} SET NOT NULL; (once no row holds NULL there), or use NOT NULL columns as `key`", quote_ident(k)),
+            ));
+        }
         let carried = facts.identity_columns().contains(k)
             && (!facts.partitioned || leaves_full || facts.primary_key.contains(k));
         if !carried {
@@ -1127,6 +1133,7 @@ mod tests {
             primary_key: names(primary_key),
             identity_index: Vec::new(),
             columns: names(columns),
+            nullable: Vec::new(),
             generated: Generated::default(),
             leaves: Vec::new(),
         }
@@ -1171,6 +1178,20 @@ mod tests {
         // With a configured key the primary key is not the entity key, and may be hashed.
         let f = facts(ReplicaIdentity::Full, &["id"], &["id", "email"]);
         assert_eq!(spec(&table(Some(&["email"]), &["id"]), &f).unwrap().key, ["email"]);
+    }
+
+    #[test]
+    fn a_configured_key_column_that_allows_null_is_refused() {
+        let mut f = facts(ReplicaIdentity::Full, &[], &["sku", "site", "qty"]);
+        f.nullable = vec!["site".into(), "qty".into()];
+        let (detail, fix) = spec(&table(Some(&["sku", "site"]), &[]), &f).unwrap_err();
+        assert!(
+            detail.contains("\"site\"") && detail.contains("allows NULL"),
+            "{detail}"
+        );
+        assert!(fix.contains("ALTER COLUMN \"site\" SET NOT NULL"), "{fix}");
+        // A nullable column outside the key is no concern.
+        assert_eq!(spec(&table(Some(&["sku"]), &[]), &f).unwrap().key, ["sku"]);
     }
 
     fn generated(stored: &[&str], virtual_columns: &[&str], stored_in_identity: &[&str]) -> Generated {

@@ -150,6 +150,8 @@ pub struct TableFacts {
     pub primary_key: Vec<String>,
     pub identity_index: Vec<String>,
     pub columns: Vec<String>,
+    /// The columns without NOT NULL.
+    pub nullable: Vec<String>,
     pub generated: Generated,
     /// For a partitioned table: its leaf partitions, whose identities the writers need.
     pub leaves: Vec<Leaf>,
@@ -421,7 +423,10 @@ impl Catalog {
                               WHERE i.indrelid = c.oid AND i.indisreplident ORDER BY k.ord),
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-                        {GENERATED_COLUMNS}
+                        {GENERATED_COLUMNS},
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull
+                              ORDER BY a.attnum)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2"
                 ),
@@ -471,6 +476,7 @@ impl Catalog {
             identity_index: row.get(6),
             columns: row.get(7),
             generated: generated_at(&row, 8),
+            nullable: row.get(11),
             leaves,
         }))
     }

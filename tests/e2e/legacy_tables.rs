@@ -428,6 +428,32 @@ async fn generated_columns_appear_where_the_server_publishes_them() {
     assert_eq!(events[0].data()["after"], want);
 }
 
+/// A configured key column without NOT NULL: a NULL there names no entity and the baseline's
+/// keyset walk would pass the row over, so check and run refuse it before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_key_column_that_allows_null_is_refused_by_check_and_run() {
+    let env = Env::start(
+        "CREATE TABLE public.stock (sku text NOT NULL, site text, qty int);
+         ALTER TABLE public.stock REPLICA IDENTITY FULL;
+         INSERT INTO public.stock VALUES ('A-1', NULL, 1), ('A-1', 'eu', 2);",
+        "[[tables]]\nname = \"public.stock\"\nkey = [\"sku\", \"site\"]\n",
+        "",
+    )
+    .await;
+    let (code, out) = check(&env, "text");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  table public.stock") && out.contains("\"site\" allows NULL"),
+        "{out}"
+    );
+    assert!(out.contains("ALTER COLUMN \"site\" SET NOT NULL"), "{out}");
+    env.expect_run_exit(1, &["table public.stock", "allows NULL"]).await;
+    assert!(env.read_stream().await.is_empty());
+    assert_eq!(env.confirmed_flush().await, None, "no slot is created");
+    // The writers are untouched: the table is not in the publication.
+    env.db.batch_execute("UPDATE stock SET qty = 3").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hashed_key_column_is_refused_by_check_and_run() {
     let env = Env::start(
