@@ -3,16 +3,16 @@
 //! the schema events, never from a live table.
 //!
 //! One pass over the log, verified as it is read. Row events are COPYed into a temporary
-//! staging table on the target, inside one transaction, so walguard's memory does not grow
-//! with the tables (the target server holds them); the newest schema event per table at or
-//! before `--at` is kept. At the end of the log, and only if every message verified, the
-//! types and tables are created from the schema events and each table is filled with one
-//! `INSERT ... SELECT` that takes every key's newest event after the table's last truncate
-//! (an update that changed the key removes the row at its old key; a column PostgreSQL did
-//! not send, listed in `unchanged`, keeps the value the entity's previous event had). Values
-//! go from their JSON text to their column types through `json_populate_record`, so numbers
-//! keep every digit PostgreSQL printed and `json` keeps its bytes; `bytea` is decoded from
-//! base64. Then COMMIT: all tables or none.
+//! staging table on the target, inside one transaction, so walguard's memory does not grow with
+//! the tables (the target server holds them); the newest schema event per table at or before
+//! `--at` is kept (a type several tables use is made as the newest of them has it). At the end
+//! of the log, and only if every message verified, the types and tables are created from the
+//! schema events and each table is filled with one `INSERT ... SELECT` that takes every key's
+//! newest event after the table's last truncate (an update that changed the key removes the row
+//! at its old key; a column PostgreSQL did not send, listed in `unchanged`, keeps the value the
+//! entity's previous event had). Values go from their JSON text to their column types through
+//! `json_populate_record`, so numbers keep every digit PostgreSQL printed and `json` keeps its
+//! bytes; `bytea` is decoded from base64. Then COMMIT: all tables or none.
 
 use std::collections::BTreeMap;
 
@@ -412,6 +412,18 @@ impl Loader {
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.into)))
             .await
             .map_err(sql_failed(format!("creating schema {}", self.into)))?;
+        // A type several tables use is created as the newest schema event of any of them
+        // lists it: an enum gains labels while streaming (`ALTER TYPE ... ADD VALUE`), and a
+        // table whose rows never held the new label still has a schema event without it.
+        let mut types: BTreeMap<&str, (u64, &UserType)> = BTreeMap::new();
+        for (_, (seq, schema)) in &tables {
+            for t in &schema.types {
+                let newest = types.entry(&t.name).or_insert((*seq, t));
+                if *seq > newest.0 {
+                    *newest = (*seq, t);
+                }
+            }
+        }
         let mut out = Vec::new();
         for (name, (seq, schema)) in tables {
             let target = target_name(&self.into, schema);
@@ -425,7 +437,8 @@ impl Loader {
                 )));
             }
             for t in &schema.types {
-                self.ensure_type(t).await?;
+                self.ensure_type(types.get(t.name.as_str()).map_or(t, |(_, newest)| newest))
+                    .await?;
             }
             client
                 .batch_execute(&create_table_sql(&self.into, schema))
