@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::audit::{dsse_line, parse_dsse_line, Stored};
 use crate::event::Keyring;
-use crate::verify::{Problem, Summary, Verifier};
+use crate::verify::{Problem, Summary, Verified, Verifier};
 
 /// `archive.*` as the archiver uses it.
 #[derive(Debug, Clone, Copy)]
@@ -169,8 +169,8 @@ impl<'k> ArchiveReader<'k> {
         })
     }
 
-    /// The next verified message, `None` at the end of the newest segment.
-    pub fn next_message(&mut self) -> Result<Option<Stored>, ArchiveError> {
+    /// The next verified message and its event, `None` at the end of the newest segment.
+    pub fn next_message(&mut self) -> Result<Option<Verified>, ArchiveError> {
         loop {
             if self.open.is_none() {
                 let Some(segment) = self.segments.next() else {
@@ -222,7 +222,7 @@ impl<'k> ArchiveReader<'k> {
         })
     }
 
-    fn message(&mut self, line: &str) -> Result<Stored, ArchiveError> {
+    fn message(&mut self, line: &str) -> Result<Verified, ArchiveError> {
         let open = self.open.as_mut().expect("a segment is open");
         open.line += 1;
         let (n, expected, path) = (open.line, open.expected, &open.segment.path);
@@ -247,13 +247,13 @@ impl<'k> ArchiveReader<'k> {
                 m.sequence, open.segment.last
             )));
         }
-        self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
+        let event = self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
             path: path.clone(),
             problem,
         })?;
         open.last_signed = m.signature.is_some();
         open.expected += 1;
-        Ok(m)
+        Ok(Verified { stored: m, event })
     }
 }
 

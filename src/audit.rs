@@ -221,6 +221,14 @@ impl Change {
             format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
         };
         let event = StoredEvent::parse(payload).map_err(|e| bad(&e))?;
+        Change::from_event(sequence, event)
+    }
+
+    /// The change an event already parsed (by the verifier, say) records; as `parse`.
+    pub fn from_event(sequence: u64, event: StoredEvent) -> Result<Option<Change>, String> {
+        let bad = |why: &dyn std::fmt::Display| {
+            format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
+        };
         let attributes = event.attributes;
         let change = |op: Op, table: String| Change {
             sequence,

@@ -21,10 +21,12 @@ use futures::SinkExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::audit::Stored;
+use crate::event::draft::Op;
 use crate::event::schema::{TableSchema, TypeDef, UserType};
+use crate::event::stored::Data;
 use crate::source::catalog::{error_chain, Catalog};
 use crate::source::conn::{quote_ident, quote_literal};
+use crate::verify::Verified;
 
 /// The staging table, temporary and dropped at commit.
 const STAGE: &str = "walguard_restore_events";
@@ -54,22 +56,18 @@ pub struct Restored {
     pub rows: u64,
 }
 
-/// The part of a stored event restore reads.
+/// A row event's values as the payload holds them, byte for byte. The verifier's typed event
+/// has everything else (the table, the op, the subject, schema events), but its row values
+/// are `serde_json::Value`s, which keep neither a `json` value's bytes and key order nor every
+/// digit of a float; so the values alone are read from the payload, borrowed, once.
 #[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    subject: String,
+struct Exact<'a> {
     #[serde(borrow)]
-    data: &'a RawValue,
+    data: ExactRow<'a>,
 }
 
-#[derive(Deserialize)]
-struct RowData<'a> {
-    op: String,
-    schema: String,
-    table: String,
+#[derive(Deserialize, Default)]
+struct ExactRow<'a> {
     #[serde(borrow, default)]
     key: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -104,44 +102,44 @@ impl Staged {
     }
 
     /// Takes one verified message: a schema event is kept, a row event of a wanted table is
-    /// staged as one COPY line, markers are skipped. An unreadable event is an error naming
-    /// its sequence: skipping it would rebuild tables without its row.
-    fn take(&mut self, m: &Stored, wanted: &Wanted) -> Result<(), String> {
+    /// staged as one COPY line, markers are skipped. A row whose values cannot be read is an
+    /// error naming its sequence: skipping it would rebuild tables without its row.
+    fn take(&mut self, v: Verified, wanted: &Wanted) -> Result<(), String> {
+        let Verified { stored: m, event } = v;
         self.last = m.sequence;
-        let bad = |why: String| {
-            format!(
-                "stream sequence {} is not a readable walguard event ({why})",
-                m.sequence
-            )
+        let (op, table) = match event.data {
+            Data::Schema(schema) => {
+                self.schemas.insert(schema.qualified(), (m.sequence, schema));
+                return Ok(());
+            }
+            Data::Row(op, row) => (op, row.qualified()),
+            Data::Truncate(t) => (Op::Truncate, t.qualified()),
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Checkpoint(_) => return Ok(()),
         };
-        let event: Event<'_> = serde_json::from_slice(&m.payload).map_err(|e| bad(e.to_string()))?;
-        if event.ty == "walguard.schema" {
-            let schema = TableSchema::parse(event.data.get().as_bytes()).map_err(bad)?;
-            self.schemas.insert(schema.qualified(), (m.sequence, schema));
-            return Ok(());
-        }
-        if event.ty.starts_with("walguard.") {
-            return Ok(());
-        }
-        let data: RowData<'_> = serde_json::from_str(event.data.get()).map_err(|e| bad(e.to_string()))?;
-        let table = format!("{}.{}", data.schema, data.table);
         if !wanted.table(&table) {
             return Ok(());
         }
-        let subject_key = event.subject.split_once('/').map(|(_, k)| k);
+        let subject_key = event.attributes.subject.split_once('/').map(|(_, k)| k);
         if let (Some(want), Some(have)) = (&wanted.key, subject_key) {
-            if data.op != "truncate" && want != have {
+            if op != Op::Truncate && want != have {
                 return Ok(());
             }
         }
+        let values = if op == Op::Truncate {
+            ExactRow::default()
+        } else {
+            let exact: Exact<'_> = serde_json::from_slice(&m.payload)
+                .map_err(|e| format!("stream sequence {} is not a readable walguard event ({e})", m.sequence))?;
+            exact.data
+        };
         let fields = [
             Some(m.sequence.to_string()),
             Some(table),
-            Some(data.op),
-            raw(data.key),
-            raw(data.before),
-            raw(data.after),
-            raw(data.unchanged),
+            Some(op.as_str().to_owned()),
+            raw(values.key),
+            raw(values.before),
+            raw(values.after),
+            raw(values.unchanged),
         ];
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -366,7 +364,7 @@ impl Loader {
     }
 
     /// Takes the next verified message.
-    pub async fn message(&mut self, m: &Stored) -> Result<(), crate::Error> {
+    pub async fn message(&mut self, m: Verified) -> Result<(), crate::Error> {
         self.staged.take(m, &self.wanted).map_err(refused)?;
         if self.staged.buf.len() >= 1 << 20 {
             self.flush().await?;
@@ -619,7 +617,7 @@ impl<'k> Log<'k> {
     }
 
     /// The next message, verified; an error names the first bad sequence (or file).
-    pub async fn next(&mut self) -> Result<Option<Stored>, String> {
+    pub async fn next(&mut self) -> Result<Option<Verified>, String> {
         use futures::StreamExt;
         match &mut self.inner {
             Inner::Stream {
@@ -642,7 +640,7 @@ impl<'k> Log<'k> {
                     .map_err(|e| format!("reading stream {stream}: {e}"))?
                     .stream_sequence;
                 *done = sequence >= *last;
-                let m = Stored::from_message(sequence, &msg);
+                let m = crate::audit::Stored::from_message(sequence, &msg);
                 checked(verifier, m).map(Some)
             }
             Inner::Archive(reader) => reader.next_message().map_err(|e| e.to_string()),
@@ -692,9 +690,9 @@ impl<'k> Log<'k> {
 }
 
 /// Feeds `m` to the verifier; the first problem it finds refuses the message.
-fn checked(verifier: &mut crate::verify::Verifier<'_>, m: Stored) -> Result<Stored, String> {
-    verifier.check(&m).map_err(|p| format!("{p}; nothing restored"))?;
-    Ok(m)
+fn checked(verifier: &mut crate::verify::Verifier<'_>, m: crate::audit::Stored) -> Result<Verified, String> {
+    let event = verifier.check(&m).map_err(|p| format!("{p}; nothing restored"))?;
+    Ok(Verified { stored: m, event })
 }
 
 /// Reads the log to `wanted.at` (and on to the signature that covers it), calling `take` for
@@ -703,7 +701,7 @@ fn checked(verifier: &mut crate::verify::Verifier<'_>, m: Stored) -> Result<Stor
 async fn read_log(
     log: Log<'_>,
     at: Option<u64>,
-    mut take: impl AsyncFnMut(&Stored) -> Result<(), crate::Error>,
+    mut take: impl AsyncFnMut(Verified) -> Result<(), crate::Error>,
 ) -> Result<u64, crate::Error> {
     let mut log = log;
     let mut last = 0;
@@ -712,16 +710,16 @@ async fn read_log(
             log.finish().map_err(refused)?;
             return Ok(last);
         };
-        let covered = m.signature.is_some();
-        if at.is_some_and(|a| m.sequence > a) {
+        let (sequence, covered) = (m.stored.sequence, m.stored.signature.is_some());
+        if at.is_some_and(|a| sequence > a) {
             if covered {
                 return Ok(last);
             }
             continue;
         }
-        take(&m).await?;
-        last = m.sequence;
-        if at == Some(m.sequence) && covered {
+        take(m).await?;
+        last = sequence;
+        if at == Some(sequence) && covered {
             return Ok(last);
         }
     }
@@ -750,7 +748,7 @@ pub async fn as_json(
 ) -> Result<crate::audit::TableState, crate::Error> {
     let mut state = crate::audit::TableState::default();
     read_log(log, at, async |m| {
-        let change = crate::audit::Change::parse(m.sequence, &m.payload).map_err(refused)?;
+        let change = crate::audit::Change::from_event(m.stored.sequence, m.event).map_err(refused)?;
         if let Some(c) = change.filter(|c| c.table == table && key.is_none_or(|k| c.concerns(k))) {
             state.apply(&c);
         }
