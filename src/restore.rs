@@ -551,11 +551,8 @@ pub struct Log<'k> {
 
 enum Inner<'k> {
     Stream {
-        messages: Box<async_nats::jetstream::consumer::pull::Ordered>,
-        last: u64,
-        done: bool,
+        reader: Box<crate::sink::reader::StreamReader>,
         verifier: crate::verify::Verifier<'k>,
-        stream: String,
     },
     Archive(crate::archive::ArchiveReader<'k>),
     File {
@@ -569,33 +566,20 @@ enum Inner<'k> {
 
 impl<'k> Log<'k> {
     pub async fn open(source: &Source, keyring: &'k crate::event::Keyring) -> Result<Log<'k>, String> {
-        use async_nats::jetstream::consumer;
+        use crate::sink::reader::{StreamReader, Until};
         let inner = match source {
             Source::Stream { js, stream } => {
-                let failed = |e: String| format!("stream {stream}: {e}");
-                let mut st = js.get_stream(stream).await.map_err(|e| failed(e.to_string()))?;
-                let state = st.info().await.map_err(|e| failed(e.to_string()))?.state.clone();
-                let messages = st
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        deliver_policy: consumer::DeliverPolicy::All,
-                        ..Default::default()
-                    })
+                let reader = StreamReader::open(js, stream, 1, Until::Last)
                     .await
-                    .map_err(|e| failed(format!("creating an ordered consumer: {e}")))?
-                    .messages()
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                let verifier = if state.first_sequence > 1 {
+                    .map_err(|e| e.to_string())?;
+                let verifier = if reader.state().first_sequence > 1 {
                     crate::verify::Verifier::partial(keyring)
                 } else {
                     crate::verify::Verifier::new(keyring)
                 };
                 Inner::Stream {
-                    messages: Box::new(messages),
-                    last: state.last_sequence,
-                    done: state.messages == 0,
+                    reader: Box::new(reader),
                     verifier,
-                    stream: stream.clone(),
                 }
             }
             Source::Archive { dir, stream } => {
@@ -618,31 +602,11 @@ impl<'k> Log<'k> {
 
     /// The next message, verified; an error names the first bad sequence (or file).
     pub async fn next(&mut self) -> Result<Option<Verified>, String> {
-        use futures::StreamExt;
         match &mut self.inner {
-            Inner::Stream {
-                messages,
-                last,
-                done,
-                verifier,
-                stream,
-            } => {
-                if *done {
-                    return Ok(None);
-                }
-                let next = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
-                    .await
-                    .map_err(|_| format!("reading stream {stream}: no message within 30 s"))?;
-                let Some(msg) = next else { return Ok(None) };
-                let msg = msg.map_err(|e| format!("reading stream {stream}: {e}"))?;
-                let sequence = msg
-                    .info()
-                    .map_err(|e| format!("reading stream {stream}: {e}"))?
-                    .stream_sequence;
-                *done = sequence >= *last;
-                let m = crate::audit::Stored::from_message(sequence, &msg);
-                checked(verifier, m).map(Some)
-            }
+            Inner::Stream { reader, verifier } => match reader.next().await.map_err(|e| e.to_string())? {
+                Some(m) => checked(verifier, m).map(Some),
+                None => Ok(None),
+            },
             Inner::Archive(reader) => reader.next_message().map_err(|e| e.to_string()),
             Inner::File {
                 lines,
