@@ -355,28 +355,16 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
     restore("asof5", Some(&at_row5));
     restore("restored", None);
     let restored_db = crate::harness::connect_db(&target).await;
-    let enum_labels: Vec<String> = restored_db
-        .query(
-            "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = 'public.mood'::regtype ORDER BY enumsortorder",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let enum_labels = texts(
+        &restored_db,
+        "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = 'public.mood'::regtype ORDER BY enumsortorder",
+    )
+    .await;
     assert_eq!(enum_labels, ["sad", "ok", "glad", "meh", "zen"]);
     let rows = |client: &'static str, schema: &'static str, table: &'static str, upto: i32| {
         let db = if client == "source" { db } else { &restored_db };
         let sql = format!("SELECT row_to_json(x)::text FROM {schema}.{table} x WHERE id <= {upto} ORDER BY 1");
-        async move {
-            db.query(&sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
+        async move { texts(db, &sql).await }
     };
     for table in ["moods", "others"] {
         let all = rows("source", "public", table, 100).await;
@@ -391,4 +379,14 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
         rows("target", "asof5", "others", 100).await,
         rows("source", "public", "others", 1).await
     );
+}
+
+/// The first column of every row of `sql`, as text.
+async fn texts(db: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
 }
