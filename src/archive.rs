@@ -15,13 +15,13 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use tokio::sync::watch;
 
 use crate::audit::{dsse_line, parse_dsse_line, Stored};
 use crate::event::Keyring;
-use crate::verify::{Problem, Summary, Verifier};
+use crate::sink::reader::{StreamReader, Until};
+use crate::verify::{Problem, Summary, Verified, Verifier};
 
 /// `archive.*` as the archiver uses it.
 #[derive(Debug, Clone, Copy)]
@@ -43,8 +43,8 @@ pub enum ArchiveError {
     Altered { path: PathBuf, problem: Problem },
     #[error("stream {stream}: {problem}; nothing from sequence {} on is archived", problem.sequence)]
     Unverifiable { stream: String, problem: Problem },
-    #[error("stream {stream}: {reason}")]
-    Stream { stream: String, reason: String },
+    #[error(transparent)]
+    Stream(#[from] crate::sink::reader::ReadError),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
@@ -169,8 +169,8 @@ impl<'k> ArchiveReader<'k> {
         })
     }
 
-    /// The next verified message, `None` at the end of the newest segment.
-    pub fn next_message(&mut self) -> Result<Option<Stored>, ArchiveError> {
+    /// The next verified message and its event, `None` at the end of the newest segment.
+    pub fn next_message(&mut self) -> Result<Option<Verified>, ArchiveError> {
         loop {
             if self.open.is_none() {
                 let Some(segment) = self.segments.next() else {
@@ -222,7 +222,7 @@ impl<'k> ArchiveReader<'k> {
         })
     }
 
-    fn message(&mut self, line: &str) -> Result<Stored, ArchiveError> {
+    fn message(&mut self, line: &str) -> Result<Verified, ArchiveError> {
         let open = self.open.as_mut().expect("a segment is open");
         open.line += 1;
         let (n, expected, path) = (open.line, open.expected, &open.segment.path);
@@ -247,13 +247,13 @@ impl<'k> ArchiveReader<'k> {
                 m.sequence, open.segment.last
             )));
         }
-        self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
+        let event = self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
             path: path.clone(),
             problem,
         })?;
         open.last_signed = m.signature.is_some();
         open.expected += 1;
-        Ok(m)
+        Ok(Verified { stored: m, event })
     }
 }
 
@@ -421,28 +421,16 @@ pub async fn run(
         sealed: Vec::new(),
         last: next - 1,
     };
-    let stream_err = |reason: String| ArchiveError::Stream {
-        stream: stream.to_owned(),
-        reason,
-    };
-    let mut st = js.get_stream(stream).await.map_err(|e| stream_err(e.to_string()))?;
-    let info = st.info().await.map_err(|e| stream_err(e.to_string()))?.clone();
-    if segments.is_empty() && info.state.first_sequence > 1 {
+    let until = if follow { Until::Follow } else { Until::Last };
+    let mut reader = StreamReader::open(js, stream, next, until).await?;
+    let state = reader.state().clone();
+    if segments.is_empty() && state.first_sequence > 1 {
         verifier = Verifier::partial(keyring);
     }
-    let end = info.state.last_sequence;
-    let start = next.max(info.state.first_sequence);
-    if !follow && (info.state.messages == 0 || start > end) {
+    let start = next.max(state.first_sequence);
+    if !follow && (state.messages == 0 || start > state.last_sequence) {
         return Ok(copied);
     }
-    let consumer = st
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| stream_err(format!("creating an ordered consumer: {e}")))?;
-    let mut messages = consumer.messages().await.map_err(|e| stream_err(e.to_string()))?;
     let mut writer = Writer::new(dir, stream, start);
     let mut tick = tokio::time::interval(Duration::from_millis(500).min(limits.segment_seconds));
     loop {
@@ -455,12 +443,9 @@ pub async fn run(
                 }
                 continue;
             }
-            m = messages.next() => m,
+            m = reader.next() => m?,
         };
-        let Some(msg) = msg else { break };
-        let msg = msg.map_err(|e| stream_err(e.to_string()))?;
-        let sequence = msg.info().map_err(|e| stream_err(e.to_string()))?.stream_sequence;
-        let stored = Stored::from_message(sequence, &msg);
+        let Some(stored) = msg else { break };
         if let Err(problem) = verifier.check(&stored) {
             // What was verified before it is kept: sealed, so the archive holds it.
             copied.sealed.extend(writer.seal()?);
@@ -470,9 +455,6 @@ pub async fn run(
             });
         }
         copied.sealed.extend(writer.push(&stored, limits)?);
-        if !follow && sequence >= end {
-            break;
-        }
     }
     copied.sealed.extend(writer.seal()?);
     if let Some(s) = copied.sealed.last() {

@@ -10,59 +10,21 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use base64::Engine;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::error::Refusal;
 use crate::event::draft::Op;
-use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 use crate::event::signing::PAYLOAD_TYPE;
 use crate::event::stored::{self, Data, StoredEvent, StoredKey};
+use crate::sink::reader::{StreamReader, Until};
 
-/// One stored message as read back.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub sequence: u64,
-    pub signature: Option<(String, String)>,
-    pub payload: Bytes,
-}
-
-impl Stored {
-    /// The message JetStream stored at `sequence`, with its signature headers if any.
-    pub fn from_message(sequence: u64, msg: &jetstream::Message) -> Stored {
-        Stored {
-            sequence,
-            signature: signature_of(msg.headers.as_ref()),
-            payload: msg.payload.clone(),
-        }
-    }
-
-    /// A message fetched by sequence (`sink::stream::message`).
-    pub fn from_raw(sequence: u64, msg: &jetstream::message::StreamMessage) -> Stored {
-        Stored {
-            sequence,
-            signature: signature_of(Some(&msg.headers)),
-            payload: msg.payload.clone(),
-        }
-    }
-}
-
-/// The key id and signature headers, when both are there.
-fn signature_of(headers: Option<&async_nats::HeaderMap>) -> Option<(String, String)> {
-    let kid = headers
-        .and_then(|h| h.get(HEADER_KEY_ID))
-        .map(|v| v.as_str().to_owned());
-    let sig = headers
-        .and_then(|h| h.get(HEADER_SIGNATURE))
-        .map(|v| v.as_str().to_owned());
-    kid.zip(sig)
-}
+pub use crate::sink::reader::Stored;
 
 /// Reads messages `from..=to` (to the stream's last sequence when `to` is None) in order,
-/// calling `f` for each; `f` returns false to stop early.
+/// calling `f` for each; `f` returns false to stop early. The newest sequence it was to read.
 pub async fn read_stream(
     js: &jetstream::Context,
     stream: &str,
@@ -70,55 +32,13 @@ pub async fn read_stream(
     to: Option<u64>,
     mut f: impl FnMut(Stored) -> bool,
 ) -> Result<u64, String> {
-    let mut st = js
-        .get_stream(stream)
+    let until = to.map_or(Until::Last, Until::At);
+    let mut reader = StreamReader::open(js, stream, from, until)
         .await
-        .map_err(|e| format!("stream {stream}: {e}"))?;
-    let info = st.info().await.map_err(|e| format!("stream {stream}: {e}"))?.clone();
-    let last = to.unwrap_or(info.state.last_sequence).min(info.state.last_sequence);
-    if info.state.messages == 0 || last < from.max(info.state.first_sequence) {
-        return Ok(last);
-    }
-    // A cluster that is electing a leader can time out a consumer creation: try again for
-    // a while before giving up.
-    let mut attempts = 0;
-    let consumer = loop {
-        let created = st
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: if from <= 1 {
-                    consumer::DeliverPolicy::All
-                } else {
-                    consumer::DeliverPolicy::ByStartSequence { start_sequence: from }
-                },
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(c) => break c,
-            Err(e) if attempts < 20 => {
-                attempts += 1;
-                tracing::debug!(error = %e, "creating a consumer failed; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(format!("creating a consumer on {stream}: {e}")),
-        }
-    };
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading {stream}: {e}"))?;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .map_err(|_| format!("reading {stream}: no message within 30 s"))?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| format!("reading {stream}: {e}"))?;
-        let sequence = msg
-            .info()
-            .map_err(|e| format!("reading {stream}: {e}"))?
-            .stream_sequence;
-        let keep_going = f(Stored::from_message(sequence, &msg));
-        if !keep_going || sequence >= last {
+        .map_err(|e| e.to_string())?;
+    let last = reader.end().unwrap_or_default();
+    while let Some(m) = reader.next().await.map_err(|e| e.to_string())? {
+        if !f(m) {
             break;
         }
     }
@@ -221,6 +141,14 @@ impl Change {
             format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
         };
         let event = StoredEvent::parse(payload).map_err(|e| bad(&e))?;
+        Change::from_event(sequence, event)
+    }
+
+    /// The change an event already parsed (by the verifier, say) records; as `parse`.
+    pub fn from_event(sequence: u64, event: StoredEvent) -> Result<Option<Change>, String> {
+        let bad = |why: &dyn std::fmt::Display| {
+            format!("stream sequence {sequence} is not a readable walguard event ({why}): run `walguard verify`")
+        };
         let attributes = event.attributes;
         let change = |op: Op, table: String| Change {
             sequence,

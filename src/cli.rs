@@ -376,7 +376,7 @@ pub async fn archive(config: &Path, dir: &Path, follow: bool, public_keys: &[Pat
 /// found (1), named.
 fn archive_failure(e: crate::archive::ArchiveError) -> Failure {
     match e {
-        crate::archive::ArchiveError::Stream { .. } => Failure::Unavailable(e.to_string()),
+        crate::archive::ArchiveError::Stream(_) => Failure::Unavailable(e.to_string()),
         _ => Failure::Problem(e.to_string()),
     }
 }

@@ -105,12 +105,9 @@ pub fn prove_archive(dir: &Path, stream: &str, keyring: &Keyring, sequence: u64)
     let mut reader = crate::archive::ArchiveReader::open(dir, stream, keyring).map_err(|e| e.to_string())?;
     let mut newest = None;
     while let Some(m) = reader.next_message().map_err(|e| e.to_string())? {
-        // Most messages are not checkpoints: a byte search before the parse.
-        const MARK: &[u8] = br#"{"op":"checkpoint","#;
-        if m.payload.windows(MARK.len()).any(|w| w == MARK) {
-            if let Some(c) = checkpoint_of(&m.payload) {
-                newest = Some(c);
-            }
+        // The verifier parsed the event already.
+        if let Data::Checkpoint(c) = m.event.data {
+            newest = Some(c);
         }
     }
     let checkpoint = newest.ok_or_else(|| format!("archive {} holds no checkpoint", dir.display()))?;
@@ -120,7 +117,7 @@ pub fn prove_archive(dir: &Path, stream: &str, keyring: &Keyring, sequence: u64)
     let mut hasher = RangeHasher::new(inclusion_ranges(sequence - 1, checkpoint.size).map_err(|e| e.to_string())?);
     let mut event = None;
     let mut reader = crate::archive::ArchiveReader::open(dir, stream, keyring).map_err(|e| e.to_string())?;
-    while let Some(m) = reader.next_message().map_err(|e| e.to_string())? {
+    while let Some(crate::verify::Verified { stored: m, .. }) = reader.next_message().map_err(|e| e.to_string())? {
         let index = m.sequence - 1;
         if index >= checkpoint.size {
             break;

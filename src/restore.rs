@@ -3,16 +3,16 @@
 //! the schema events, never from a live table.
 //!
 //! One pass over the log, verified as it is read. Row events are COPYed into a temporary
-//! staging table on the target, inside one transaction, so walguard's memory does not grow
-//! with the tables (the target server holds them); the newest schema event per table at or
-//! before `--at` is kept. At the end of the log, and only if every message verified, the
-//! types and tables are created from the schema events and each table is filled with one
-//! `INSERT ... SELECT` that takes every key's newest event after the table's last truncate
-//! (an update that changed the key removes the row at its old key; a column PostgreSQL did
-//! not send, listed in `unchanged`, keeps the value the entity's previous event had). Values
-//! go from their JSON text to their column types through `json_populate_record`, so numbers
-//! keep every digit PostgreSQL printed and `json` keeps its bytes; `bytea` is decoded from
-//! base64. Then COMMIT: all tables or none.
+//! staging table on the target, inside one transaction, so walguard's memory does not grow with
+//! the tables (the target server holds them); the newest schema event per table at or before
+//! `--at` is kept (a type several tables use is made as the newest of them has it). At the end
+//! of the log, and only if every message verified, the types and tables are created from the
+//! schema events and each table is filled with one `INSERT ... SELECT` that takes every key's
+//! newest event after the table's last truncate (an update that changed the key removes the row
+//! at its old key; a column PostgreSQL did not send, listed in `unchanged`, keeps the value the
+//! entity's previous event had). Values go from their JSON text to their column types through
+//! `json_populate_record`, so numbers keep every digit PostgreSQL printed and `json` keeps its
+//! bytes; `bytea` is decoded from base64. Then COMMIT: all tables or none.
 
 use std::collections::BTreeMap;
 
@@ -21,10 +21,12 @@ use futures::SinkExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::audit::Stored;
+use crate::event::draft::Op;
 use crate::event::schema::{TableSchema, TypeDef, UserType};
+use crate::event::stored::Data;
 use crate::source::catalog::{error_chain, Catalog};
 use crate::source::conn::{quote_ident, quote_literal};
+use crate::verify::Verified;
 
 /// The staging table, temporary and dropped at commit.
 const STAGE: &str = "walguard_restore_events";
@@ -54,22 +56,18 @@ pub struct Restored {
     pub rows: u64,
 }
 
-/// The part of a stored event restore reads.
+/// A row event's values as the payload holds them, byte for byte. The verifier's typed event
+/// has everything else (the table, the op, the subject, schema events), but its row values
+/// are `serde_json::Value`s, which keep neither a `json` value's bytes and key order nor every
+/// digit of a float; so the values alone are read from the payload, borrowed, once.
 #[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    subject: String,
+struct Exact<'a> {
     #[serde(borrow)]
-    data: &'a RawValue,
+    data: ExactRow<'a>,
 }
 
-#[derive(Deserialize)]
-struct RowData<'a> {
-    op: String,
-    schema: String,
-    table: String,
+#[derive(Deserialize, Default)]
+struct ExactRow<'a> {
     #[serde(borrow, default)]
     key: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -104,44 +102,44 @@ impl Staged {
     }
 
     /// Takes one verified message: a schema event is kept, a row event of a wanted table is
-    /// staged as one COPY line, markers are skipped. An unreadable event is an error naming
-    /// its sequence: skipping it would rebuild tables without its row.
-    fn take(&mut self, m: &Stored, wanted: &Wanted) -> Result<(), String> {
+    /// staged as one COPY line, markers are skipped. A row whose values cannot be read is an
+    /// error naming its sequence: skipping it would rebuild tables without its row.
+    fn take(&mut self, v: Verified, wanted: &Wanted) -> Result<(), String> {
+        let Verified { stored: m, event } = v;
         self.last = m.sequence;
-        let bad = |why: String| {
-            format!(
-                "stream sequence {} is not a readable walguard event ({why})",
-                m.sequence
-            )
+        let (op, table) = match event.data {
+            Data::Schema(schema) => {
+                self.schemas.insert(schema.qualified(), (m.sequence, schema));
+                return Ok(());
+            }
+            Data::Row(op, row) => (op, row.qualified()),
+            Data::Truncate(t) => (Op::Truncate, t.qualified()),
+            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Checkpoint(_) => return Ok(()),
         };
-        let event: Event<'_> = serde_json::from_slice(&m.payload).map_err(|e| bad(e.to_string()))?;
-        if event.ty == "walguard.schema" {
-            let schema = TableSchema::parse(event.data.get().as_bytes()).map_err(bad)?;
-            self.schemas.insert(schema.qualified(), (m.sequence, schema));
-            return Ok(());
-        }
-        if event.ty.starts_with("walguard.") {
-            return Ok(());
-        }
-        let data: RowData<'_> = serde_json::from_str(event.data.get()).map_err(|e| bad(e.to_string()))?;
-        let table = format!("{}.{}", data.schema, data.table);
         if !wanted.table(&table) {
             return Ok(());
         }
-        let subject_key = event.subject.split_once('/').map(|(_, k)| k);
+        let subject_key = event.attributes.subject.split_once('/').map(|(_, k)| k);
         if let (Some(want), Some(have)) = (&wanted.key, subject_key) {
-            if data.op != "truncate" && want != have {
+            if op != Op::Truncate && want != have {
                 return Ok(());
             }
         }
+        let values = if op == Op::Truncate {
+            ExactRow::default()
+        } else {
+            let exact: Exact<'_> = serde_json::from_slice(&m.payload)
+                .map_err(|e| format!("stream sequence {} is not a readable walguard event ({e})", m.sequence))?;
+            exact.data
+        };
         let fields = [
             Some(m.sequence.to_string()),
             Some(table),
-            Some(data.op),
-            raw(data.key),
-            raw(data.before),
-            raw(data.after),
-            raw(data.unchanged),
+            Some(op.as_str().to_owned()),
+            raw(values.key),
+            raw(values.before),
+            raw(values.after),
+            raw(values.unchanged),
         ];
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -366,7 +364,7 @@ impl Loader {
     }
 
     /// Takes the next verified message.
-    pub async fn message(&mut self, m: &Stored) -> Result<(), crate::Error> {
+    pub async fn message(&mut self, m: Verified) -> Result<(), crate::Error> {
         self.staged.take(m, &self.wanted).map_err(refused)?;
         if self.staged.buf.len() >= 1 << 20 {
             self.flush().await?;
@@ -412,6 +410,18 @@ impl Loader {
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.into)))
             .await
             .map_err(sql_failed(format!("creating schema {}", self.into)))?;
+        // A type several tables use is created as the newest schema event of any of them
+        // lists it: an enum gains labels while streaming (`ALTER TYPE ... ADD VALUE`), and a
+        // table whose rows never held the new label still has a schema event without it.
+        let mut types: BTreeMap<&str, (u64, &UserType)> = BTreeMap::new();
+        for (_, (seq, schema)) in &tables {
+            for t in &schema.types {
+                let newest = types.entry(&t.name).or_insert((*seq, t));
+                if *seq > newest.0 {
+                    *newest = (*seq, t);
+                }
+            }
+        }
         let mut out = Vec::new();
         for (name, (seq, schema)) in tables {
             let target = target_name(&self.into, schema);
@@ -425,7 +435,8 @@ impl Loader {
                 )));
             }
             for t in &schema.types {
-                self.ensure_type(t).await?;
+                self.ensure_type(types.get(t.name.as_str()).map_or(t, |(_, newest)| newest))
+                    .await?;
             }
             client
                 .batch_execute(&create_table_sql(&self.into, schema))
@@ -540,11 +551,8 @@ pub struct Log<'k> {
 
 enum Inner<'k> {
     Stream {
-        messages: Box<async_nats::jetstream::consumer::pull::Ordered>,
-        last: u64,
-        done: bool,
+        reader: Box<crate::sink::reader::StreamReader>,
         verifier: crate::verify::Verifier<'k>,
-        stream: String,
     },
     Archive(crate::archive::ArchiveReader<'k>),
     File {
@@ -558,33 +566,20 @@ enum Inner<'k> {
 
 impl<'k> Log<'k> {
     pub async fn open(source: &Source, keyring: &'k crate::event::Keyring) -> Result<Log<'k>, String> {
-        use async_nats::jetstream::consumer;
+        use crate::sink::reader::{StreamReader, Until};
         let inner = match source {
             Source::Stream { js, stream } => {
-                let failed = |e: String| format!("stream {stream}: {e}");
-                let mut st = js.get_stream(stream).await.map_err(|e| failed(e.to_string()))?;
-                let state = st.info().await.map_err(|e| failed(e.to_string()))?.state.clone();
-                let messages = st
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        deliver_policy: consumer::DeliverPolicy::All,
-                        ..Default::default()
-                    })
+                let reader = StreamReader::open(js, stream, 1, Until::Last)
                     .await
-                    .map_err(|e| failed(format!("creating an ordered consumer: {e}")))?
-                    .messages()
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                let verifier = if state.first_sequence > 1 {
+                    .map_err(|e| e.to_string())?;
+                let verifier = if reader.state().first_sequence > 1 {
                     crate::verify::Verifier::partial(keyring)
                 } else {
                     crate::verify::Verifier::new(keyring)
                 };
                 Inner::Stream {
-                    messages: Box::new(messages),
-                    last: state.last_sequence,
-                    done: state.messages == 0,
+                    reader: Box::new(reader),
                     verifier,
-                    stream: stream.clone(),
                 }
             }
             Source::Archive { dir, stream } => {
@@ -606,32 +601,12 @@ impl<'k> Log<'k> {
     }
 
     /// The next message, verified; an error names the first bad sequence (or file).
-    pub async fn next(&mut self) -> Result<Option<Stored>, String> {
-        use futures::StreamExt;
+    pub async fn next(&mut self) -> Result<Option<Verified>, String> {
         match &mut self.inner {
-            Inner::Stream {
-                messages,
-                last,
-                done,
-                verifier,
-                stream,
-            } => {
-                if *done {
-                    return Ok(None);
-                }
-                let next = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
-                    .await
-                    .map_err(|_| format!("reading stream {stream}: no message within 30 s"))?;
-                let Some(msg) = next else { return Ok(None) };
-                let msg = msg.map_err(|e| format!("reading stream {stream}: {e}"))?;
-                let sequence = msg
-                    .info()
-                    .map_err(|e| format!("reading stream {stream}: {e}"))?
-                    .stream_sequence;
-                *done = sequence >= *last;
-                let m = Stored::from_message(sequence, &msg);
-                checked(verifier, m).map(Some)
-            }
+            Inner::Stream { reader, verifier } => match reader.next().await.map_err(|e| e.to_string())? {
+                Some(m) => checked(verifier, m).map(Some),
+                None => Ok(None),
+            },
             Inner::Archive(reader) => reader.next_message().map_err(|e| e.to_string()),
             Inner::File {
                 lines,
@@ -679,9 +654,9 @@ impl<'k> Log<'k> {
 }
 
 /// Feeds `m` to the verifier; the first problem it finds refuses the message.
-fn checked(verifier: &mut crate::verify::Verifier<'_>, m: Stored) -> Result<Stored, String> {
-    verifier.check(&m).map_err(|p| format!("{p}; nothing restored"))?;
-    Ok(m)
+fn checked(verifier: &mut crate::verify::Verifier<'_>, m: crate::audit::Stored) -> Result<Verified, String> {
+    let event = verifier.check(&m).map_err(|p| format!("{p}; nothing restored"))?;
+    Ok(Verified { stored: m, event })
 }
 
 /// Reads the log to `wanted.at` (and on to the signature that covers it), calling `take` for
@@ -690,7 +665,7 @@ fn checked(verifier: &mut crate::verify::Verifier<'_>, m: Stored) -> Result<Stor
 async fn read_log(
     log: Log<'_>,
     at: Option<u64>,
-    mut take: impl AsyncFnMut(&Stored) -> Result<(), crate::Error>,
+    mut take: impl AsyncFnMut(Verified) -> Result<(), crate::Error>,
 ) -> Result<u64, crate::Error> {
     let mut log = log;
     let mut last = 0;
@@ -699,16 +674,16 @@ async fn read_log(
             log.finish().map_err(refused)?;
             return Ok(last);
         };
-        let covered = m.signature.is_some();
-        if at.is_some_and(|a| m.sequence > a) {
+        let (sequence, covered) = (m.stored.sequence, m.stored.signature.is_some());
+        if at.is_some_and(|a| sequence > a) {
             if covered {
                 return Ok(last);
             }
             continue;
         }
-        take(&m).await?;
-        last = m.sequence;
-        if at == Some(m.sequence) && covered {
+        take(m).await?;
+        last = sequence;
+        if at == Some(sequence) && covered {
             return Ok(last);
         }
     }
@@ -737,7 +712,7 @@ pub async fn as_json(
 ) -> Result<crate::audit::TableState, crate::Error> {
     let mut state = crate::audit::TableState::default();
     read_log(log, at, async |m| {
-        let change = crate::audit::Change::parse(m.sequence, &m.payload).map_err(refused)?;
+        let change = crate::audit::Change::from_event(m.stored.sequence, m.event).map_err(refused)?;
         if let Some(c) = change.filter(|c| c.table == table && key.is_none_or(|k| c.concerns(k))) {
             state.apply(&c);
         }

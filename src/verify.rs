@@ -136,18 +136,24 @@ impl<'k> Verifier<'k> {
     }
 
     /// Feeds `m`; the first problem it shows, if any (for readers that stop at the first).
-    pub fn check(&mut self, m: &crate::audit::Stored) -> Result<(), Problem> {
+    pub fn check(&mut self, m: &crate::audit::Stored) -> Result<StoredEvent, Problem> {
         let before = self.problems.len();
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        self.message(m.sequence, sig, &m.payload);
-        match self.problems.get(before) {
-            Some(problem) => Err(problem.clone()),
-            None => Ok(()),
+        let event = self.message(m.sequence, sig, &m.payload);
+        match (self.problems.get(before), event) {
+            (Some(problem), _) => Err(problem.clone()),
+            (None, Some(event)) => Ok(event),
+            // A payload that does not parse is always a problem; this is the same refusal.
+            (None, None) => Err(Problem {
+                sequence: m.sequence,
+                reason: "not a walguard event".into(),
+            }),
         }
     }
 
-    /// Feeds the stored message at `sequence`, with its signature headers if any.
-    pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) {
+    /// Feeds the stored message at `sequence`, with its signature headers if any; the event
+    /// it holds when it reads as one (parsed here once, for readers that go on with it).
+    pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<StoredEvent> {
         let s = &mut self.summary;
         if s.messages == 0 {
             s.first_sequence = sequence;
@@ -169,7 +175,7 @@ impl<'k> Verifier<'k> {
             Ok(event) => event,
             Err(e) => {
                 self.problem(sequence, format!("not a walguard event: {e}"));
-                return;
+                return None;
             }
         };
         let attrs = &event.attributes;
@@ -178,19 +184,20 @@ impl<'k> Verifier<'k> {
         self.count(&event);
         if attrs.op == Op::Checkpoint {
             // A marker of its own after a group's end: not a transaction.
-            return;
+            return Some(event);
         }
         if attrs.op == Op::Schema {
             // A marker inside a transaction or group: not one of its events.
-            if let Data::Schema(schema) = event.data {
-                self.schemas.insert(schema.qualified(), schema);
+            if let Data::Schema(schema) = &event.data {
+                self.schemas.insert(schema.qualified(), schema.clone());
             }
-            return;
+            return Some(event);
         }
         self.check_group(sequence, attrs);
         if let Data::Row(_, row) = &event.data {
             self.check_schema(sequence, row);
         }
+        Some(event)
     }
 
     /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.
@@ -510,6 +517,13 @@ impl VerifyOptions {
             None => v,
         }
     }
+}
+
+/// A stored message that verified, with the event it holds: parsed once, by the verifier.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub stored: crate::audit::Stored,
+    pub event: StoredEvent,
 }
 
 /// Reads every message of `stream` in order and checks it.

@@ -148,13 +148,45 @@ impl EventBuilder {
     pub fn set_schema(&mut self, schema: TableSchema) {
         let table: Arc<str> = schema.qualified().into();
         let entry = self.schemas.entry(table.clone()).or_default();
-        if entry.current.as_deref() != Some(&schema) {
+        let changed = entry.current.as_deref() != Some(&schema);
+        self.shapes.set_enums(&schema, changed);
+        if changed {
             entry.current = Some(Arc::new(schema));
         }
         let differs = entry.current != entry.published;
         self.schema_pending.retain(|t| *t != table);
         if differs {
             self.schema_pending.push(table);
+        }
+    }
+
+    /// The Relation of a guarded table whose schema must be read again before `msg` is
+    /// handled: `msg` inserts or updates a row holding an enum label that the table's schema
+    /// does not list. `ALTER TYPE ... ADD VALUE` sends no Relation message, so this is how
+    /// the label is noticed; the schema read then (`Catalog::describe_for`) puts a schema
+    /// event before the row when it differs from the newest one in the stream. The label
+    /// counts as known from then on, so one the catalog does not list either (renamed since)
+    /// costs one catalog read, not one per row. Nothing is looked at while no guarded table
+    /// has enum columns.
+    pub fn stale_enum_labels(&mut self, msg: &Message) -> Option<Arc<Relation>> {
+        if !self.shapes.any_enums {
+            return None;
+        }
+        let (oid, tuple) = match msg {
+            Message::Insert { relation, new } | Message::Update { relation, new, .. } => (*relation, new),
+            _ => return None,
+        };
+        let shape = self.shapes.guarded_mut(oid)?;
+        let mut stale = false;
+        for column in shape.enums.as_mut()? {
+            if let Some(Datum::Text(text)) = tuple.get(column.index) {
+                stale |= column.learn(text);
+            }
+        }
+        if stale {
+            shape.relation.clone()
+        } else {
+            None
         }
     }
 
@@ -690,6 +722,73 @@ mod tests {
         transaction(&mut restarted, &mut out);
         feed(&mut restarted, fx::commit(0x100, 0x130, 0), &mut out);
         assert_eq!(ops(&out), ["insert@1", "update@2", "delete@3"]);
+    }
+
+    fn mood_schema(labels: &[&str]) -> TableSchema {
+        let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
+        TableSchema::parse(
+            format!(
+                r#"{{"op":"schema","schema":"public","table":"t","columns":[{{"name":"id","type":"integer","not_null":true}},{{"name":"v","type":"public.mood","not_null":false}}],"key":["id"],"primary_key":["id"],"replica_identity":"default","types":[{{"name":"public.mood","kind":"enum","labels":[{}]}}]}}"#,
+                labels.join(",")
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_row_with_an_enum_label_its_schema_lacks_asks_for_the_schema_again() {
+        let mut b = builder(Position::default());
+        let mut out = Vec::new();
+        let parse = |raw: Vec<u8>| Message::parse(Bytes::from(raw)).unwrap();
+        // No enum columns anywhere: rows are not looked at.
+        feed(
+            &mut b,
+            fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 25)]),
+            &mut out,
+        );
+        b.set_schema(schema_of("text"));
+        assert!(b
+            .stale_enum_labels(&parse(fx::insert(16385, &[Some("1"), Some("x")])))
+            .is_none());
+
+        // The Relation message, then its schema, as the reader gives them.
+        feed(
+            &mut b,
+            fx::relation(16385, "public", "t", b'd', &[(true, "id", 23), (false, "v", 90001)]),
+            &mut out,
+        );
+        b.set_schema(mood_schema(&["sad", "ok"]));
+        feed(&mut b, fx::begin(0x100, 0, 9), &mut out);
+        let known = parse(fx::insert(16385, &[Some("1"), Some("ok")]));
+        assert!(b.stale_enum_labels(&known).is_none());
+        b.handle(known, &HashMap::new(), &mut out).unwrap();
+        let new = parse(fx::insert(16385, &[Some("2"), Some("happy")]));
+        let rel = b.stale_enum_labels(&new).expect("a new label asks for the schema");
+        assert_eq!((rel.oid, rel.name.as_str()), (16385, "t"));
+        // The catalog now lists it: a schema event goes before the row.
+        b.set_schema(mood_schema(&["sad", "ok", "happy"]));
+        b.handle(new, &HashMap::new(), &mut out).unwrap();
+        feed(&mut b, fx::commit(0x100, 0x130, 0), &mut out);
+        assert_eq!(ops(&out), ["schema@0", "insert@1", "schema@1", "insert@2"]);
+        assert_eq!(
+            TableSchema::parse(&out[2].data).unwrap(),
+            mood_schema(&["sad", "ok", "happy"])
+        );
+        assert!(b
+            .stale_enum_labels(&parse(fx::insert(16385, &[Some("3"), Some("happy")])))
+            .is_none());
+
+        // A label the catalog does not list either (renamed since): asked once, not per row,
+        // and no schema event.
+        let renamed = parse(fx::insert(16385, &[Some("4"), Some("gone")]));
+        assert!(b.stale_enum_labels(&renamed).is_some());
+        b.set_schema(mood_schema(&["sad", "ok", "happy"]));
+        assert!(b.stale_enum_labels(&renamed).is_none());
+        // A NULL carries no label.
+        assert!(b
+            .stale_enum_labels(&parse(fx::insert(16385, &[Some("5"), None])))
+            .is_none());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! the columns use, each listed before the types that use it. Enough to create the table on an
 //! empty server with nothing but the log. Pure: `source::schema` reads it from the catalog.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decode::pgoutput::ReplicaIdentity;
@@ -132,6 +134,95 @@ impl TableSchema {
     pub fn column(&self, name: &str) -> Option<&ColumnSchema> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The columns whose values are labels of an enum this schema lists: of the enum itself,
+    /// of a domain over it, or arrays of either. (A composite's enum attributes are not
+    /// looked into.) Worked out once per schema, so rows of a table without such columns
+    /// are never looked at.
+    pub fn enum_columns(&self) -> Vec<EnumColumn> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, c)| {
+                let (labels, array) = self.enum_of(&c.type_name, 0)?;
+                Some(EnumColumn {
+                    index,
+                    array,
+                    labels: labels.iter().cloned().collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The labels of the enum `type_name` is, is a domain over, or is an array of (and
+    /// whether its values are arrays).
+    fn enum_of(&self, type_name: &str, depth: usize) -> Option<(&[String], bool)> {
+        let (base, array) = match type_name.strip_suffix("[]") {
+            Some(element) => (element, true),
+            None => (type_name, false),
+        };
+        // Domains over domains are allowed, cycles are not; the bound is for a log that lies.
+        if depth > 8 {
+            return None;
+        }
+        match &self.types.iter().find(|t| t.name == base)?.def {
+            TypeDef::Enum { labels } => Some((labels, array)),
+            TypeDef::Domain { base, .. } => {
+                let (labels, inner) = self.enum_of(base, depth + 1)?;
+                Some((labels, array || inner))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A column whose values are enum labels, and the labels known for it. pgoutput sends no
+/// Relation message when `ALTER TYPE ... ADD VALUE` gives an enum a label, so a row holding a
+/// label not known here is how a schema event that lacks it is found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnumColumn {
+    /// The column's position in the row, as in the schema's `columns`.
+    pub index: usize,
+    /// Values are arrays (of the enum or of a domain over it).
+    pub array: bool,
+    labels: HashSet<String>,
+}
+
+impl EnumColumn {
+    /// Whether `text` (the column's value as PostgreSQL prints it) holds a label not known so
+    /// far; such labels are known from now on. A value that does not read as the array it
+    /// should be is left to the value mapping to refuse.
+    pub fn learn(&mut self, text: &[u8]) -> bool {
+        if !self.array {
+            return match std::str::from_utf8(text) {
+                Ok(label) if !self.labels.contains(label) => self.labels.insert(label.to_owned()),
+                _ => false,
+            };
+        }
+        let kind = super::value::ValueKind::Array {
+            element: Box::new(super::value::ValueKind::Text),
+            delimiter: b',',
+        };
+        let mut json = Vec::with_capacity(text.len() + 8);
+        if kind.write_json(text, &mut json).is_err() {
+            return false;
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+            return false;
+        };
+        let mut new = false;
+        let mut pending = vec![&value];
+        while let Some(v) = pending.pop() {
+            match v {
+                serde_json::Value::Array(items) => pending.extend(items),
+                serde_json::Value::String(label) if !self.labels.contains(label.as_str()) => {
+                    new |= self.labels.insert(label.clone());
+                }
+                _ => {}
+            }
+        }
+        new
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +275,54 @@ mod tests {
             }
         );
         assert_eq!(String::from_utf8(schema.to_data()).unwrap(), compact(SPEC_EXAMPLE));
+    }
+
+    #[test]
+    fn enum_columns_are_found_through_arrays_and_domains_and_learn_new_labels() {
+        let schema = TableSchema::parse(
+            br#"{"op":"schema","schema":"public","table":"t","columns":[
+                {"name":"id","type":"integer","not_null":true},
+                {"name":"m","type":"public.mood","not_null":false},
+                {"name":"ms","type":"public.mood[]","not_null":false},
+                {"name":"d","type":"public.dmood","not_null":false},
+                {"name":"ds","type":"public.dmoods","not_null":false},
+                {"name":"a","type":"public.address","not_null":false},
+                {"name":"p","type":"public.positive","not_null":false}],
+             "key":["id"],"primary_key":["id"],"replica_identity":"default",
+             "types":[{"name":"public.mood","kind":"enum","labels":["sad","ok","a b"]},
+                      {"name":"public.dmood","kind":"domain","base":"public.mood","not_null":false,"checks":[]},
+                      {"name":"public.dmoods","kind":"domain","base":"public.dmood[]","not_null":false,"checks":[]},
+                      {"name":"public.address","kind":"composite","attributes":[{"name":"m","type":"public.mood"}]},
+                      {"name":"public.positive","kind":"domain","base":"integer","not_null":false,"checks":[]}]}"#,
+        )
+        .unwrap();
+        let mut cols = schema.enum_columns();
+        let found: Vec<(usize, bool)> = cols.iter().map(|c| (c.index, c.array)).collect();
+        assert_eq!(found, [(1, false), (2, true), (3, false), (4, true)]);
+        let [m, ms, d, ds] = &mut cols[..] else { unreachable!() };
+        assert!(!m.learn(b"ok"));
+        assert!(m.learn(b"happy"));
+        // Known from now on.
+        assert!(!m.learn(b"happy"));
+        assert!(!ms.learn(br#"{sad,"a b",NULL}"#));
+        assert!(ms.learn(br#"{sad,"new, one"}"#));
+        assert!(!ms.learn(br#"{"new, one"}"#));
+        assert!(!d.learn(b"sad"));
+        assert!(d.learn(b"glad"));
+        assert!(!ds.learn(b"{{ok,sad},{sad,ok}}"));
+        assert!(ds.learn(b"{{ok,sad},{sad,meh}}"));
+        // Not an array: left to the value mapping.
+        assert!(!ds.learn(b"{unclosed"));
+        assert!(schema_without_enums().enum_columns().is_empty());
+    }
+
+    fn schema_without_enums() -> TableSchema {
+        TableSchema::parse(
+            compact(SPEC_EXAMPLE)
+                .replace("public.plan\",\"not_null", "text\",\"not_null")
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     #[test]

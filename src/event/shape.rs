@@ -17,6 +17,7 @@ use async_nats::Subject;
 use super::draft::{BuildError, EntityKey, Op};
 use super::json::write_str;
 use super::naming::Naming;
+use super::schema::{EnumColumn, TableSchema};
 use super::value::ValueKind;
 use super::ColumnHasher;
 use crate::decode::pgoutput::{self, Datum, OldKind, Relation, ReplicaIdentity, Tuple};
@@ -59,6 +60,12 @@ pub(super) struct Shape {
     /// `,"schema":...,"table":...[,"hashed":[...]],`: what follows `"op"` in every row's
     /// `data` (`data` writes the rest).
     pub(super) data_head: Vec<u8>,
+    /// The Relation this shape was made from, kept for a guarded table so that its schema
+    /// can be read again without a new Relation message (a new enum label).
+    pub(super) relation: Option<Arc<Relation>>,
+    /// The columns holding enum labels and the labels the table's schema lists; `None`
+    /// until the schema is set, empty when there are none.
+    pub(super) enums: Option<Vec<EnumColumn>>,
 }
 
 /// What every draft of one table and op shares; cloning it does not allocate.
@@ -113,6 +120,8 @@ pub(super) struct Shapes {
     hasher: Option<Arc<ColumnHasher>>,
     tables: HashMap<(String, String), Arc<TableSpec>>,
     relations: HashMap<u32, Shape>,
+    /// Some guarded table has enum columns: rows are looked at for new labels only then.
+    pub(super) any_enums: bool,
 }
 
 impl Shapes {
@@ -125,6 +134,7 @@ impl Shapes {
                 .map(|t| ((t.schema.clone(), t.name.clone()), Arc::new(t)))
                 .collect(),
             relations: HashMap::new(),
+            any_enums: false,
         }
     }
 
@@ -152,14 +162,35 @@ impl Shapes {
         Ok(shape.spec.is_some().then_some(shape))
     }
 
+    /// The shape of guarded relation `oid`, to learn enum labels in.
+    #[inline]
+    pub(super) fn guarded_mut(&mut self, oid: u32) -> Option<&mut Shape> {
+        self.relations.get_mut(&oid).filter(|s| s.spec.is_some())
+    }
+
+    /// Takes the enum columns of `schema` into the shapes of its table: always when `changed`,
+    /// else only into a shape made since (a Relation message), so labels learned from rows
+    /// are kept while the schema stays the same.
+    pub(super) fn set_enums(&mut self, schema: &TableSchema, changed: bool) {
+        let table = schema.qualified();
+        for shape in self.relations.values_mut() {
+            if shape.spec.is_some() && *shape.qualified == *table && (changed || shape.enums.is_none()) {
+                let enums = schema.enum_columns();
+                self.any_enums |= !enums.is_empty();
+                shape.enums = Some(enums);
+            }
+        }
+    }
+
     fn shape(&self, rel: Relation, types: &HashMap<u32, ValueKind>) -> Result<Shape, BuildError> {
         let schema = if rel.namespace.is_empty() {
             "pg_catalog".to_owned()
         } else {
-            rel.namespace
+            rel.namespace.clone()
         };
         let qualified: Arc<str> = format!("{schema}.{}", rel.name).into();
         let spec = self.tables.get(&(schema.clone(), rel.name.clone())).cloned();
+        let relation = spec.is_some().then(|| Arc::new(rel.clone()));
         let columns = columns(rel.columns, spec.as_deref(), types);
         let key = match &spec {
             Some(spec) => key_columns(spec, &columns, rel.replica_identity, &qualified)?,
@@ -179,6 +210,8 @@ impl Shapes {
             columns,
             key,
             data_head,
+            relation,
+            enums: None,
         })
     }
 }

@@ -114,6 +114,11 @@ impl WalReader {
             Message::Commit(c) => Some(c.end_lsn),
             _ => None,
         };
+        if let Some(rel) = self.builder.stale_enum_labels(&msg) {
+            // A row with an enum label the table's schema lacks (ADD VALUE sends no Relation
+            // message): the schema is read again, so its schema event goes before the row.
+            self.catalog.describe_for(&mut self.builder, &rel).await?;
+        }
         self.chunks.observe(&self.builder, &msg);
         self.builder.handle(msg, &self.types, out)?;
         if let Some(rel) = relation {

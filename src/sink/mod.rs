@@ -1,7 +1,9 @@
 //! JetStream: the connection, the stream (created or checked per SPEC section 3), the stream's
-//! tail as the checkpoint (G7), and the pipelined publisher.
+//! tail as the checkpoint (G7), the pipelined publisher, and the stream read back in order
+//! (`reader`).
 
 pub mod publisher;
+pub mod reader;
 pub mod stream;
 pub mod transparency;
 

@@ -263,3 +263,114 @@ async fn follow_seals_on_time_and_on_sigterm() {
     // The archive ends at a signed event, so it verifies even while walguard still runs.
     assert_eq!(code, 0, "{out}");
 }
+
+/// The permissions of a NATS user that may read stream `WG` (subjects `wg.>`) and nothing
+/// else: what `walguard archive` needs, from async-nats's ordered consumer (stream info, the
+/// consumer's creation without and with a name, since it recreates itself after a gap, pull
+/// requests, deleting the consumer it replaces, replies on its inbox). Publishing to the
+/// stream's subjects and changing or removing the stream are denied outright as well.
+/// `deploy/nats/archive-reader.conf` documents the same set.
+const READER_PERMISSIONS: &str = r#"{
+      publish: {
+        allow: ["$JS.API.STREAM.INFO.WG", "$JS.API.CONSUMER.CREATE.WG", "$JS.API.CONSUMER.CREATE.WG.>",
+                "$JS.API.CONSUMER.MSG.NEXT.WG.>", "$JS.API.CONSUMER.DELETE.WG.>"]
+        deny: ["wg.>", "$JS.API.STREAM.UPDATE.WG", "$JS.API.STREAM.DELETE.WG", "$JS.API.STREAM.PURGE.WG",
+               "$JS.API.STREAM.MSG.DELETE.WG"]
+      }
+      subscribe: { allow: ["_INBOX.>"] }
+    }"#;
+
+/// SPEC section 7: the archive needs only read access. walguard publishes as `writer` (the
+/// server's `no_auth_user`, so the harness's own reader connects as it too); the archive runs
+/// as its own nkey user, whose permissions allow reading the stream only. It archives the
+/// whole stream; a publish and a purge as that user are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_runs_as_a_nats_user_that_can_only_read_the_stream() {
+    let archiver = nkeys::KeyPair::new_user();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{\n  users = [\n    {{user: writer, password: \"w-secret\"}}\n    \
+             {{nkey: {}, permissions: {READER_PERMISSIONS}}}\n  ]\n}}\nno_auth_user: writer\n",
+            archiver.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = walguard::testkit::Nats::start_with(&["-c", conf.to_str().unwrap()]).unwrap();
+    let pg = walguard::testkit::Postgres::start().unwrap();
+    let env = Env::start_with(
+        pg,
+        nats,
+        TABLE,
+        "[[tables]]\nname = \"public.t\"\n",
+        "\n[archive]\nsegment_events = 256\nsegment_seconds = \"1s\"\n",
+    )
+    .await;
+    let seed = env.dir.path().join("archiver.nk");
+    std::fs::write(&seed, archiver.seed().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains("[nats]\n"), "{text}");
+    let reader_config = env.dir.path().join("archiver.toml");
+    std::fs::write(
+        &reader_config,
+        text.replacen("[nats]\n", &format!("[nats]\nnkey_file = \"{}\"\n", seed.display()), 1),
+    )
+    .unwrap();
+
+    publish(&env, 1, 20, 120).await;
+    let last = env.stream_messages().await;
+    let dir = env.dir.path().join("archive");
+    let (code, out, err) = env.command(&[
+        "archive",
+        "-c",
+        reader_config.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    whole(&archived_sequences(&dir), last);
+    let (code, out) = verify_archive(&env, &dir);
+    assert_eq!(code, 0, "{out}");
+
+    // The permissions bite: as `archiver`, a publish to the stream's subjects and a purge are
+    // refused by the server, and the stream is as it was.
+    let violations = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = violations.clone();
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    seen.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .nkey(archiver.seed().unwrap())
+        .connect(env.nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let acked = match js.publish("wg.public.t.insert", "forged".into()).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(acked.is_err(), "a publish as the archive's user was stored");
+    let stream = js.get_stream("WG").await.unwrap();
+    assert!(
+        stream.purge().await.is_err(),
+        "a purge as the archive's user went through"
+    );
+    let named = eventually(Duration::from_secs(30), "the server's permissions violation", || {
+        let got = violations.lock().unwrap().clone();
+        async move {
+            got.iter()
+                .any(|e| e.to_lowercase().contains("permissions violation") && e.contains("wg.public.t.insert"))
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(named.is_some(), "{:?}", violations.lock().unwrap());
+    assert_eq!(env.stream_messages().await, last);
+}

@@ -198,3 +198,195 @@ async fn keys_identities_generated_columns_and_partitioned_roots() {
         json!({"name": "region", "type": "text", "not_null": true})
     );
 }
+
+/// The labels of `public.mood` in a schema event.
+fn mood_labels(schema: &Value) -> Vec<String> {
+    schema["types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == "public.mood")
+        .map(|t| {
+            t["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// For every row event of `table`: the labels of the newest schema event of the table before
+/// it, by the row's id (`None` when no schema event precedes it).
+fn labels_before_rows(stream: &[crate::harness::Stored], table: &str) -> Vec<(i64, Option<Vec<String>>)> {
+    let mut newest: Option<Vec<String>> = None;
+    let mut out = Vec::new();
+    for m in stream {
+        if m.json["type"] == "walguard.schema" && m.json["subject"] == table {
+            newest = Some(mood_labels(m.data()));
+        } else if !m.is_marker()
+            && format!(
+                "{}.{}",
+                m.data()["schema"].as_str().unwrap_or(""),
+                m.data()["table"].as_str().unwrap_or("")
+            ) == table
+        {
+            out.push((m.data()["key"]["id"].as_i64().unwrap(), newest.clone()));
+        }
+    }
+    out
+}
+
+/// SPEC section 7: `ALTER TYPE ... ADD VALUE` while streaming sends no Relation message, yet
+/// the first row holding the new label (directly, in an array, through a domain) is preceded
+/// by a schema event listing it; the stream verifies; a restart adds no duplicate; a restore
+/// into a new schema creates the enum with the label and holds the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_that_uses_it() {
+    use crate::harness::Env;
+    use std::time::Duration;
+    let env = Env::start(
+        "CREATE TYPE public.mood AS ENUM ('sad', 'ok');
+         CREATE DOMAIN public.dmood AS public.mood;
+         CREATE TABLE public.moods (id int PRIMARY KEY, m public.mood, ms public.mood[], d public.dmood);
+         CREATE TABLE public.others (id int PRIMARY KEY, m public.mood);",
+        "[[tables]]\nname = \"public.moods\"\n\n[[tables]]\nname = \"public.others\"\n",
+        "",
+    )
+    .await;
+    let mut wg = env.spawn_ready().await;
+    let db = &env.db;
+    db.batch_execute("INSERT INTO moods VALUES (1, 'ok', '{sad}', 'sad'); INSERT INTO others VALUES (1, 'ok')")
+        .await
+        .unwrap();
+    // The schema is read from the catalog as it is when walguard decodes, so each row is in
+    // the stream before the next label is added (else an earlier schema event would already
+    // list it). Each label is committed before a row uses it, as PostgreSQL requires.
+    env.wait_events(2, Duration::from_secs(60)).await;
+    for (n, (label, row)) in [
+        ("glad", "(2, 'glad', NULL, NULL)"),
+        ("meh", "(3, 'ok', '{ok,meh}', NULL)"),
+        ("zen", "(4, NULL, NULL, 'zen')"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        db.batch_execute(&format!("ALTER TYPE mood ADD VALUE '{label}'"))
+            .await
+            .unwrap();
+        db.batch_execute(&format!("INSERT INTO moods VALUES {row}"))
+            .await
+            .unwrap();
+        env.wait_events(3 + n, Duration::from_secs(60)).await;
+    }
+    // A row with a label its schema already lists needs no new schema event.
+    db.batch_execute("INSERT INTO moods VALUES (5, 'glad', '{meh}', 'zen')")
+        .await
+        .unwrap();
+    env.wait_events(6, Duration::from_secs(60)).await;
+    let stream = env.read_stream().await;
+    let labels = |l: &[&str]| Some(l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        labels_before_rows(&stream, "public.moods"),
+        [
+            (1, labels(&["sad", "ok"])),
+            (2, labels(&["sad", "ok", "glad"])),
+            (3, labels(&["sad", "ok", "glad", "meh"])),
+            (4, labels(&["sad", "ok", "glad", "meh", "zen"])),
+            (5, labels(&["sad", "ok", "glad", "meh", "zen"])),
+        ],
+        "{stream:#?}"
+    );
+    let schema_events = |s: &[crate::harness::Stored], table: &str| {
+        s.iter()
+            .filter(|m| m.json["type"] == "walguard.schema" && m.json["subject"] == table)
+            .count()
+    };
+    assert_eq!(schema_events(&stream, "public.moods"), 4, "{stream:#?}");
+    // The other table never held a new label: its one schema event stands.
+    assert_eq!(schema_events(&stream, "public.others"), 1, "{stream:#?}");
+
+    // A restart with the shape unchanged adds no schema event.
+    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    let mut wg = env.spawn();
+    db.batch_execute("INSERT INTO moods VALUES (6, 'zen', '{glad}', 'meh'); INSERT INTO others VALUES (2, 'zen')")
+        .await
+        .unwrap();
+    let stream = env.wait_events(8, Duration::from_secs(60)).await;
+    let stream_all = env.read_stream().await;
+    assert_eq!(schema_events(&stream_all, "public.moods"), 4, "{stream_all:#?}");
+    // The other table's row uses a label its schema event lacks: a schema event for it.
+    assert_eq!(schema_events(&stream_all, "public.others"), 2, "{stream_all:#?}");
+    assert_eq!(
+        labels_before_rows(&stream_all, "public.others").last(),
+        Some(&(2, labels(&["sad", "ok", "glad", "meh", "zen"])))
+    );
+    drop(stream);
+    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+
+    let (code, out) = env.verify();
+    assert_eq!(code, 0, "{out}");
+
+    // Restored on a brand-new server, so the enum is created from the schema events alone.
+    // First as of row 5, when the other table's newest schema event still lacked the later
+    // labels: the enum is created with the newest labels any table's schema event lists, and
+    // both tables restore.
+    let at_row5 = stream_all
+        .iter()
+        .find(|m| !m.is_marker() && m.data()["table"] == "moods" && m.data()["key"]["id"] == 5)
+        .expect("row 5 is in the stream")
+        .seq
+        .to_string();
+    let fresh = tokio::task::spawn_blocking(walguard::testkit::Postgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let target = fresh.url("postgres");
+    let config = env.config.to_str().unwrap();
+    let restore = |into: &'static str, at: Option<&str>| {
+        let mut args = vec!["restore", "-c", config, "--into", into, "--target", &target];
+        if let Some(at) = at {
+            args.extend(["--at", at]);
+        }
+        let (code, stdout, stderr) = env.command(&args);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+    };
+    restore("asof5", Some(&at_row5));
+    restore("restored", None);
+    let restored_db = crate::harness::connect_db(&target).await;
+    let enum_labels = texts(
+        &restored_db,
+        "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = 'public.mood'::regtype ORDER BY enumsortorder",
+    )
+    .await;
+    assert_eq!(enum_labels, ["sad", "ok", "glad", "meh", "zen"]);
+    let rows = |client: &'static str, schema: &'static str, table: &'static str, upto: i32| {
+        let db = if client == "source" { db } else { &restored_db };
+        let sql = format!("SELECT row_to_json(x)::text FROM {schema}.{table} x WHERE id <= {upto} ORDER BY 1");
+        async move { texts(db, &sql).await }
+    };
+    for table in ["moods", "others"] {
+        let all = rows("source", "public", table, 100).await;
+        assert!(!all.is_empty());
+        assert_eq!(rows("target", "restored", table, 100).await, all, "{table}");
+    }
+    assert_eq!(
+        rows("target", "asof5", "moods", 100).await,
+        rows("source", "public", "moods", 5).await
+    );
+    assert_eq!(
+        rows("target", "asof5", "others", 100).await,
+        rows("source", "public", "others", 1).await
+    );
+}
+
+/// The first column of every row of `sql`, as text.
+async fn texts(db: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
