@@ -308,7 +308,7 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
     assert_eq!(schema_events(&stream, "public.others"), 1, "{stream:#?}");
 
     // A restart with the shape unchanged adds no schema event.
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    wg.stop_cleanly().await;
     let mut wg = env.spawn();
     db.batch_execute("INSERT INTO moods VALUES (6, 'zen', '{glad}', 'meh'); INSERT INTO others VALUES (2, 'zen')")
         .await
@@ -323,7 +323,7 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
         Some(&(2, labels(&["sad", "ok", "glad", "meh", "zen"])))
     );
     drop(stream);
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    wg.stop_cleanly().await;
 
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
