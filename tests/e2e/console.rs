@@ -14,24 +14,29 @@ use http_body_util::{BodyExt, Full};
 
 use crate::harness::{eventually, Env, BIN};
 
-const TOKEN: &str = "console-test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "console-test-token-0123456789abcdef";
 /// A row value that must stay text and stay out of URLs and logs.
-const EVIL: &str = "<script>alert('walguard')</script>";
+pub(crate) const EVIL: &str = "<script>alert('walguard')</script>";
 
-struct ConsoleProcess {
+pub(crate) struct ConsoleProcess {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
 }
 
 impl ConsoleProcess {
-    fn start(config: &Path, dir: &Path) -> ConsoleProcess {
+    pub(crate) fn start(config: &Path, dir: &Path) -> ConsoleProcess {
+        ConsoleProcess::start_with(&["-c", config.to_str().unwrap()], dir)
+    }
+
+    /// `walguard console ARGS --listen 127.0.0.1:PORT` on a free port.
+    pub(crate) fn start_with(args: &[&str], dir: &Path) -> ConsoleProcess {
         let port = walguard::testkit::free_port();
         let log = dir.join(format!("console-{port}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
-            .args(["console", "-c"])
-            .arg(config)
+            .arg("console")
+            .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("WALGUARD_LOG", "info")
             .stdin(Stdio::null())
@@ -42,7 +47,7 @@ impl ConsoleProcess {
         ConsoleProcess { child, port, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -54,13 +59,19 @@ impl Drop for ConsoleProcess {
     }
 }
 
-struct Reply {
-    status: u16,
-    headers: hyper::HeaderMap,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: String,
 }
 
-async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<Reply> {
+pub(crate) async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Reply> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -91,7 +102,7 @@ async fn get(port: u16, path: &str, cookie: &str) -> Reply {
         .expect("console answers")
 }
 
-fn form(v: &str) -> String {
+pub(crate) fn form(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
@@ -112,7 +123,7 @@ fn urls(page: &str) -> Vec<String> {
         .collect()
 }
 
-fn write_token(dir: &Path) -> PathBuf {
+pub(crate) fn write_token(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("console.token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
@@ -120,7 +131,7 @@ fn write_token(dir: &Path) -> PathBuf {
     path
 }
 
-fn with_console(env: &Env, stream: &str, token: Option<&Path>, name: &str) -> PathBuf {
+pub(crate) fn with_console(env: &Env, stream: &str, token: Option<&Path>, name: &str) -> PathBuf {
     let mut text = std::fs::read_to_string(&env.config).unwrap().replace(
         &format!("stream = \"{}\"", env.stream),
         &format!("stream = \"{stream}\""),
@@ -381,35 +392,15 @@ async fn console_shows_a_tampered_stream_in_red_and_refuses_open_listening() {
 
 /// Copies the stream into `to`, replacing `from` by `with` in the first payload that holds
 /// it, keeping every header; returns that message's sequence.
-async fn copy_altering(env: &Env, to: &str, from: &str, with: &str) -> u64 {
-    let js = env.js().await;
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: to.to_owned(),
-        subjects: vec![format!("{}.>", to.to_lowercase())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+pub(crate) async fn copy_altering(env: &Env, to: &str, from: &str, with: &str) -> u64 {
     let mut altered = None;
-    for m in env.read_stream().await {
-        let text = String::from_utf8(m.payload.clone()).unwrap();
-        let payload = if altered.is_none() && text.contains(from) {
-            altered = Some(m.seq);
-            text.replace(from, with)
-        } else {
-            text
-        };
-        let headers = stored_headers(&js, &env.stream, m.seq).await;
-        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    crate::harness::copy_stream(&env.js().await, &env.stream, to, |seq, _, payload| {
+        let text = String::from_utf8_lossy(payload).into_owned();
+        if altered.is_none() && text.contains(from) {
+            *payload = text.replace(from, with).into_bytes();
+            altered = Some(seq);
+        }
+    })
+    .await;
     altered.expect("a message to alter")
-}
-
-async fn stored_headers(js: &async_nats::jetstream::Context, stream: &str, seq: u64) -> async_nats::HeaderMap {
-    let raw = js.get_stream(stream).await.unwrap().get_raw_message(seq).await.unwrap();
-    raw.headers
 }

@@ -381,6 +381,36 @@ impl Env {
     }
 }
 
+/// Copies stream `from` into a new stream `to` (subject `{to}.copy`, lowercased), message
+/// for message with every header, each passed through `alter(sequence, headers, payload)`
+/// first: the tamper tests' altered or forged copy of a real stream.
+pub async fn copy_stream(
+    js: &jetstream::Context,
+    from: &str,
+    to: &str,
+    mut alter: impl FnMut(u64, &mut async_nats::HeaderMap, &mut Vec<u8>),
+) {
+    js.create_stream(jetstream::stream::Config {
+        name: to.to_owned(),
+        subjects: vec![format!("{}.>", to.to_lowercase())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let source = js.get_stream(from).await.unwrap();
+    let last = source.cached_info().state.last_sequence;
+    for seq in 1..=last {
+        let m = source.get_raw_message(seq).await.unwrap();
+        let (mut headers, mut payload) = (m.headers, m.payload.to_vec());
+        alter(seq, &mut headers, &mut payload);
+        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 /// A walguard process; killed with SIGKILL on drop.
 /// Polls `check` every 100 ms until it yields `Some`, for at most `within`; `None` then, so
 /// the caller fails with what it was waiting for (`what`, also printed to stderr).
