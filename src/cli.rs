@@ -841,15 +841,17 @@ pub async fn console(config: &Path, listen: Option<&str>) -> Result<Found, Failu
         Some(path) => Some(crate::console::auth::Token::load(path).map_err(Failure::Config)?),
         None => None,
     };
-    if cfg.console.tls_cert_file.is_some() {
+    let c = &cfg.console;
+    let tls = match (&c.tls_cert_file, &c.tls_key_file, &c.tls_client_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            crate::console::tls::acceptor(cert, key, ca)
+                .map_err(|e| Failure::Config(format!("configuration {}: {e}", cfg.file.display())))?,
+        ),
+        _ => None,
+    };
+    if token.is_none() && tls.is_none() && !crate::console::auth::is_loopback(&addr) {
         return Err(Failure::Config(format!(
-            "configuration {}: console.tls_cert_file: TLS for the console is not built yet; use console.token_file (behind a TLS proxy beyond loopback)",
-            cfg.file.display()
-        )));
-    }
-    if token.is_none() && !crate::console::auth::is_loopback(&addr) {
-        return Err(Failure::Config(format!(
-            "configuration {}: the console would serve {addr} beyond loopback to anyone: set console.token_file (or listen on 127.0.0.1)",
+            "configuration {}: the console would serve {addr} beyond loopback to anyone: set console.token_file or console.tls_* with client certificates (or listen on 127.0.0.1)",
             cfg.file.display()
         )));
     }
@@ -860,10 +862,10 @@ pub async fn console(config: &Path, listen: Option<&str>) -> Result<Found, Failu
             "console listen {addr}: cannot listen ({e}); choose a free address"
         ))
     })?;
-    let console = std::sync::Arc::new(crate::console::Console::new(js, &cfg.nats.stream, token, false));
+    let console = std::sync::Arc::new(crate::console::Console::new(js, &cfg.nats.stream, token, tls.is_some()));
     tokio::spawn(console.clone().follow(keyring));
-    tracing::info!(listen = %addr, stream = %cfg.nats.stream, "console serving");
+    tracing::info!(listen = %addr, stream = %cfg.nats.stream, tls = tls.is_some(), "console serving");
     let shutdown = shutdown_on_signal("console: stopping");
-    crate::console::serve(listener, console, shutdown).await;
+    crate::console::serve(listener, console, tls, shutdown).await;
     Ok(exit::OK)
 }

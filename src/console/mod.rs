@@ -13,6 +13,7 @@ pub mod index;
 pub mod render;
 pub mod routes;
 pub mod timeline;
+pub mod tls;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -99,10 +100,12 @@ impl Console {
     }
 }
 
-/// Serves `console` on `listener` until `shutdown` turns true.
+/// Serves `console` on `listener` until `shutdown` turns true; over TLS with client
+/// certificates when `tls` is given (a client the CA did not certify never gets to a request).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     console: Arc<Console>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -110,17 +113,31 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else { continue };
         let console = console.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| routes::handle(console.clone(), req));
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(%error, "console connection ended");
+            match tls {
+                None => connection(stream, console).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => connection(stream, console).await,
+                    Err(error) => tracing::info!(%peer, %error, "console: TLS handshake refused"),
+                },
             }
         });
+    }
+}
+
+async fn connection<I>(io: I, console: Arc<Console>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let service = hyper::service::service_fn(move |req| routes::handle(console.clone(), req));
+    if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(%error, "console connection ended");
     }
 }

@@ -600,6 +600,58 @@ pub fn make_certs(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathB
     (ca, cert, key)
 }
 
+/// A client certificate for `cn` signed by the CA `make_certs(dir, ca_name, ..)` made, with
+/// the openssl command: `(cert.pem, key.pem)` in `dir`, prefixed `{ca_name}-{cn}`.
+pub fn make_client_cert(dir: &Path, ca_name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{ca_name}-{cn}-{f}"));
+    let ca = |f: &str| dir.join(format!("{ca_name}-{f}"));
+    let (key, csr, cert, ext) = (p("key.pem"), p("csr.pem"), p("cert.pem"), p("ext.cnf"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = format!("/CN={cn}");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &subject,
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca("ca.pem").to_str().unwrap(),
+        "-CAkey",
+        ca("ca.key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
+}
+
 /// A TCP proxy on loopback that tests can cut (close every connection) or stall (stop
 /// forwarding in both directions while set).
 pub struct Proxy {
