@@ -242,15 +242,18 @@ pub fn over_time(table: &str, ts: &TimeSeries) -> String {
             when(from)
         );
     }
-    let last = ts.start + (n - 1) * ts.width;
     let _ = write!(
         svg,
-        "<line x1=\"10\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"10\" y=\"130\">{}</text><text x=\"510\" y=\"130\" text-anchor=\"end\">{}</text></svg>",
+        "<line x1=\"10\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"10\" y=\"130\">{}</text>",
         10 + n * bar,
         when(ts.start),
-        when(last),
         y = 10 + BAR_MAX,
     );
+    if n > 1 {
+        let last = ts.start + (n - 1) * ts.width;
+        let _ = write!(svg, "<text x=\"510\" y=\"130\" text-anchor=\"end\">{}</text>", when(last));
+    }
+    svg.push_str("</svg>");
     svg
 }
 

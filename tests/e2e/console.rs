@@ -162,6 +162,8 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
         "",
     )
     .await;
+    // No checkpoint while the console looks (the page says none; the proofs are another test's).
+    crate::transparency::audit_section(&env, "checkpoint_interval = \"1h\"");
     let mut wg = env.spawn_ready().await;
     env.db
         .batch_execute(&format!(

@@ -3,7 +3,8 @@
 //! wrote from real SQL. Without the token every page shows the login form and no data; after
 //! logging in through the form the overview's counts are the writes; typing a key into the
 //! table page's search opens its timeline with the old and new values written; a `<script>`
-//! row value stays text; an altered message turns the overview red naming its sequence. Each
+//! row value stays text; the newest checkpoint shows its witness's cosignature and each event
+//! its proof link; an altered message turns the overview red naming its sequence. Each
 //! page is photographed; with `WALGUARD_SCREENSHOTS=DIR` the PNGs are written there (that is
 //! how README's `docs/console-*.png` are made).
 //!
@@ -20,6 +21,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 
 use super::console::{copy_altering, request, with_console, write_token, ConsoleProcess, EVIL, TOKEN};
 use crate::harness::{eventually, Env};
+use crate::witness::{witness_key, WitnessProcess};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -163,6 +165,18 @@ async fn change_rows(b: &Browser) -> Vec<String> {
     rows
 }
 
+/// Waits for the page a click led to: one with an element of id `id` (the page before has
+/// none; a click that submits a form does not wait for the next page).
+async fn arrived(b: &Browser, id: &str) {
+    let found = b
+        .client()
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Id(id))
+        .await;
+    assert!(found.is_ok(), "no #{id} in {}", b.client().source().await.unwrap());
+}
+
 async fn log_in(b: &Browser, base: &str) {
     b.open(&format!("{base}/login")).await;
     let c = b.client();
@@ -200,6 +214,16 @@ async fn console_in_a_real_browser() {
         "",
     )
     .await;
+    // Checkpoints every second, cosigned by a witness: the overview shows them.
+    let (vkey, _) = crate::transparency::log_vkey(&env).await;
+    let witness = WitnessProcess::start(env.dir.path(), &witness_key(env.dir.path()), &vkey);
+    crate::transparency::audit_section(
+        &env,
+        &format!(
+            "checkpoint_interval = \"1s\"\n{}",
+            crate::transparency::witness_section(&witness)
+        ),
+    );
     let mut wg = env.spawn_ready().await;
     env.db
         .batch_execute(&format!(
@@ -241,6 +265,18 @@ async fn console_in_a_real_browser() {
         class == "good" && text.starts_with("Verified: intact")
     })
     .await;
+    let cosigned = eventually(
+        Duration::from_secs(30),
+        "a checkpoint cosigned after the writes",
+        || async {
+            b.client().goto(&format!("{base}/")).await.ok()?;
+            let text = b.text("#checkpoint").await;
+            let size: u64 = text.split("the first ").nth(1)?.split(' ').next()?.parse().ok()?;
+            (size >= 8 && text.contains("cosigned by witness witness.test/w1")).then_some(text)
+        },
+    )
+    .await;
+    assert!(cosigned.is_some(), "{}", b.client().source().await.unwrap());
     let row = b.text("#tables tr:nth-child(2)").await;
     assert!(row.starts_with("public.customers"), "{row}");
     assert_eq!(b.text("#tables tr:nth-child(2) td.events").await, "5");
@@ -263,6 +299,7 @@ async fn console_in_a_real_browser() {
     b.screenshot("table").await;
     c.find(Locator::Id("key")).await.unwrap().send_keys("1").await.unwrap();
     c.find(Locator::Id("search")).await.unwrap().click().await.unwrap();
+    arrived(&b, "entity-key").await;
     assert_eq!(b.text("#entity-key").await, "1");
     let url = c.current_url().await.unwrap();
     assert!(url.path().starts_with("/tables/0/entities/"), "{url}");
@@ -277,13 +314,24 @@ async fn console_in_a_real_browser() {
         assert!(rows.iter().any(|r| r == expected), "{expected} not in {rows:?}");
     }
     assert!(b.text("#timeline").await.contains("signature: "));
+    assert_eq!(
+        c.find_all(Locator::Css("a.proof")).await.unwrap().len(),
+        2,
+        "each event's proof"
+    );
     b.screenshot("entity").await;
 
     // The `<script>` row: its key and values are text, no script element is in the page.
     c.goto(&format!("{base}/tables/0")).await.unwrap();
     c.find(Locator::Id("key")).await.unwrap().send_keys("3").await.unwrap();
     c.find(Locator::Id("search")).await.unwrap().click().await.unwrap();
-    assert!(change_rows(&b).await.iter().any(|r| *r == format!("name|—|{EVIL}")));
+    arrived(&b, "entity-key").await;
+    let rows = change_rows(&b).await;
+    assert!(
+        rows.iter().any(|r| *r == format!("name|—|{EVIL}")),
+        "{rows:?} in {}",
+        c.source().await.unwrap()
+    );
     assert!(c.find_all(Locator::Css("script")).await.unwrap().is_empty());
 
     // An altered message: a console over the altered copy shows it in red, naming it.
