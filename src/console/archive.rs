@@ -48,6 +48,7 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
     };
     reader.verifier = std::mem::replace(&mut reader.verifier, crate::verify::Verifier::new(keyring))
         .with_witnesses(index.witnesses.clone());
+    let mut altered = None;
     loop {
         match reader.next_message() {
             Ok(Some(m)) => {
@@ -70,10 +71,7 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
             }
             Ok(None) => break,
             Err(ArchiveError::Altered { path, problem }) => {
-                index.problems.push(Problem {
-                    sequence: problem.sequence,
-                    reason: format!("{} (in {})", problem.reason, path.display()),
-                });
+                altered = Some((problem.sequence, path));
                 break;
             }
             Err(e) => {
@@ -82,7 +80,19 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
             }
         }
     }
-    index.problems.extend(reader.verifier.problems.iter().cloned());
+    // The verifier's problems; the one that stopped the reading names its segment too.
+    index.problems = reader
+        .verifier
+        .problems
+        .iter()
+        .map(|p| match &altered {
+            Some((sequence, path)) if *sequence == p.sequence => Problem {
+                sequence: p.sequence,
+                reason: format!("{} (in {})", p.reason, path.display()),
+            },
+            _ => p.clone(),
+        })
+        .collect();
     lines
 }
 

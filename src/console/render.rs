@@ -251,7 +251,11 @@ pub fn over_time(table: &str, ts: &TimeSeries) -> String {
     );
     if n > 1 {
         let last = ts.start + (n - 1) * ts.width;
-        let _ = write!(svg, "<text x=\"510\" y=\"130\" text-anchor=\"end\">{}</text>", when(last));
+        let _ = write!(
+            svg,
+            "<text x=\"510\" y=\"130\" text-anchor=\"end\">{}</text>",
+            when(last)
+        );
     }
     svg.push_str("</svg>");
     svg

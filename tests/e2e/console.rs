@@ -754,4 +754,5 @@ async fn console_shows_checkpoints_and_proofs_and_reads_an_archive() {
         page.contains(&segment.file_name().unwrap().to_string_lossy().into_owned()),
         "{page}"
     );
+    assert_eq!(page.matches("<li class=\"problem\">").count(), 1, "{page}");
 }
