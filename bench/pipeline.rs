@@ -173,7 +173,7 @@ async fn prepare(env: &Bench, prefill: i64) {
     let mut wg = env.spawn_ready().await;
     wait_count(env, "snapshot", prefill as u64, Duration::from_secs(120)).await;
     assert_eq!(
-        wg.stop(Duration::from_secs(30)),
+        wg.stop(Duration::from_secs(30)).await,
         Some(0),
         "walguard stops cleanly:\n{}",
         wg.output()
@@ -314,7 +314,7 @@ async fn live(name: &str) -> Row {
         eprintln!("{}", scrape_metrics(env.listen_port));
     }
     assert_eq!(
-        wg.stop(Duration::from_secs(30)),
+        wg.stop(Duration::from_secs(30)).await,
         Some(0),
         "walguard stops cleanly:\n{}",
         wg.output()
@@ -375,7 +375,7 @@ async fn run_walguard(env: &Bench, base: u64, changes: u64) -> Run {
         if n >= changes {
             break;
         }
-        if let Some(code) = wg.wait_exit(Duration::ZERO) {
+        if let Some(code) = wg.exited() {
             panic!("walguard exited with {code}:\n{}", wg.output());
         }
         assert!(Instant::now() < deadline, "walguard did not catch up:\n{}", wg.output());
@@ -390,7 +390,7 @@ async fn run_walguard(env: &Bench, base: u64, changes: u64) -> Run {
     };
     stop_profile(profiler);
     assert_eq!(
-        wg.stop(Duration::from_secs(30)),
+        wg.stop(Duration::from_secs(30)).await,
         Some(0),
         "walguard stops cleanly:\n{}",
         wg.output()
@@ -438,7 +438,7 @@ async fn wait_streaming(env: &Bench, wg: &mut Walguard, base_seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while env.stream_messages().await <= base_seq {
         env.db.batch_execute("SELECT txid_current()").await.unwrap();
-        if let Some(code) = wg.wait_exit(Duration::ZERO) {
+        if let Some(code) = wg.exited() {
             panic!("walguard exited with {code}:\n{}", wg.output());
         }
         assert!(Instant::now() < deadline, "walguard did not stream:\n{}", wg.output());

@@ -74,7 +74,7 @@ pub async fn prove_stream(
         .get_stream(stream)
         .await
         .map_err(|e| format!("stream {stream}: {e}"))?;
-    let subject = format!("{prefix}._walguard.checkpoint");
+    let subject = crate::event::naming::marker_subject(prefix, crate::event::naming::CHECKPOINT);
     let (at, payload) = last_on_subject(&st, &subject)
         .await
         .map_err(|e| e.to_string())?

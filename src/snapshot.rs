@@ -214,6 +214,9 @@ pub struct TableRead {
     pub relation: Relation,
     pub columns: Vec<String>,
     key_positions: Vec<usize>,
+    /// Per key column, whether it is bytea (or a domain over it): events carry it as base64,
+    /// the keyset condition takes PostgreSQL's `\x` hex.
+    key_bytea: Vec<bool>,
 }
 
 impl TableRead {
@@ -230,16 +233,57 @@ impl TableRead {
         let missing: Vec<u32> = EventBuilder::unresolved_types(&relation, types).collect();
         catalog.resolve_types(missing, types).await?;
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
-        let key_positions = spec
+        let key_positions: Vec<usize> = spec
             .key
             .iter()
             .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        let key_bytea = key_positions
+            .iter()
+            .map(|&i| {
+                let oid = relation.columns[i].type_oid;
+                let kind = crate::event::value::ValueKind::builtin(oid).or_else(|| types.get(&oid).cloned());
+                matches!(kind, Some(crate::event::value::ValueKind::Bytea))
+            })
             .collect();
         Ok(Some(TableRead {
             relation,
             columns,
             key_positions,
+            key_bytea,
         }))
+    }
+
+    /// A key to resume after, as the keyset condition takes it. A progress event states it
+    /// in PostgreSQL's text already; a key taken from a stored snapshot row (a group a crash
+    /// left open) has bytea values in base64, which never holds the `\` that PostgreSQL's
+    /// hex form starts with, and those are turned back into hex here.
+    pub fn resume_key(&self, after: Vec<String>) -> Result<Vec<String>, Error> {
+        use base64::Engine;
+        after
+            .into_iter()
+            .zip(self.key_bytea.iter().chain(std::iter::repeat(&false)))
+            .map(|(value, &bytea)| {
+                if !bytea || value.starts_with("\\x") {
+                    return Ok(value);
+                }
+                let bytes = base64::engine::general_purpose::STANDARD.decode(&value).map_err(|e| {
+                    Error::Refused(
+                        Refusal::Snapshot,
+                        format!(
+                            "the stored key to resume {}.{} after is not base64 bytea ({e})",
+                            self.relation.namespace, self.relation.name
+                        ),
+                    )
+                })?;
+                let mut hex = String::with_capacity(2 + 2 * bytes.len());
+                hex.push_str("\\x");
+                for b in bytes {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                Ok(hex)
+            })
+            .collect()
     }
 
     /// The key of a row read by `read_chunk`, as the text the next chunk's keyset condition
@@ -578,6 +622,7 @@ pub async fn incremental(
             .await?
             .ok_or_else(|| disappeared(&spec))?;
         let mut meter = Meter::new(qualified(&spec), catalog.estimated_rows(table.relation.oid).await?);
+        let after = after.map(|a| table.resume_key(a)).transpose()?;
         let mut keyset = Keyset::new(&spec, &table, after);
         while !keyset.is_done() {
             n += 1;

@@ -31,7 +31,7 @@ use crate::check;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Refusal};
-use crate::event::naming::Naming;
+use crate::event::naming::{self, Naming};
 use crate::event::shape::TableSpec;
 use crate::event::value::ValueKind;
 use crate::event::{ColumnHasher, Envelope, EventBuilder, Keyring, Signer};
@@ -207,7 +207,7 @@ impl Session<'_> {
         // The tables' shapes as the stream holds them up to the verified head, so a schema
         // event is published only when a shape differs (and the unsigned tail's are derived
         // again, byte for byte).
-        let schema_subject = format!("{}._walguard.schema", cfg.nats.subject_prefix);
+        let schema_subject = naming::marker_subject(&cfg.nats.subject_prefix, "schema");
         let schemas = stream::read_schemas(&links.stream, &schema_subject, tail.next_sequence - 1).await?;
         let log = self
             .transparency_log(&links.system, &links.js, &links.stream, &keyring, &tail)
@@ -311,7 +311,7 @@ impl Session<'_> {
             .audit
             .witness_keys()
             .map_err(|e| Error::Refused(Refusal::Internal, e))?;
-        let subject = format!("{}._walguard.checkpoint", cfg.nats.subject_prefix);
+        let subject = naming::marker_subject(&cfg.nats.subject_prefix, naming::CHECKPOINT);
         let size = tail.next_sequence - 1;
         let restored = transparency::restore(js, stream, &subject, size, &logs, &witnesses).await?;
         tracing::debug!(size, root = %restored.frontier.root(), "Merkle tree restored");
@@ -783,8 +783,8 @@ async fn snapshot_state(
     prefix: &str,
     tables: &[TableSpec],
 ) -> Result<(Progress, Option<(Lsn, u32)>), Error> {
-    let marker = stream::last_on_subject(stream, &format!("{prefix}._walguard.snapshot")).await?;
-    let resync = stream::last_on_subject(stream, &format!("{prefix}._walguard.resync")).await?;
+    let marker = stream::last_on_subject(stream, &naming::marker_subject(prefix, "snapshot")).await?;
+    let resync = stream::last_on_subject(stream, &naming::marker_subject(prefix, "resync")).await?;
     let head = tail.head.as_deref().map(|p| (tail.next_sequence - 1, p));
     snapshot::resume(
         marker.as_ref().map(|(seq, p)| (*seq, &p[..])),

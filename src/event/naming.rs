@@ -85,7 +85,7 @@ impl Naming {
     fn marker(&self, op: Op, lsn: Lsn, now_unix_micros: i64, data: Vec<u8>) -> Draft {
         Draft {
             op,
-            nats_subject: format!("{}._walguard.{}", self.subject_prefix, op.as_str()).into(),
+            nats_subject: marker_subject(&self.subject_prefix, op.as_str()).into(),
             id: self.event_id(lsn, format_args!("{}", op.as_str())),
             ce_type: format!("walguard.{}", op.as_str()).into(),
             ce_subject: self.slot.clone(),
@@ -108,7 +108,7 @@ impl Naming {
         let group = if snapshot { "snapshot" } else { "change" };
         Draft {
             op: Op::Schema,
-            nats_subject: format!("{}._walguard.schema", self.subject_prefix).into(),
+            nats_subject: marker_subject(&self.subject_prefix, "schema").into(),
             id: self.event_id(lsn, format_args!("schema/{group}/{after_idx}/{qualified}")),
             ce_type: "walguard.schema".into(),
             ce_subject: qualified,
@@ -129,7 +129,7 @@ impl Naming {
     pub fn checkpoint(&self, after: Position, end: Lsn, time_micros: i64, size: u64, data: Vec<u8>) -> Draft {
         Draft {
             op: Op::Checkpoint,
-            nats_subject: format!("{}._walguard.checkpoint", self.subject_prefix).into(),
+            nats_subject: marker_subject(&self.subject_prefix, CHECKPOINT).into(),
             id: self.event_id(after.lsn, format_args!("checkpoint/{size}")),
             ce_type: "walguard.checkpoint".into(),
             ce_subject: self.slot.clone(),
@@ -148,7 +148,7 @@ impl Naming {
     pub(super) fn snapshot_progress(&self, lsn: Lsn, idx: u32, time_micros: i64, data: Vec<u8>) -> Draft {
         Draft {
             op: Op::SnapshotProgress,
-            nats_subject: format!("{}._walguard.snapshot", self.subject_prefix).into(),
+            nats_subject: marker_subject(&self.subject_prefix, "snapshot").into(),
             id: self.snapshot_id(lsn, idx),
             ce_type: "walguard.snapshot.progress".into(),
             ce_subject: self.slot.clone(),
@@ -164,6 +164,15 @@ impl Naming {
 }
 
 /// The last word of a row event's CloudEvents type.
+/// The last token of the checkpoints' subject (`{prefix}._walguard.checkpoint`).
+pub const CHECKPOINT: &str = "checkpoint";
+
+/// The NATS subject of walguard's own `kind` of message (watermark, resync, schema,
+/// checkpoint, snapshot progress): `{prefix}._walguard.{kind}`, SPEC section 3.
+pub fn marker_subject(prefix: &str, kind: &str) -> String {
+    format!("{prefix}._walguard.{kind}")
+}
+
 fn past_tense(op: Op) -> &'static str {
     match op {
         Op::Insert => "created",

@@ -24,6 +24,10 @@ pub enum CatalogError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// An answer walguard cannot read (a setting or LSN that does not parse): never taken
+    /// for a default.
+    #[error("PostgreSQL at {target}: {what}")]
+    Unreadable { target: String, what: String },
 }
 
 impl CatalogError {
@@ -34,6 +38,7 @@ impl CatalogError {
                 source.code().is_none_or(|c| super::sqlstate::is_transient(c.code()))
             }
             CatalogError::Connect { .. } => true,
+            CatalogError::Unreadable { .. } => false,
         }
     }
 }
@@ -309,6 +314,19 @@ impl Catalog {
         }
     }
 
+    fn unreadable(&self, what: String) -> CatalogError {
+        CatalogError::Unreadable {
+            target: self.target.clone(),
+            what,
+        }
+    }
+
+    /// An LSN the server printed, or an error naming `what` it is.
+    fn lsn(&self, text: &str, what: &str) -> Result<Lsn, CatalogError> {
+        text.parse()
+            .map_err(|_| self.unreadable(format!("{what} {text:?} is not an LSN")))
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -379,7 +397,10 @@ impl Catalog {
     }
 
     pub async fn server_version_num(&self) -> Result<i32, CatalogError> {
-        Ok(self.setting("server_version_num").await?.parse().unwrap_or(0))
+        let value = self.setting("server_version_num").await?;
+        value
+            .parse()
+            .map_err(|_| self.unreadable(format!("server_version_num {value:?} is not a number")))
     }
 
     /// What the catalog says about one table, or `None` when it does not exist.
@@ -522,7 +543,7 @@ impl Catalog {
             )
             .await
             .map_err(self.err())?;
-        Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
+        self.lsn(&row.get::<_, String>(0), "pg_logical_emit_message returned")
     }
 
     /// The connected role and whether it may open replication connections.
@@ -659,11 +680,16 @@ impl Catalog {
             )
             .await
             .map_err(self.err())?;
-        Ok(row.map(|r| SlotInfo {
+        let Some(r) = row else { return Ok(None) };
+        let confirmed_flush = r
+            .get::<_, Option<String>>(3)
+            .map(|s| self.lsn(&s, "the slot's confirmed_flush_lsn"))
+            .transpose()?;
+        Ok(Some(SlotInfo {
             plugin: r.get(0),
             database: r.get(1),
             active_pid: r.get(2),
-            confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+            confirmed_flush,
             wal_status: r.get::<_, Option<String>>(4).map(WalStatus::from),
             retained_bytes: r.get(5),
             safe_wal_size: r.get(6),

@@ -462,7 +462,9 @@ impl ReplicationConnection {
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         Ok(SystemInfo {
             system_identifier: field(0),
-            timeline: field(1).parse().unwrap_or(0),
+            timeline: field(1)
+                .parse()
+                .map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM timeline is not a number".into()))?,
             xlogpos: field(2)
                 .parse()
                 .map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM xlogpos is not an LSN".into()))?,

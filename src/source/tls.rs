@@ -371,6 +371,41 @@ fn describe_refusal(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The host list libpq would accept and walguard can follow: no `@` in a host name (a
+/// password cut short), one hostaddr and one port (or one port for all) per host, and hosts
+/// tried in the order written.
+fn check_hosts(inner: &tokio_postgres::Config) -> Result<(), String> {
+    if inner
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(name) if name.contains('@')))
+    {
+        // `postgres://u:p@ss@db` gives password `p` and host `ss@db`, which logs would show.
+        return Err("a host name holds `@`: write `@` in the user name or password as %40".to_owned());
+    }
+    let hosts = inner.get_hosts().len();
+    let addrs = inner.get_hostaddrs().len();
+    if hosts > 0 && addrs > 0 && hosts != addrs {
+        return Err(format!(
+            "postgres.url names {hosts} hosts and {addrs} hostaddrs: give one hostaddr per host, or none"
+        ));
+    }
+    let ports = inner.get_ports().len();
+    if ports > 1 && ports != hosts.max(addrs) {
+        return Err(format!(
+            "postgres.url names {} hosts and {ports} ports: give one port for all hosts, or one per host",
+            hosts.max(addrs)
+        ));
+    }
+    if inner.get_load_balance_hosts() != tokio_postgres::config::LoadBalanceHosts::Disable {
+        return Err(
+            "load_balance_hosts=random is not supported: walguard tries the hosts in the order written (remove it)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 impl PgConfig {
     /// Parses a libpq URL or key=value string, taking `sslmode` and `sslrootcert` out. No
     /// error message holds a value from `url`, as any of them may be the password.
@@ -417,39 +452,12 @@ impl PgConfig {
             ));
         }
         let mut inner = tokio_postgres::Config::from_str(&rest).map_err(|e| describe_refusal(&e))?;
-        if inner
-            .get_hosts()
-            .iter()
-            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(name) if name.contains('@')))
-        {
-            // `postgres://u:p@ss@db` gives password `p` and host `ss@db`, which logs would show.
-            return Err("a host name holds `@`: write `@` in the user name or password as %40".to_owned());
-        }
+        check_hosts(&inner)?;
         inner.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        let hosts = inner.get_hosts().len();
-        let addrs = inner.get_hostaddrs().len();
-        if hosts > 0 && addrs > 0 && hosts != addrs {
-            return Err(format!(
-                "postgres.url names {hosts} hosts and {addrs} hostaddrs: give one hostaddr per host, or none"
-            ));
-        }
-        let ports = inner.get_ports().len();
-        if ports > 1 && ports != hosts.max(addrs) {
-            return Err(format!(
-                "postgres.url names {} hosts and {ports} ports: give one port for all hosts, or one per host",
-                hosts.max(addrs)
-            ));
-        }
-        if inner.get_load_balance_hosts() != tokio_postgres::config::LoadBalanceHosts::Disable {
-            return Err(
-                "load_balance_hosts=random is not supported: walguard tries the hosts in the order written (remove it)"
-                    .to_owned(),
-            );
-        }
         Ok(PgConfig {
             inner,
             ssl_mode,
@@ -735,18 +743,20 @@ mod tests {
         }
     }
 
+    /// The host:port of each candidate `url` names, in order.
+    fn labels(url: &str) -> Vec<String> {
+        PgConfig::parse(url)
+            .unwrap()
+            .candidates()
+            .iter()
+            .map(PgConfig::host_label)
+            .collect()
+    }
+
     /// libpq's documented connection strings (libpq-connect.html, "Connection Strings" and
     /// "Specifying Multiple Hosts"), read as libpq reads them.
     #[test]
     fn libpq_documented_examples() {
-        let labels = |url: &str| {
-            PgConfig::parse(url)
-                .unwrap()
-                .candidates()
-                .iter()
-                .map(PgConfig::host_label)
-                .collect::<Vec<_>>()
-        };
         assert_eq!(labels("postgresql://"), ["localhost:5432"]);
         assert_eq!(labels("postgresql://localhost"), ["localhost:5432"]);
         assert_eq!(labels("postgresql://localhost:5433"), ["localhost:5433"]);
@@ -792,14 +802,6 @@ mod tests {
     #[test]
     fn several_hosts_pair_with_their_ports_and_keep_the_rest() {
         // One port for all, one each, an empty one as 5432, and a host without one in a URL.
-        let labels = |url: &str| {
-            PgConfig::parse(url)
-                .unwrap()
-                .candidates()
-                .iter()
-                .map(PgConfig::host_label)
-                .collect::<Vec<_>>()
-        };
         assert_eq!(labels("host=h1,h2 port=5433"), ["h1:5433", "h2:5433"]);
         assert_eq!(
             labels("host=h1,h2,h3 port=1234,,5678"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{Env, Stored};
+use crate::harness::{self, Env, Stored};
 
 const ITEMS: &str =
     "CREATE TABLE public.items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL, active bool NOT NULL);";
@@ -129,18 +129,14 @@ async fn a_snapshot_killed_midway_resumes_without_duplicates() {
         .unwrap();
     let mut wg = env.spawn();
     let js = env.js().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    harness::eventually(Duration::from_secs(60), "10,000 messages in the stream", || async {
         let n = match js.get_stream(&env.stream).await {
             Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
         };
-        if n >= 10_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", wg.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (n >= 10_000).then_some(())
+    })
+    .await;
     wg.kill();
     let _wg = env.spawn();
     env.db
@@ -163,6 +159,52 @@ async fn a_snapshot_killed_midway_resumes_without_duplicates() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A crash inside the initial snapshot's group leaves a snapshot row at the head, and the
+/// baseline resumes after that row's key as the event holds it. A bytea key is base64 there
+/// and `\x` hex in the keyset condition: every row once, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_a_bytea_key_killed_midway_resumes_after_the_right_row() {
+    let env = Env::start(
+        "CREATE TABLE public.blobs (id bytea PRIMARY KEY, v int NOT NULL);",
+        "[[tables]]\nname = \"public.blobs\"\n",
+        "",
+    )
+    .await;
+    // int8send: 8 bytes big-endian, so bytea order is g's order.
+    env.db
+        .batch_execute("INSERT INTO blobs SELECT int8send(g), g FROM generate_series(1, 30000) g")
+        .await
+        .unwrap();
+    let mut wg = env.spawn();
+    harness::eventually(Duration::from_secs(60), "8,000 messages in the stream", || async {
+        let n = match env.js().await.get_stream(&env.stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        (n >= 8_000).then_some(())
+    })
+    .await;
+    wg.kill();
+    let head = env.read_stream().await.pop().unwrap();
+    assert!(
+        head.is_snapshot(),
+        "killed inside the group: the head is a snapshot row"
+    );
+    let _wg = env.spawn();
+    let stream = wait_until(&env, Duration::from_secs(120), |s| table_completed(s, "public.blobs")).await;
+    assert!(table_completed(&stream, "public.blobs"), "{}", env.newest_log_tail());
+    let snapshots = snapshot_keys(&stream, "public.blobs");
+    assert!(
+        snapshots.values().all(|&n| n == 1),
+        "duplicates: {:?}",
+        snapshots.iter().filter(|(_, n)| **n > 1).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(snapshots.len(), 30_000);
+    let (code, out) = reconcile(&env, "public.blobs");
+    assert_eq!(code, 0, "{out}");
+    env.assert_intact();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_later_gets_its_baseline_while_writes_continue() {
     let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
@@ -173,7 +215,7 @@ async fn a_table_added_later_gets_its_baseline_while_writes_continue() {
         .unwrap();
     let mut wg = env.spawn_ready().await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0));
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
     env.write_config(&format!("{GUARD_ITEMS}\n[[tables]]\nname = \"public.later\"\n"), "");
     let db = crate::harness::connect_db(&env.pg.url("postgres")).await;
     let writer = tokio::spawn(async move {
@@ -215,9 +257,7 @@ async fn small_stream() -> Env {
         .unwrap();
     env.db.batch_execute("DELETE FROM items WHERE id = 3").await.unwrap();
     env.wait_events(8, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0));
+    wg.stop_cleanly().await;
     env
 }
 
@@ -519,7 +559,7 @@ async fn composite_keys_that_join_to_the_same_text_stay_two_rows() {
     let (code, out, _) = env.command(&["history", "-c", cfg(&env), "public.pairs", "a,b,c"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches(" snapshot by unknown actor").count(), 2, "{out}");
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
 
     // later_pairs is baselined incrementally. This transaction holds its primary key index
     // exclusively (REINDEX): walguard's start-up reads only the catalog, but the first
@@ -541,8 +581,7 @@ async fn composite_keys_that_join_to_the_same_text_stay_two_rows() {
         .await
         .unwrap();
     let wg = env.spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    harness::eventually(Duration::from_secs(60), "the snapshot to wait on later_pairs' lock", || async {
         let waiting: i64 = env
             .db
             .query_one(
@@ -552,16 +591,9 @@ async fn composite_keys_that_join_to_the_same_text_stay_two_rows() {
             .await
             .unwrap()
             .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the snapshot never read later_pairs:\n{}",
-            wg.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (waiting > 0).then_some(())
+    })
+    .await;
     writer
         .batch_execute("UPDATE later_pairs SET v = v + 1 WHERE b IN ('y', 'c'); COMMIT")
         .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use walguard::testkit::Postgres;
 
-use crate::harness::{connect_db, eventually, Env, Stored};
+use crate::harness::{connect_db, eventually, poll_until, Env, Stored};
 use crate::ledger::{assert_exactly_once_in_order, write_ledger, Committed};
 
 const LEDGER: &str = "CREATE TABLE public.ledger (id bigint PRIMARY KEY, tx int NOT NULL, v int NOT NULL, note text);";
@@ -68,7 +68,8 @@ async fn set_synchronized_standby_slots(primary: &tokio_postgres::Client, value:
 /// Waits until the standby holds walguard's slot as a synced, usable failover slot.
 async fn wait_synced(standby: &Postgres, slot: &str) {
     let db = connect_db(&standby.url("postgres")).await;
-    let synced = eventually(Duration::from_secs(90), "the failover slot synced to the standby", || {
+    let what = format!("the standby to sync slot {slot} as a failover slot");
+    eventually(Duration::from_secs(90), &what, || {
         let db = &db;
         async move {
             db.query_opt(
@@ -82,7 +83,6 @@ async fn wait_synced(standby: &Postgres, slot: &str) {
         }
     })
     .await;
-    assert!(synced.is_some(), "the standby never synced slot {slot}");
 }
 
 async fn promote(standby: &Postgres) {
@@ -164,7 +164,7 @@ async fn failover_under_load() {
     promote(&standby).await;
     let at_promotion = tried.load(Ordering::SeqCst);
     // The writers reconnect through the same URL and go on on the new primary.
-    let after = eventually(
+    eventually(
         Duration::from_secs(60),
         "the writer going on after the promotion",
         || {
@@ -173,7 +173,6 @@ async fn failover_under_load() {
         },
     )
     .await;
-    assert!(after.is_some(), "the writer did not get on after the promotion");
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
 
@@ -183,7 +182,7 @@ async fn failover_under_load() {
         want.iter().any(|(tx, _)| *tx > at_promotion),
         "nothing committed after the promotion"
     );
-    let got = eventually(Duration::from_secs(120), "every surviving row in the stream", || {
+    let got = poll_until(Duration::from_secs(120), || {
         let (env, want) = (&env, &want);
         async move {
             let rows = stream_rows(&env.read_stream().await);
@@ -199,16 +198,11 @@ async fn failover_under_load() {
         "failover under load: {} rows in the stream, all on the new primary, {tx_after} of them committed after the promotion",
         got.len()
     );
-    assert_eq!(
-        wg.wait_exit(Duration::from_millis(1)),
-        None,
-        "walguard stopped:\n{}",
-        wg.output()
-    );
+    assert_eq!(wg.exited(), None, "walguard stopped:\n{}", wg.output());
     // reconcile needs walguard running: the stream must cover the new primary's position.
     let (code, out, err) = env.command(&["reconcile", "-c", env.config.to_str().unwrap(), "public.ledger"]);
     assert_eq!(code, 0, "reconcile after the failover: {out}{err}");
-    wg.stop(Duration::from_secs(20));
+    wg.stop(Duration::from_secs(20)).await;
     let (code, out) = env.verify();
     assert_eq!(code, 0, "verify after the failover: {out}");
     // The primary's Drop stops what is left of it.
@@ -241,7 +235,7 @@ async fn the_fork_is_refused() {
     standby.start_again().expect("start the stale standby");
     promote(&standby).await;
 
-    let code = wg.wait_exit(Duration::from_secs(120));
+    let code = wg.exit_within(Duration::from_secs(120)).await;
     let refusal = wg.output();
     let out = &refusal;
     assert_eq!(code, Some(1), "walguard must refuse the fork:\n{out}");
@@ -310,7 +304,7 @@ async fn standby_as_source() {
     let env = Env::start_with_pg(primary, &schema, GUARD_LEDGER, "").await;
     // The publication must reach the standby before walguard looks for it there.
     let standby_db = connect_db(&standby.url("postgres")).await;
-    let seen = eventually(Duration::from_secs(30), "the publication on the standby", || {
+    eventually(Duration::from_secs(30), "the publication on the standby", || {
         let db = &standby_db;
         async move {
             db.query_opt("SELECT 1 FROM pg_publication WHERE pubname = 'wg_pub'", &[])
@@ -320,7 +314,6 @@ async fn standby_as_source() {
         }
     })
     .await;
-    assert!(seen.is_some());
     use_url(
         &env,
         &format!("{}?target_session_attrs=standby", standby.url("postgres")),
@@ -328,7 +321,7 @@ async fn standby_as_source() {
     );
     let mut wg = env.spawn();
     // Slot creation on a standby waits for a running-xacts record: the primary writes one now.
-    let streaming = eventually(Duration::from_secs(60), "walguard streaming from the standby", || {
+    let streaming = poll_until(Duration::from_secs(60), || {
         let env = &env;
         async move {
             let _ = env.db.batch_execute("SELECT pg_log_standby_snapshot()").await;
@@ -362,7 +355,7 @@ async fn standby_as_source() {
         .unwrap()
         .get(0);
     assert_eq!(on_primary, 0);
-    wg.stop(Duration::from_secs(20));
+    wg.stop(Duration::from_secs(20)).await;
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
@@ -384,10 +377,12 @@ async fn a_multi_host_url_finds_the_host_target_session_attrs_asks_for() {
         ),
         false,
     );
-    let log = env.expect_run_exit(
-        69,
-        &[&format!("127.0.0.1:{dead}"), "is a standby (in recovery)", "read-write"],
-    );
+    let log = env
+        .expect_run_exit(
+            69,
+            &[&format!("127.0.0.1:{dead}"), "is a standby (in recovery)", "read-write"],
+        )
+        .await;
     assert!(log.contains(&format!("127.0.0.1:{}", standby.port())), "{log}");
     // A dead host and the standby first, the primary last: walguard streams from the primary.
     let url = format!(
@@ -424,5 +419,5 @@ async fn a_multi_host_url_finds_the_host_target_session_attrs_asks_for() {
         .unwrap()
         .get(0);
     assert_eq!(slot_on_primary, 1);
-    wg.stop(Duration::from_secs(20));
+    wg.stop(Duration::from_secs(20)).await;
 }

@@ -49,6 +49,20 @@ fn classify(stream: &[harness::Stored], written: &[i64]) -> (usize, usize, usize
     (want.len() - seen.len(), dup, reordered, unexpected)
 }
 
+/// Waits until walguard has published more since the last fault (`since` messages), so that
+/// the next fault lands mid-stream; returns the count. A writer that has finished ends the wait.
+async fn published_more<T>(env: &Env, since: u64, writer: &tokio::task::JoinHandle<T>) -> u64 {
+    harness::eventually(
+        Duration::from_secs(60),
+        "walguard to publish between faults",
+        || async {
+            let n = env.stream_messages().await;
+            (n >= since + 50 || writer.is_finished()).then_some(n)
+        },
+    )
+    .await
+}
+
 /// Inserts ids `from..from+n`, one transaction each, retrying while the server restarts;
 /// returns the ids whose commit succeeded.
 async fn write_through_restarts(url: &str, from: i64, n: i64) -> Vec<i64> {
@@ -99,8 +113,9 @@ async fn postgres_restarts_fast_and_immediate_lose_and_double_nothing() {
         let url = url.clone();
         async move { write_through_restarts(&url, 1, 1500).await }
     });
+    let mut published = env.stream_messages().await;
     for fast in [true, false] {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        published = published_more(&env, published, &writer).await;
         env.pg.restart(fast).unwrap();
     }
     let written = writer.await.unwrap();
@@ -130,14 +145,14 @@ async fn a_full_stream_stops_publishing_and_resumes_when_raised() {
     while env.read_stream().await.len() < 30 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // walguard has met the limit (and logs it), and waits there instead of exiting.
+    harness::eventually(Duration::from_secs(20), "walguard to report the full stream", || {
+        let met = wg.output().contains("maximum messages");
+        async move { met.then_some(()) }
+    })
+    .await;
     assert_eq!(env.read_stream().await.len(), 30);
-    assert_eq!(
-        wg.wait_exit(Duration::from_millis(10)),
-        None,
-        "walguard must wait, not exit:\n{}",
-        wg.output()
-    );
+    assert_eq!(wg.exited(), None, "walguard must wait, not exit:\n{}", wg.output());
     // The operator raises the limit: everything arrives, once.
     let mut stream = js.get_stream(&env.stream).await.unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
@@ -201,7 +216,7 @@ async fn an_event_over_max_payload_blocks_walguard_until_the_limit_is_raised() {
         assert!(Instant::now() < deadline, "no retry:\n{}", wg.output());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "{}", wg.output());
+    assert_eq!(wg.exited(), None, "{}", wg.output());
     assert_eq!(crate::ops::get(port, "/readyz").await.unwrap().0, 503);
     let log = wg.output();
     assert!(
@@ -231,9 +246,9 @@ async fn an_event_over_max_payload_blocks_walguard_until_the_limit_is_raised() {
     assert_eq!(ids, vec![1, 2, 3]);
     let (status, body) = crate::ops::wait_state(port, "/readyz", 200, "", Duration::from_secs(30)).await;
     assert_eq!(status, 200, "{body}\n{}", wg.output());
-    assert_eq!(wg.wait_exit(Duration::from_millis(10)), None, "{}", wg.output());
+    assert_eq!(wg.exited(), None, "{}", wg.output());
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }
@@ -258,8 +273,9 @@ async fn connections_cut_and_stalled_in_both_directions() {
         let url = env.pg.url("postgres");
         async move { write_through_restarts(&url, 1, 2000).await }
     });
+    let mut published = env.stream_messages().await;
     for step in 0..4 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        published = published_more(&env, published, &writer).await;
         match step {
             0 => pg_proxy.cut(),
             1 => {
@@ -471,7 +487,7 @@ async fn survives_sigkill_at_random_moments() {
     // Let the last acks be confirmed, then stop cleanly.
     tokio::time::sleep(Duration::from_secs(2)).await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(30), &[]).await;
     let samples = sampler.finish().await;
 
     let stream = env.read_stream().await;
@@ -508,16 +524,11 @@ async fn nats_outage_loses_and_doubles_nothing() {
     let total: usize = log.iter().map(Vec::len).sum();
     let events = env.wait_events(total, Duration::from_secs(90)).await;
     assert_eq!(events.len(), total, "{}", wg.output());
-    assert_eq!(
-        wg.wait_exit(Duration::from_millis(10)),
-        None,
-        "walguard must keep running:\n{}",
-        wg.output()
-    );
+    assert_eq!(wg.exited(), None, "walguard must keep running:\n{}", wg.output());
     let stream = env.read_stream().await;
     assert_exactly_once_in_order(&stream, &log);
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(30), &[]).await;
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
 }

@@ -56,7 +56,7 @@ async fn check_passes_a_healthy_setup_and_names_the_fix_for_each_broken_one() {
     );
     // run refuses too, and never puts the table into a publication.
     let mut wg = env.spawn();
-    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+    wg.expect_exit(1, Duration::from_secs(30), &[]).await;
     assert!(wg.output().contains("REPLICA IDENTITY FULL"), "{}", wg.output());
     let published = env
         .db
@@ -308,12 +308,7 @@ async fn schema_changes_while_streaming_keep_events_correct() {
         assert_eq!(&got.data()["after"], want, "after {sql}");
     }
     assert_eq!(events[6].data()["key"], json!({"item_id": 6}));
-    assert_eq!(
-        wg.wait_exit(Duration::from_millis(10)),
-        None,
-        "walguard must not restart:\n{}",
-        wg.output()
-    );
+    assert_eq!(wg.exited(), None, "walguard must not restart:\n{}", wg.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +326,7 @@ async fn a_slot_that_lost_wal_stops_walguard_until_an_explicit_resync() {
     env.db.batch_execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
     env.wait_events(1, Duration::from_secs(20)).await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
 
     // While walguard is down, enough WAL passes for the slot to be invalidated.
     for i in 0..6 {
@@ -357,7 +352,7 @@ async fn a_slot_that_lost_wal_stops_walguard_until_an_explicit_resync() {
     assert_eq!(status.as_deref(), Some("lost"));
 
     let mut wg = env.spawn();
-    assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+    wg.expect_exit(1, Duration::from_secs(30), &[]).await;
     assert!(
         wg.output().contains("lost") && wg.output().contains("walguard resync"),
         "{}",
@@ -467,7 +462,7 @@ async fn a_hashed_key_column_is_refused_by_check_and_run() {
         assert!(out.contains("remove") && out.contains("hash_columns"), "{out}");
 
         let mut wg = env.spawn();
-        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        wg.expect_exit(1, Duration::from_secs(30), &[]).await;
         assert!(
             wg.output().contains("table public.people") && wg.output().contains(column),
             "{}",
@@ -530,7 +525,7 @@ async fn generated_columns_in_the_replica_identity_never_break_the_writers() {
         );
         // run refuses too, and leaves the publication as it is.
         let mut wg = env.spawn();
-        assert_eq!(wg.wait_exit(Duration::from_secs(30)), Some(1), "{}", wg.output());
+        wg.expect_exit(1, Duration::from_secs(30), &[]).await;
         assert!(
             wg.output().contains("publish_generated_columns = stored"),
             "{}",
@@ -659,20 +654,11 @@ async fn settings_that_can_lose_the_slot_are_warned_about_in_check_and_in_runs_l
         .unwrap();
     // Backends report their WAL to pg_stat_wal at most once a second: wait until it counts
     // those 4 MB, so that the average since the server started is well above 1MB an hour.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let bytes: f64 = env
-            .db
-            .query_one("SELECT wal_bytes::float8 FROM pg_stat_wal", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if bytes >= 4e6 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "pg_stat_wal counts {bytes} bytes");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    harness::eventually(Duration::from_secs(20), "pg_stat_wal to count 4 MB", || async {
+        let row = env.db.query_one("SELECT wal_bytes::float8 FROM pg_stat_wal", &[]).await;
+        (row.unwrap().get::<_, f64>(0) >= 4e6).then_some(())
+    })
+    .await;
     let (code, out) = check(&env, "text");
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -136,7 +136,7 @@ async fn committed_changes_arrive_once_in_order_and_verify() {
     assert!(stream[0].is_marker() && stream[0].signed, "{stream:?}");
 
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
     let (code, out) = env.verify();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact"), "{out}");
@@ -259,18 +259,11 @@ async fn writes_to_unguarded_tables_advance_the_slot() {
             .unwrap();
     }
     let target = env.current_wal_lsn().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let confirmed = env.confirmed_flush().await.unwrap_or(0);
-        if confirmed >= target {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "confirmed_flush_lsn {confirmed:X} never reached {target:X}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("confirmed_flush_lsn to reach {target:X}");
+    harness::eventually(Duration::from_secs(30), &what, || async {
+        (env.confirmed_flush().await? >= target).then_some(())
+    })
+    .await;
     // It advanced through watermarks, which the stream records; no row event was published.
     let stream = env.read_stream().await;
     assert!(stream.iter().all(Stored::is_marker), "{stream:?}");
@@ -303,7 +296,7 @@ async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
         .batch_execute("INSERT INTO ledger VALUES (2, 2, 0)")
         .await
         .unwrap();
-    let code = wg.wait_exit(Duration::from_secs(60));
+    let code = wg.exit_within(Duration::from_secs(60)).await;
     let log = wg.output();
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains(&format!("{intruder}")), "{log}");
@@ -319,15 +312,15 @@ async fn a_foreign_message_stops_walguard_instead_of_forking_the_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_stops_with_a_message_and_publishes_nothing() {
     let env = Env::start(LEDGER, GUARD_LEDGER, "").await;
-    let run = |env: &Env| {
+    async fn run(env: &Env) -> (Option<i32>, String) {
         let mut wg = env.spawn();
-        let code = wg.wait_exit(Duration::from_secs(30));
+        let code = wg.exit_within(Duration::from_secs(30)).await;
         (code, wg.output())
-    };
+    }
 
     // An unknown config key.
     env.write_config(GUARD_LEDGER, "max_infligt = 5");
-    let (code, out) = run(&env);
+    let (code, out) = run(&env).await;
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("max_infligt") && out.contains("walguard.toml"), "{out}");
 
@@ -343,7 +336,7 @@ async fn bad_input_stops_with_a_message_and_publishes_nothing() {
 
     // A missing table.
     env.write_config("[[tables]]\nname = \"public.nope\"\n", "");
-    let (code, out) = run(&env);
+    let (code, out) = run(&env).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("public\".\"nope\" ") || out.contains("\"nope\""), "{out}");
     assert!(out.contains("does not exist"), "{out}");
@@ -352,7 +345,7 @@ async fn bad_input_stops_with_a_message_and_publishes_nothing() {
     env.write_config(GUARD_LEDGER, "");
     let key = env.dir.path().join("walguard.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let (code, out) = run(&env);
+    let (code, out) = run(&env).await;
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("chmod 600"), "{out}");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -363,7 +356,7 @@ async fn bad_input_stops_with_a_message_and_publishes_nothing() {
     // wal_level is not logical.
     let replica = walguard::testkit::Postgres::start_with(&[("wal_level", "replica")]).unwrap();
     let env2 = Env::start_with_pg(replica, LEDGER, GUARD_LEDGER, "").await;
-    let (code, out) = run(&env2);
+    let (code, out) = run(&env2).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("wal_level is replica"), "{out}");
     assert!(env2.read_stream().await.is_empty());
@@ -372,7 +365,7 @@ async fn bad_input_stops_with_a_message_and_publishes_nothing() {
     let (code, out) = {
         let dead = format!("[postgres]\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\n[[tables]]\nname = \"ledger\"\n[signing]\nkey_file = \"walguard.key\"\n", walguard::testkit::free_port());
         std::fs::write(&env.config, dead).unwrap();
-        run(&env)
+        run(&env).await
     };
     assert_eq!(code, Some(69), "{out}");
     assert!(out.contains("cannot connect to PostgreSQL"), "{out}");
@@ -388,7 +381,7 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         .unwrap();
     env.wait_events(1, Duration::from_secs(20)).await;
     wg.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(wg.wait_exit(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
 
     // Someone else consumes the slot past what the stream holds.
     env.db
@@ -402,14 +395,16 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         ))
         .await
         .unwrap();
-    env.expect_run_exit(1, &["may be missing", "has confirmed up to", "\"slot_ahead\""]);
+    env.expect_run_exit(1, &["may be missing", "has confirmed up to", "\"slot_ahead\""])
+        .await;
 
     // The slot is dropped while the stream holds events.
     env.db
         .batch_execute(&format!("SELECT pg_drop_replication_slot('{}')", env.slot))
         .await
         .unwrap();
-    env.expect_run_exit(1, &["does not exist", "may be missing", "\"lost_slot\""]);
+    env.expect_run_exit(1, &["does not exist", "may be missing", "\"lost_slot\""])
+        .await;
     // Recreated behind walguard's back: the new slot starts after the gap.
     env.db
         .batch_execute("INSERT INTO ledger VALUES (3, 3, 0)")
@@ -422,7 +417,8 @@ async fn a_slot_that_moved_or_vanished_is_refused_with_the_lsn_range() {
         ))
         .await
         .unwrap();
-    env.expect_run_exit(1, &["may be missing", "only proves events up to", "\"slot_ahead\""]);
+    env.expect_run_exit(1, &["may be missing", "only proves events up to", "\"slot_ahead\""])
+        .await;
     // Still only the one event.
     assert_eq!(env.wait_events(1, Duration::from_secs(1)).await.len(), 1);
 }

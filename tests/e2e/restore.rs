@@ -199,16 +199,14 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
                 (at >= want).then_some(())
             })
     })
-    .await
-    .expect("walguard caught up");
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    .await;
+    wg.stop_cleanly().await;
     let last = env.stream_messages().await;
     eventually(Duration::from_secs(60), "the archive to hold the whole stream", || {
         let to = archived_to(&archive_dir);
         async move { (to >= last).then_some(()) }
     })
-    .await
-    .expect("archived");
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(archive.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -319,7 +317,7 @@ async fn restore_names_an_extension_the_target_lacks_and_writes_nothing() {
         .await
         .unwrap();
     env.wait_events(2, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    wg.stop_cleanly().await;
 
     let (_copy, bin) = installation_without("citext");
     let bare = tokio::task::spawn_blocking(move || Postgres::start_from_bin(bin))
@@ -378,7 +376,7 @@ async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_noth
             .unwrap();
     }
     env.wait_events(5, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", env.newest_log_tail());
+    wg.stop_cleanly().await;
     let config = env.config.to_str().unwrap();
     let export = env.dir.path().join("export.jsonl");
     let (code, out) = run(&["export", "-c", config, "--out", export.to_str().unwrap()]);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{make_certs, Env};
+use crate::harness::{self, eventually, make_certs, Env};
 use walguard::testkit::{Nats, Postgres};
 
 const T: &str = "CREATE TABLE public.t (id int PRIMARY KEY, v text);";
@@ -40,7 +40,13 @@ async fn postgres_tls_follows_sslmode() {
     ] {
         env.db.batch_execute(sql).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reload reaches new connections once the postmaster has read it.
+    eventually(Duration::from_secs(10), "PostgreSQL to turn ssl on", || async {
+        let db = harness::connect_db(&env.pg.url("postgres")).await;
+        let on: String = db.query_one("SHOW ssl", &[]).await.ok()?.get(0);
+        (on == "on").then_some(())
+    })
+    .await;
 
     // verify-full: the chain is trusted but the certificate does not name "localhost".
     set_url(
@@ -49,7 +55,7 @@ async fn postgres_tls_follows_sslmode() {
         &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
     );
     let mut wg = env.spawn();
-    let code = wg.wait_exit(Duration::from_secs(30));
+    let code = wg.exit_within(Duration::from_secs(30)).await;
     assert!(matches!(code, Some(c) if c != 0), "{}", wg.output());
     assert!(wg.output().contains("not valid for name"), "{}", wg.output());
 
@@ -60,7 +66,7 @@ async fn postgres_tls_follows_sslmode() {
         &format!("?sslmode=verify-full&sslrootcert={}", wrong_ca.display()),
     );
     let mut wg = env.spawn();
-    let code = wg.wait_exit(Duration::from_secs(30));
+    let code = wg.exit_within(Duration::from_secs(30)).await;
     assert!(matches!(code, Some(c) if c != 0), "{}", wg.output());
     assert!(wg.output().contains("UnknownIssuer"), "{}", wg.output());
 
@@ -127,7 +133,7 @@ async fn nats_tls_with_an_nkey_user() {
     drop(wg);
     env.write_config(GUARD_T, &extra.replace("user.nk", "stranger.nk"));
     let mut wg = env.spawn();
-    let code = wg.wait_exit(Duration::from_secs(30));
+    let code = wg.exit_within(Duration::from_secs(30)).await;
     assert_eq!(code, Some(69), "{}", wg.output());
     assert!(wg.output().to_lowercase().contains("authorization"), "{}", wg.output());
 }

@@ -94,8 +94,7 @@ async fn checkpoints_at_the_interval_and_at_shutdown_are_the_roots_of_the_stream
         let c = checkpoints(&env).await;
         (!c.is_empty()).then_some(c)
     })
-    .await
-    .unwrap();
+    .await;
     // Killed mid-stream, after at least one checkpoint: the next session restores the tree
     // from the stream's newest checkpoint and the messages after it.
     insert(&env, 30, 40).await;
@@ -112,9 +111,8 @@ async fn checkpoints_at_the_interval_and_at_shutdown_are_the_roots_of_the_stream
             .is_some_and(|c| c.seq > newest + 20)
             .then_some(())
     })
-    .await
-    .unwrap();
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    .await;
+    wg.stop_cleanly().await;
 
     let stream = env.read_stream().await;
     let last = stream.last().unwrap();
@@ -170,7 +168,7 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
     let mut wg = env.spawn_ready().await;
     insert(&env, 0, 30).await;
     env.wait_events(30, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
     // The auditor keeps the newest checkpoint (the one of the clean stop).
     let kept = checkpoints(&env).await.pop().expect("a checkpoint at shutdown");
     let kept_size = kept.data()["size"].as_u64().unwrap();
@@ -280,7 +278,7 @@ async fn checkpoints_are_cosigned_by_a_witness_and_a_history_rewritten_with_the_
     let mut wg = env.spawn_ready().await;
     insert(&env, 0, 20).await;
     env.wait_events(20, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
     let stream = env.read_stream().await;
     assert_checkpoints_match(&stream);
     let kept = checkpoints(&env).await.pop().unwrap();
@@ -356,8 +354,7 @@ async fn require_witness_holds_the_slot_while_the_witness_is_down_and_catches_up
             (env.confirmed_flush().await? >= end).then_some(())
         },
     )
-    .await
-    .expect("the slot confirmed up to a cosigned checkpoint");
+    .await;
 
     witness.kill();
     insert(&env, 10, 20).await;
@@ -375,8 +372,7 @@ async fn require_witness_holds_the_slot_while_the_witness_is_down_and_catches_up
             .any(|m| !m.data()["note"].as_str().unwrap().contains("— witness.test/w1 "));
         uncosigned.then_some(stream)
     })
-    .await
-    .unwrap();
+    .await;
     let held_at = cosigned_end(&stream).unwrap();
     let newest_end = stream
         .iter()
@@ -399,8 +395,7 @@ async fn require_witness_holds_the_slot_while_the_witness_is_down_and_catches_up
         "the slot confirmed past the rows written while the witness was down",
         || async { (env.confirmed_flush().await? >= newest_end).then_some(()) },
     )
-    .await
-    .expect("caught up");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +404,7 @@ async fn prove_writes_a_tlog_proof_that_verifies_offline_from_the_stream_and_fro
     let mut wg = env.spawn_ready().await;
     insert(&env, 0, 40).await;
     env.wait_events(40, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
     let stream = env.read_stream().await;
     let event = stream.iter().filter(|m| m.op() == "insert").nth(17).unwrap().seq;
     let public = env.dir.path().join("walguard.pub");

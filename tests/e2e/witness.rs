@@ -317,8 +317,7 @@ async fn witness_killed_around_its_answers_never_cosigns_two_roots_for_one_size(
             }
         }
     })
-    .await
-    .expect("cosigned after the restarts");
+    .await;
     assert_eq!(cos.len(), 1);
 }
 
@@ -399,7 +398,7 @@ async fn verifying_witness_reads_the_stream_and_refuses_what_it_does_not_back() 
             .unwrap();
     }
     env.wait_events(6, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(30)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
     let stored = env.read_stream().await;
     let size = stored.len() as u64;
     assert!(stored.last().unwrap().signed, "no unsigned tail after a clean stop");

@@ -158,7 +158,7 @@ impl Env {
             if !self.read_stream().await.is_empty() {
                 return wg;
             }
-            if let Some(code) = wg.wait_exit(Duration::from_millis(1)) {
+            if let Some(code) = wg.exited() {
                 panic!("walguard exited with {code} before streaming:\n{}", wg.output());
             }
             assert!(
@@ -172,15 +172,8 @@ impl Env {
 
     /// Starts `walguard run` and expects it to stop by itself within 30 s with exit `code`
     /// and a log that names every one of `parts`; returns the log.
-    pub fn expect_run_exit(&self, code: i32, parts: &[&str]) -> String {
-        let mut wg = self.spawn();
-        let got = wg.wait_exit(Duration::from_secs(30));
-        let log = wg.output();
-        assert_eq!(got, Some(code), "{log}");
-        for part in parts {
-            assert!(log.contains(part), "{part:?} missing from:\n{log}");
-        }
-        log
+    pub async fn expect_run_exit(&self, code: i32, parts: &[&str]) -> String {
+        self.spawn().expect_exit(code, Duration::from_secs(30), parts).await
     }
 
     /// Runs a walguard command to completion: (exit code, stdout, stderr).
@@ -200,6 +193,14 @@ impl Env {
     pub fn verify(&self) -> (i32, String) {
         let (code, stdout, stderr) = self.command(&["verify", "-c", self.config.to_str().unwrap()]);
         (code, format!("{stdout}{stderr}"))
+    }
+
+    /// `walguard verify` passes on the stream; returns its report.
+    pub fn assert_intact(&self) -> String {
+        let (code, out) = self.verify();
+        assert_eq!(code, 0, "verify:\n{out}");
+        assert!(out.contains("intact"), "verify:\n{out}");
+        out
     }
 
     pub async fn js(&self) -> jetstream::Context {
@@ -271,7 +272,7 @@ impl Env {
     /// fails the test, saying how many arrived, when they are not there `within`.
     pub async fn wait_events(&self, n: usize, within: Duration) -> Vec<Stored> {
         let seen = std::cell::Cell::new(0);
-        eventually(within, &format!("{n} change events in the stream"), || {
+        poll_until(within, || {
             let (read, seen) = (self.read_stream(), &seen);
             async move {
                 let events: Vec<Stored> = read
@@ -414,7 +415,22 @@ pub async fn copy_stream(
 /// A walguard process; killed with SIGKILL on drop.
 /// Polls `check` every 100 ms until it yields `Some`, for at most `within`; `None` then, so
 /// the caller fails with what it was waiting for (`what`, also printed to stderr).
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Option<T>
+/// Polls `check` every 100 ms until it returns `Some`, and returns that value; fails the test
+/// naming `what` when it has not happened `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_until(within, check).await {
+        Some(found) => found,
+        None => panic!("gave up waiting for {what} after {within:?}"),
+    }
+}
+
+/// `eventually` for a caller that words its own failure (or for which not happening is an
+/// answer): `None` once `within` has passed without `check` returning `Some`.
+pub async fn poll_until<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -425,7 +441,6 @@ where
             return Some(found);
         }
         if Instant::now() > deadline {
-            eprintln!("gave up waiting for {what} after {within:?}");
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -484,19 +499,28 @@ impl Walguard {
         }
     }
 
+    /// The exit code if the process has exited, without waiting; `None` while it runs.
+    pub fn exited(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// Waits for the process to exit by itself; `None` if it still runs after `within`.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return Some(status.code().unwrap_or(-1));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    pub async fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        poll_until(within, || std::future::ready(self.exited())).await
+    }
+
+    /// Expects the process to exit by itself `within` with `code` and a log naming every one
+    /// of `parts`; returns the log.
+    pub async fn expect_exit(&mut self, code: i32, within: Duration, parts: &[&str]) -> String {
+        let got = self.exit_within(within).await;
+        let log = self.output();
+        assert_eq!(got, Some(code), "walguard's exit; its log:\n{log}");
+        for part in parts {
+            assert!(log.contains(part), "{part:?} missing from:\n{log}");
         }
-        None
+        log
     }
 
     pub fn output(&self) -> String {
@@ -520,9 +544,15 @@ impl Walguard {
     }
 
     /// Asks the process to stop (SIGTERM) and waits for its exit code.
-    pub fn stop(&mut self, within: Duration) -> Option<i32> {
+    pub async fn stop(&mut self, within: Duration) -> Option<i32> {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(within)
+        self.exit_within(within).await
+    }
+
+    /// Stops the process with SIGTERM and expects a clean exit (0) within 30 s.
+    pub async fn stop_cleanly(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.expect_exit(0, Duration::from_secs(30), &[]).await;
     }
 }
 
