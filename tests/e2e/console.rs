@@ -477,7 +477,7 @@ async fn console_over_tls_needs_a_client_certificate_from_its_ca() {
     let mut wg = env.spawn_ready().await;
     env.db.batch_execute("INSERT INTO t VALUES (1, 'one');").await.unwrap();
     env.wait_events(1, Duration::from_secs(30)).await;
-    wg.stop(Duration::from_secs(10));
+    wg.stop(Duration::from_secs(10)).await;
     let dir = env.dir.path();
     let (ca, cert, key) = make_certs(dir, "console", "IP:127.0.0.1");
     let (client_cert, client_key) = make_client_cert(dir, "console", "auditor");
@@ -505,7 +505,7 @@ async fn console_over_tls_needs_a_client_certificate_from_its_ca() {
     let config = tls_config("tls.toml", &cert);
     let console = ConsoleProcess::start(&config, dir);
     let port = console.port;
-    let page = eventually(Duration::from_secs(30), "the console answers over TLS", || async {
+    let page = crate::harness::poll_until(Duration::from_secs(30), || async {
         let r = tls_get(port, &ca, Some((&client_cert, &client_key)), "/").await.ok()?;
         (r.status == 200 && r.body.contains("public.t")).then_some(r)
     })
@@ -522,7 +522,7 @@ async fn console_over_tls_needs_a_client_certificate_from_its_ca() {
     let other = tls_get(port, &ca, Some((&other_cert, &other_key)), "/").await;
     assert!(other.is_err(), "served to a certificate of another CA");
     assert!(request(port, "GET", "/", &[], "").await.is_none(), "plain HTTP served");
-    let refused = eventually(Duration::from_secs(10), "the refusals in the log", || async {
+    let refused = crate::harness::poll_until(Duration::from_secs(10), || async {
         let log = console.log();
         (log.matches("TLS handshake refused").count() >= 3).then_some(log)
     })
@@ -622,7 +622,7 @@ async fn console_shows_checkpoints_and_proofs_and_reads_an_archive() {
         .await
         .unwrap();
     env.wait_events(4, Duration::from_secs(30)).await;
-    assert_eq!(wg.stop(Duration::from_secs(20)), Some(0), "{}", wg.output());
+    wg.stop_cleanly().await;
     let public = env.dir.path().join("walguard.pub");
     let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
     std::fs::write(&public, signer.public_key_pem()).unwrap();
