@@ -146,7 +146,10 @@ pub struct ArchiveReader<'k> {
 
 struct OpenSegment {
     segment: Segment,
-    lines: std::io::Lines<std::io::BufReader<File>>,
+    reader: std::io::BufReader<File>,
+    /// The byte offsets of the next line and of the line last returned.
+    offset: u64,
+    line_start: u64,
     line: usize,
     expected: u64,
     last_signed: bool,
@@ -179,19 +182,25 @@ impl<'k> ArchiveReader<'k> {
                 self.open = Some(self.start(segment)?);
             }
             let open = self.open.as_mut().expect("opened above");
-            match open.lines.next() {
-                Some(line) => {
-                    let path = open.segment.path.clone();
-                    let line = line.map_err(io(&path))?;
-                    return self.message(&line).map(Some);
-                }
-                None => {
-                    let open = self.open.take().expect("open");
-                    finish_segment(&open)?;
-                    self.next = open.segment.last + 1;
-                }
+            let mut line = String::new();
+            let read = open.reader.read_line(&mut line).map_err(io(&open.segment.path))?;
+            if read > 0 {
+                open.line_start = open.offset;
+                open.offset += read as u64;
+                let line = line.strip_suffix('\n').unwrap_or(&line);
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                return self.message(line).map(Some);
             }
+            let open = self.open.take().expect("open");
+            finish_segment(&open)?;
+            self.next = open.segment.last + 1;
         }
+    }
+
+    /// The segment and byte offset of the line of the message last returned (the console
+    /// reads one event again from there, without holding it).
+    pub fn position(&self) -> Option<(&Segment, u64)> {
+        self.open.as_ref().map(|o| (&o.segment, o.line_start))
     }
 
     fn start(&self, segment: Segment) -> Result<OpenSegment, ArchiveError> {
@@ -216,7 +225,9 @@ impl<'k> ArchiveReader<'k> {
         Ok(OpenSegment {
             expected: segment.first,
             segment,
-            lines: std::io::BufReader::new(file).lines(),
+            reader: std::io::BufReader::new(file),
+            offset: 0,
+            line_start: 0,
             line: 0,
             last_signed: false,
         })

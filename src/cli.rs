@@ -119,13 +119,25 @@ pub enum Command {
     /// The auditors' read-only web console (SPEC section 9): the stream's tables, entities,
     /// timelines and continuous verification. Needs `console.token_file` or TLS with client
     /// certificates to listen beyond loopback.
-    Console {
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
-        /// The address to serve on (default: `console.listen`, 127.0.0.1:9188).
-        #[arg(long)]
-        listen: Option<String>,
-    },
+    Console(ConsoleArgs),
+}
+
+/// `walguard console`: the stream of `-c FILE`, or an archive folder.
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// The configuration: the stream, `[console]` (token, TLS), the keys and witnesses.
+    #[arg(short = 'c', long = "config", required_unless_present = "archive")]
+    pub config: Option<PathBuf>,
+    /// Show an archive folder (`walguard archive`) instead of the stream, verified at start.
+    /// Without -c the console has no token and serves loopback only.
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// A public key (SPKI PEM) the archive is verified with, as for `verify`.
+    #[arg(long = "public-key")]
+    pub public_keys: Vec<PathBuf>,
+    /// The address to serve on (default: `console.listen`, 127.0.0.1:9188).
+    #[arg(long)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -831,39 +843,70 @@ pub async fn witness(args: &WitnessArgs) -> Result<Found, Failure> {
 
 /// `walguard console` (SPEC section 9): reads the stream, follows it, and serves the pages
 /// until SIGTERM or SIGINT.
-pub async fn console(config: &Path, listen: Option<&str>) -> Result<Found, Failure> {
-    let cfg = load(config)?;
-    let listen = listen.unwrap_or(&cfg.console.listen);
+pub async fn console(args: &ConsoleArgs) -> Result<Found, Failure> {
+    let cfg = args.config.as_deref().map(load).transpose()?;
+    let defaults = crate::config::ConsoleConfig::default();
+    let c = cfg.as_ref().map_or(&defaults, |cfg| &cfg.console);
+    let named = |e: String| match &cfg {
+        Some(cfg) => format!("configuration {}: {e}", cfg.file.display()),
+        None => e,
+    };
+    let listen = args.listen.as_deref().unwrap_or(&c.listen);
     let addr: std::net::SocketAddr = listen
         .parse()
         .map_err(|_| Failure::Usage(format!("--listen {listen:?}: expected IP:PORT such as 127.0.0.1:9188")))?;
-    let token = match &cfg.console.token_file {
+    let token = match &c.token_file {
         Some(path) => Some(crate::console::auth::Token::load(path).map_err(Failure::Config)?),
         None => None,
     };
-    if cfg.console.tls_cert_file.is_some() {
-        return Err(Failure::Config(format!(
-            "configuration {}: console.tls_cert_file: TLS for the console is not built yet; use console.token_file (behind a TLS proxy beyond loopback)",
-            cfg.file.display()
-        )));
+    let tls = match (&c.tls_cert_file, &c.tls_key_file, &c.tls_client_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(crate::console::tls::acceptor(cert, key, ca).map_err(|e| Failure::Config(named(e)))?)
+        }
+        _ => None,
+    };
+    if token.is_none() && tls.is_none() && !crate::console::auth::is_loopback(&addr) {
+        return Err(Failure::Config(named(format!(
+            "the console would serve {addr} beyond loopback to anyone: set console.token_file or console.tls_* with client certificates (or listen on 127.0.0.1)"
+        ))));
     }
-    if token.is_none() && !crate::console::auth::is_loopback(&addr) {
-        return Err(Failure::Config(format!(
-            "configuration {}: the console would serve {addr} beyond loopback to anyone: set console.token_file (or listen on 127.0.0.1)",
-            cfg.file.display()
-        )));
-    }
-    let keyring = verification_keys(Some(&cfg), &[])?;
-    let js = jetstream(&cfg).await?;
+    let keyring = verification_keys(cfg.as_ref(), &args.public_keys)?;
+    let witnesses = match &cfg {
+        Some(cfg) => cfg.audit.witness_keys().map_err(|e| Failure::Config(named(e)))?,
+        None => Vec::new(),
+    };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Failure::Config(format!(
             "console listen {addr}: cannot listen ({e}); choose a free address"
         ))
     })?;
-    let console = std::sync::Arc::new(crate::console::Console::new(js, &cfg.nats.stream, token, false));
-    tokio::spawn(console.clone().follow(keyring));
-    tracing::info!(listen = %addr, stream = %cfg.nats.stream, "console serving");
+    let console = match (&args.archive, &cfg) {
+        (Some(dir), _) => {
+            let stream = match &cfg {
+                Some(cfg) => cfg.nats.stream.clone(),
+                None => crate::archive::stream_of(dir).map_err(archive_failure)?,
+            };
+            tracing::info!(archive = %dir.display(), stream = %stream, "console: reading and verifying the archive");
+            let console = crate::console::Console::over_archive(dir, &stream, keyring, witnesses, token, tls.is_some());
+            std::sync::Arc::new(console)
+        }
+        (None, Some(cfg)) => {
+            let js = jetstream(cfg).await?;
+            let console = std::sync::Arc::new(crate::console::Console::new(
+                js,
+                &cfg.nats.stream,
+                &cfg.nats.subject_prefix,
+                witnesses,
+                token,
+                tls.is_some(),
+            ));
+            tokio::spawn(console.clone().follow(keyring));
+            console
+        }
+        (None, None) => return Err(Failure::Usage("pass -c FILE or --archive DIR".into())),
+    };
+    tracing::info!(listen = %addr, tls = tls.is_some(), "console serving");
     let shutdown = shutdown_on_signal("console: stopping");
-    crate::console::serve(listener, console, shutdown).await;
+    crate::console::serve(listener, console, tls, shutdown).await;
     Ok(exit::OK)
 }

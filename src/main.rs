@@ -42,7 +42,7 @@ fn main() {
             Command::Reconcile { config, tables } => cli::reconcile(&config, &tables).await,
             Command::Demo => Ok(walguard::demo::run().await),
             Command::Witness(args) => cli::witness(&args).await,
-            Command::Console { config, listen } => cli::console(&config, listen.as_deref()).await,
+            Command::Console(args) => cli::console(&args).await,
         }
     });
     let code = cli::exit_code(result);

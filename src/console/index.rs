@@ -3,7 +3,8 @@
 //! and its entities (key text -> the sequences of their events); per stream the first and
 //! last message, the newest watermark and checkpoint, and the continuous verification's
 //! state. Events themselves are not kept: a page reads the ones it shows by sequence, so
-//! memory grows by one `u64` per row event and one key per entity.
+//! memory grows by one `u64` per row event and one key per entity (and, per table, at most
+//! [`TimeSeries::MAX_BUCKETS`] counts of events over time).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +12,106 @@ use serde_json::Value;
 
 use crate::audit::Stored;
 use crate::event::stored::{self, Data, StoredEvent};
+use crate::tlog::Vkey;
 use crate::verify::Problem;
+
+/// A table's events over time: counts in equal buckets from `start`, `width` seconds wide.
+/// When the events span more than [`TimeSeries::MAX_BUCKETS`] buckets the width doubles and
+/// neighbours merge, so it stays bounded however long the stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TimeSeries {
+    /// Unix seconds of the first bucket's start (a multiple of `width`).
+    pub start: u64,
+    pub width: u64,
+    pub counts: Vec<u64>,
+}
+
+impl TimeSeries {
+    pub const MAX_BUCKETS: usize = 64;
+
+    /// Counts one event at `time` (Unix seconds); one earlier than the first bucket counts
+    /// in the first bucket (the stream is in commit order, its times nearly so).
+    pub fn add(&mut self, time: u64) {
+        if self.counts.is_empty() {
+            self.width = 1;
+            self.start = time;
+        }
+        loop {
+            let at = (time.saturating_sub(self.start) / self.width) as usize;
+            if at < Self::MAX_BUCKETS {
+                if self.counts.len() <= at {
+                    self.counts.resize(at + 1, 0);
+                }
+                self.counts[at] += 1;
+                return;
+            }
+            self.coarsen();
+        }
+    }
+
+    /// Doubles the width: the start aligns down to the new width, buckets merge in pairs.
+    fn coarsen(&mut self) {
+        let width = self.width * 2;
+        let start = self.start - self.start % width;
+        let mut counts = vec![0; self.counts.len() / 2 + 1];
+        for (i, n) in self.counts.iter().enumerate() {
+            let t = self.start + i as u64 * self.width;
+            counts[((t - start) / width) as usize] += n;
+        }
+        while counts.last() == Some(&0) {
+            counts.pop();
+        }
+        (self.start, self.width, self.counts) = (start, width, counts);
+    }
+}
+
+/// The newest checkpoint event: what it states and who signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointView {
+    pub sequence: u64,
+    pub time: String,
+    pub size: u64,
+    pub origin: String,
+    /// Cosignatures that verify by a configured witness key: (name, Unix seconds).
+    pub cosigned: Vec<(String, u64)>,
+    /// Names on the note's other signature lines than the log's (no key here to check them).
+    pub unchecked: Vec<String>,
+}
+
+impl CheckpointView {
+    fn of(sequence: u64, time: &str, c: &crate::tlog::CheckpointData, witnesses: &[Vkey]) -> CheckpointView {
+        let signed = c.signed().ok();
+        let origin = signed
+            .as_ref()
+            .map(|s| s.checkpoint().origin().to_owned())
+            .unwrap_or_default();
+        let cosigned: Vec<(String, u64)> = signed
+            .as_ref()
+            .and_then(|s| s.cosignatures(witnesses).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.name, c.timestamp))
+            .collect();
+        // A note's signature lines follow its blank line: `— NAME BASE64`.
+        let unchecked = c
+            .note
+            .split_once("\n\n")
+            .map_or("", |(_, sigs)| sigs)
+            .lines()
+            .filter_map(|l| l.strip_prefix("\u{2014} ")?.split(' ').next())
+            .filter(|name| *name != origin && !cosigned.iter().any(|(n, _)| n == name))
+            .map(str::to_owned)
+            .collect();
+        CheckpointView {
+            sequence,
+            time: time.to_owned(),
+            size: c.size,
+            origin,
+            cosigned,
+            unchecked,
+        }
+    }
+}
 
 /// One entity of a table; its id in URLs is its place in [`TableIndex::entities`], never its
 /// key (SPEC section 9: no row value in a URL).
@@ -28,6 +128,8 @@ pub struct TableIndex {
     pub schemas: Vec<u64>,
     pub truncates: Vec<u64>,
     pub entities: Vec<Entity>,
+    /// Row and truncate events over time.
+    pub over_time: TimeSeries,
     by_key: HashMap<String, usize>,
 }
 
@@ -57,6 +159,10 @@ pub struct Index {
     pub newest_watermark: Option<String>,
     /// The newest `walguard.checkpoint` event's sequence.
     pub newest_checkpoint: Option<u64>,
+    /// The newest checkpoint event walguard reads, with its cosignatures.
+    pub checkpoint: Option<CheckpointView>,
+    /// The witness keys cosignatures are checked with (`[[audit.witnesses]]`).
+    pub witnesses: Vec<Vkey>,
     /// The last sequence the verifier was fed.
     pub verified_to: u64,
     pub problems: Vec<Problem>,
@@ -113,6 +219,7 @@ impl Index {
             }
             return;
         };
+        let unix = unix_seconds(&time);
         match &event.data {
             Data::Row(op, row) => {
                 let key = stored::subject_key(&event.attributes.subject)
@@ -120,6 +227,9 @@ impl Index {
                     .to_owned();
                 let table = self.table_mut(row.qualified());
                 *table.ops.entry(op.as_str()).or_default() += 1;
+                if let Some(t) = unix {
+                    table.over_time.add(t);
+                }
                 let next = table.entities.len();
                 let id = *table.by_key.entry(key.clone()).or_insert(next);
                 if id == next {
@@ -134,12 +244,20 @@ impl Index {
                 let table = self.table_mut(t.qualified());
                 *table.ops.entry("truncate").or_default() += 1;
                 table.truncates.push(m.sequence);
+                if let Some(t) = unix {
+                    table.over_time.add(t);
+                }
             }
             Data::Schema(s) => {
                 self.table_mut(format!("{}.{}", s.schema, s.table))
                     .schemas
                     .push(m.sequence);
                 *self.markers.entry("schema".into()).or_default() += 1;
+            }
+            Data::Checkpoint(c) => {
+                self.newest_checkpoint = Some(m.sequence);
+                self.checkpoint = Some(CheckpointView::of(m.sequence, &time, c, &self.witnesses));
+                *self.markers.entry("checkpoint".into()).or_default() += 1;
             }
             Data::Watermark => {
                 self.newest_watermark = Some(time);
@@ -148,6 +266,12 @@ impl Index {
             other => *self.markers.entry(other.op().as_str().into()).or_default() += 1,
         }
     }
+}
+
+/// Unix seconds of an RFC 3339 time.
+pub fn unix_seconds(time: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339(time).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// A top-level string field of a message that is not an event walguard reads.
@@ -223,6 +347,27 @@ pub(crate) mod tests {
         assert_eq!(one.sequences, vec![2, 4, 5]);
         assert_eq!(t.entities[t.find("2").unwrap()].sequences, vec![3]);
         assert_eq!(t.find("3"), None);
+    }
+
+    #[test]
+    fn events_over_time_stay_bounded_and_keep_every_count() {
+        let mut ts = TimeSeries::default();
+        for t in [100, 100, 101, 105] {
+            ts.add(t);
+        }
+        assert_eq!((ts.start, ts.width), (100, 1));
+        assert_eq!(ts.counts, vec![2, 1, 0, 0, 0, 1]);
+        // Earlier than the first bucket: counted in it.
+        ts.add(50);
+        assert_eq!(ts.counts[0], 3);
+        // A day later: the width doubles until a day fits in the buckets; nothing is lost.
+        ts.add(100 + 86_400);
+        assert!(ts.counts.len() <= TimeSeries::MAX_BUCKETS);
+        assert_eq!(ts.counts.iter().sum::<u64>(), 6);
+        assert!(ts.width >= 86_400 / TimeSeries::MAX_BUCKETS as u64, "{ts:?}");
+        assert_eq!(ts.start % ts.width, 0);
+        assert_eq!(ts.counts[0], 5);
+        assert_eq!(*ts.counts.last().unwrap(), 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::index::{Index, TableIndex};
+use super::index::{Index, TableIndex, TimeSeries};
 use super::timeline::{json_text, Entry};
 
 /// The console's stylesheet, served as `/static/console.css`.
@@ -85,16 +85,54 @@ pub fn overview(index: &Index, now: u64) -> String {
         },
     };
     let _ = write!(b, "<tr><th>Coverage</th><td id=\"coverage\">{coverage}</td></tr>");
-    let checkpoint = match index.newest_checkpoint {
-        None => "none configured: no checkpoint in the stream".to_owned(),
-        Some(s) => format!("newest checkpoint at sequence {s}"),
-    };
     let _ = write!(
         b,
-        "<tr><th>Checkpoints</th><td id=\"checkpoint\">{checkpoint}</td></tr></table>"
+        "<tr><th>Checkpoints</th><td id=\"checkpoint\">{}</td></tr></table>",
+        checkpoint(index)
     );
     tables(&mut b, index);
     layout(&format!("Stream {}", index.stream), &b)
+}
+
+/// The newest checkpoint and who cosigned it.
+fn checkpoint(index: &Index) -> String {
+    let Some(c) = &index.checkpoint else {
+        return match index.newest_checkpoint {
+            None => "none configured: no checkpoint in the stream".to_owned(),
+            Some(s) => format!("newest checkpoint at sequence {s} (not readable by this walguard)"),
+        };
+    };
+    let mut b = format!(
+        "newest checkpoint at sequence {} ({}): the first {} messages, signed by the log {}",
+        c.sequence,
+        esc(&c.time),
+        c.size,
+        esc(&c.origin)
+    );
+    b.push_str("<ul id=\"cosignatures\">");
+    if c.cosigned.is_empty() && index.witnesses.is_empty() {
+        b.push_str("<li>no witness configured (<code>[[audit.witnesses]]</code>)</li>");
+    } else if c.cosigned.is_empty() {
+        b.push_str("<li class=\"bad\">cosigned by none of the configured witnesses</li>");
+    }
+    for (name, at) in &c.cosigned {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at);
+        let _ = write!(
+            b,
+            "<li class=\"good\">cosigned by witness {} at {} (verified with its key)</li>",
+            esc(name),
+            humantime::format_rfc3339_seconds(at)
+        );
+    }
+    for name in &c.unchecked {
+        let _ = write!(
+            b,
+            "<li>a signature line by {} (no key configured here to check it)</li>",
+            esc(name)
+        );
+    }
+    b.push_str("</ul>");
+    b
 }
 
 fn verification(b: &mut String, index: &Index) {
@@ -171,6 +209,58 @@ fn bars(index: &Index) -> String {
     svg
 }
 
+/// Height of the tallest bar of [`over_time`].
+const BAR_MAX: u64 = 100;
+
+/// A table's events over time as an SVG bar chart: one bar per bucket, its height
+/// proportional to its count (the tallest [`BAR_MAX`] pixels), the first and last bucket's
+/// start written below.
+pub fn over_time(table: &str, ts: &TimeSeries) -> String {
+    if ts.counts.is_empty() {
+        return "<p>No row event yet.</p>".to_owned();
+    }
+    let most = ts.counts.iter().copied().max().unwrap_or(0).max(1);
+    let n = ts.counts.len() as u64;
+    let bar = (500 / n).clamp(2, 40);
+    let mut svg = format!(
+        "<svg class=\"chart over-time\" role=\"img\" aria-label=\"events of {} over time\" width=\"520\" height=\"140\" viewBox=\"0 0 520 140\">",
+        esc(table)
+    );
+    let when = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    };
+    for (i, count) in ts.counts.iter().enumerate() {
+        let h = BAR_MAX * count / most;
+        let x = 10 + i as u64 * bar;
+        let from = ts.start + i as u64 * ts.width;
+        let _ = write!(
+            svg,
+            "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\"><title>{count} event(s) in the {} s from {}</title></rect>",
+            10 + BAR_MAX - h,
+            bar.saturating_sub(1).max(1),
+            ts.width,
+            when(from)
+        );
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"10\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/><text x=\"10\" y=\"130\">{}</text>",
+        10 + n * bar,
+        when(ts.start),
+        y = 10 + BAR_MAX,
+    );
+    if n > 1 {
+        let last = ts.start + (n - 1) * ts.width;
+        let _ = write!(
+            svg,
+            "<text x=\"510\" y=\"130\" text-anchor=\"end\">{}</text>",
+            when(last)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// Seconds from an RFC 3339 time to `now`.
 fn age(time: &str, now: u64) -> Option<u64> {
     let t = humantime::parse_rfc3339(time).ok()?;
@@ -212,7 +302,9 @@ pub fn table(id: usize, t: &TableIndex, page: usize, search_missed: bool) -> Str
     if page + 1 < pages {
         let _ = write!(b, " <a href=\"/tables/{id}?page={}\">next</a>", page + 1);
     }
-    b.push_str("</p><h2>Schema history</h2>");
+    b.push_str("</p><h2>Events over time</h2>");
+    b.push_str(&over_time(&t.name, &t.over_time));
+    b.push_str("<h2>Schema history</h2>");
     if t.schemas.is_empty() {
         b.push_str("<p>No schema event for this table.</p>");
     } else {
@@ -246,8 +338,16 @@ pub fn schema(id: usize, table: &str, sequence: u64, s: &crate::event::schema::T
     layout(&format!("Schema of {table}"), &b)
 }
 
-/// An entity's timeline; `proof` says what inclusion proofs can be had.
-pub fn entity(table_id: usize, table: &str, entity_id: usize, key: &str, entries: &[Entry], proof: &str) -> String {
+/// An entity's timeline; `checkpoint_size` is the newest checkpoint's (the events it covers
+/// have their inclusion proof to download).
+pub fn entity(
+    table_id: usize,
+    table: &str,
+    entity_id: usize,
+    key: &str,
+    entries: &[Entry],
+    checkpoint_size: Option<u64>,
+) -> String {
     let base = format!("/tables/{table_id}/entities/{entity_id}");
     let mut b = format!(
         "<h1>{} <span class=\"key\" id=\"entity-key\">{}</span></h1><p><a href=\"/tables/{table_id}\">back to the table</a> · \
@@ -255,7 +355,14 @@ pub fn entity(table_id: usize, table: &str, entity_id: usize, key: &str, entries
         esc(table),
         esc(key)
     );
-    let _ = write!(b, "<p id=\"proofs\">Inclusion proofs: {}</p>", esc(proof));
+    let proofs = match checkpoint_size {
+        None => "none yet: no checkpoint in the stream".to_owned(),
+        Some(size) => format!(
+            "against the newest checkpoint (the first {size} messages): each covered event's proof and event file \
+             check offline with <code>walguard verify --proof FILE --event FILE.event --public-key KEY</code>"
+        ),
+    };
+    let _ = write!(b, "<p id=\"proofs\">Inclusion proofs: {proofs}</p>");
     b.push_str(&strip(entries));
     b.push_str("<ol class=\"timeline\" id=\"timeline\">");
     for e in entries {
@@ -272,6 +379,14 @@ pub fn entity(table_id: usize, table: &str, entity_id: usize, key: &str, entries
         );
         if let Some(p) = &e.problem {
             let _ = write!(b, "<p class=\"bad problem\">sequence {}: {}</p>", e.sequence, esc(p));
+        }
+        if checkpoint_size.is_some_and(|size| e.sequence <= size) {
+            let _ = write!(
+                b,
+                "<p class=\"proof\">download <a class=\"proof\" href=\"{base}/events/{s}/proof\">inclusion proof</a> · \
+                 <a class=\"event-file\" href=\"{base}/events/{s}/event\">event</a></p>",
+                s = e.sequence
+            );
         }
         if !e.changes.is_empty() {
             b.push_str("<table class=\"changes\"><tr><th>Column</th><th>Old</th><th>New</th></tr>");
@@ -348,7 +463,9 @@ mod tests {
             row("insert", 1, Value::Null, json!({"id": 1, "name": EVIL})),
         )];
         let entries = super::super::timeline::build(&msgs, &[]);
-        let page = entity(0, "public.customers", 0, EVIL, &entries, "none yet");
+        let page = entity(0, "public.customers", 0, EVIL, &entries, Some(2));
+        assert!(page.contains("href=\"/tables/0/entities/0/events/2/proof\""), "{page}");
+        assert!(!entity(0, "t", 0, "1", &entries, Some(1)).contains("/events/2/proof"));
         assert!(!page.contains("<script"), "{page}");
         assert!(
             page.contains("<td class=\"new\">&lt;script&gt;alert(1)&lt;/script&gt;</td>"),
@@ -378,6 +495,50 @@ mod tests {
         assert!(bad.contains("<div class=\"bad\" id=\"verification\">"));
         assert!(bad.contains("<li class=\"problem\">sequence 2: signature &lt;forged&gt;</li>"));
         assert!(bad.contains("Stream WG&lt;b&gt;"));
+    }
+
+    /// `(height, title)` of each bar of an [`over_time`] chart.
+    fn bars_of(svg: &str) -> Vec<(u64, String)> {
+        svg.split("<rect ")
+            .skip(1)
+            .map(|r| {
+                let h = r.split("height=\"").nth(1).unwrap().split('"').next().unwrap();
+                let title = r.split("<title>").nth(1).unwrap().split("</title>").next().unwrap();
+                (h.parse().unwrap(), title.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_over_time_bars_are_proportional_and_labels_escaped() {
+        let ts = TimeSeries {
+            start: 1_796_205_600,
+            width: 60,
+            counts: vec![4, 0, 2, 1],
+        };
+        let svg = over_time(EVIL, &ts);
+        assert!(!svg.contains("<script"), "{svg}");
+        assert!(svg.contains("aria-label=\"events of &lt;script&gt;alert(1)&lt;/script&gt; over time\""));
+        let bars = bars_of(&svg);
+        let heights: Vec<u64> = bars.iter().map(|b| b.0).collect();
+        assert_eq!(heights, vec![BAR_MAX, 0, BAR_MAX / 2, BAR_MAX / 4]);
+        assert_eq!(bars[2].1, "2 event(s) in the 60 s from 2026-12-02T10:02:00Z");
+        assert!(svg.contains(">2026-12-02T10:00:00Z</text>") && svg.contains(">2026-12-02T10:03:00Z</text>"));
+        // Bars stand on one baseline: y + height is the same for all.
+        for r in svg.split("<rect ").skip(1) {
+            let attr = |n: &str| -> u64 {
+                r.split(&format!("{n}=\""))
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            assert_eq!(attr("y") + attr("height"), 10 + BAR_MAX);
+        }
+        assert_eq!(over_time("t", &TimeSeries::default()), "<p>No row event yet.</p>");
     }
 
     #[test]

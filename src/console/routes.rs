@@ -90,6 +90,9 @@ async fn route(console: &Console, req: Request<Incoming>) -> Answer {
         (&Method::GET, ["tables", t, "entities", e]) => entity(console, t, e, Format::Html).await,
         (&Method::GET, ["tables", t, "entities", e, "timeline.json"]) => entity(console, t, e, Format::Json).await,
         (&Method::GET, ["tables", t, "entities", e, "timeline.csv"]) => entity(console, t, e, Format::Csv).await,
+        (&Method::GET, ["tables", t, "entities", e, "events", seq, what @ ("proof" | "event")]) => {
+            proof(console, t, e, seq, *what == "proof").await
+        }
         (&Method::GET, _) => not_found("no such page"),
         _ => page(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -194,11 +197,11 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
                 table.name.clone(),
                 entity,
                 index.problems.clone(),
-                index.newest_checkpoint,
+                index.checkpoint.as_ref().map(|c| c.size),
             ))
         })
     };
-    let Some((tid, eid, name, entity, problems, checkpoint)) = found else {
+    let Some((tid, eid, name, entity, problems, checkpoint_size)) = found else {
         return not_found("no such entity");
     };
     let mut messages = Vec::with_capacity(entity.sequences.len());
@@ -210,18 +213,10 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
     }
     let entries = timeline::build(&messages, &problems);
     match format {
-        Format::Html => {
-            let proof = match checkpoint {
-                None => "none yet: no checkpoint in the stream".to_owned(),
-                Some(s) => format!(
-                    "against the checkpoint at sequence {s}: `walguard prove -c FILE --sequence SEQ --out FILE`"
-                ),
-            };
-            html(
-                StatusCode::OK,
-                render::entity(tid, &name, eid, &entity.key, &entries, &proof),
-            )
-        }
+        Format::Html => html(
+            StatusCode::OK,
+            render::entity(tid, &name, eid, &entity.key, &entries, checkpoint_size),
+        ),
         Format::Json => download(
             "application/json",
             "timeline.json",
@@ -229,6 +224,48 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
         ),
         Format::Csv => download("text/csv; charset=utf-8", "timeline.csv", timeline::to_csv(&entries)),
     }
+}
+
+/// One event's inclusion proof against the newest checkpoint (`proof`, a C2SP tlog-proof) or
+/// the event as its export line (`event`): the two files `walguard verify --proof FILE
+/// --event FILE` checks offline, made by `walguard prove`'s code.
+async fn proof(console: &Console, t: &str, e: &str, seq: &str, proof: bool) -> Answer {
+    let found = {
+        let index = console.index.read().unwrap_or_else(|p| p.into_inner());
+        let (tid, eid, seq): (Option<usize>, Option<usize>, Option<u64>) =
+            (t.parse().ok(), e.parse().ok(), seq.parse().ok());
+        tid.zip(eid).zip(seq).and_then(|((tid, eid), seq)| {
+            let entity = index.table(tid)?.entities.get(eid)?;
+            entity.sequences.contains(&seq).then_some(seq)
+        })
+    };
+    let Some(seq) = found else {
+        return not_found("no such event of this entity");
+    };
+    match console.prove(seq).await {
+        Ok(p) if proof => download_named(
+            "text/plain; charset=utf-8",
+            &format!("sequence-{seq}.tlog-proof"),
+            p.proof.to_bytes(),
+        ),
+        Ok(p) => download_named(
+            "application/x-ndjson",
+            &format!("sequence-{seq}.tlog-proof.event"),
+            format!("{}\n", p.event_line).into_bytes(),
+        ),
+        Err(e) => {
+            tracing::info!(error = %e, "console: no inclusion proof");
+            html(StatusCode::NOT_FOUND, render::not_found(&e))
+        }
+    }
+}
+
+fn download_named(content_type: &'static str, name: &str, body: Vec<u8>) -> Answer {
+    let mut r = page(StatusCode::OK, content_type, body);
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        r.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 fn download(content_type: &'static str, name: &'static str, body: String) -> Answer {

@@ -6,6 +6,7 @@
 mod archive;
 mod audit;
 mod console;
+mod console_browser;
 mod demo;
 mod failover;
 mod faults;

@@ -63,7 +63,7 @@ fn assert_checkpoints_match(stream: &[Stored]) -> usize {
     seen
 }
 
-fn audit_section(env: &Env, audit: &str) {
+pub(crate) fn audit_section(env: &Env, audit: &str) {
     let mut text = std::fs::read_to_string(&env.config).unwrap();
     text.push_str(&format!("\n[audit]\n{audit}\n"));
     std::fs::write(&env.config, text).unwrap();
@@ -206,7 +206,7 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
 
 /// The log's key as a C2SP vkey for this environment's origin (what `walguard witness --log`
 /// takes), and the origin.
-async fn log_vkey(env: &Env) -> (walguard::tlog::Vkey, String) {
+pub(crate) async fn log_vkey(env: &Env) -> (walguard::tlog::Vkey, String) {
     let row = env
         .db
         .query_one("select system_identifier::text from pg_control_system()", &[])
@@ -219,7 +219,7 @@ async fn log_vkey(env: &Env) -> (walguard::tlog::Vkey, String) {
     (vkey, origin)
 }
 
-fn witness_section(witness: &WitnessProcess) -> String {
+pub(crate) fn witness_section(witness: &WitnessProcess) -> String {
     format!(
         "[[audit.witnesses]]\nurl = \"http://127.0.0.1:{}\"\nkey = \"{}\"",
         witness.port, witness.vkey

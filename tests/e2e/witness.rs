@@ -363,50 +363,18 @@ fn witness_refuses_a_loose_key_file_and_bad_arguments() {
     assert_eq!(code, 2, "--log is required");
 }
 
-/// Copies stream `from` into a new stream `to` (subjects `{to}.>`), message for message with
-/// the signature headers, replacing the signature of the first signed message with `forged`.
+/// Copies stream `from` into a new stream `to` with the signature of the first signed
+/// message replaced by `forged`.
 async fn copy_with_forged_signature(js: &async_nats::jetstream::Context, from: &str, to: &str, forged: &str) {
-    use futures::StreamExt;
-    use walguard::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: to.to_owned(),
-        subjects: vec![format!("{}.>", to.to_lowercase())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut source = js.get_stream(from).await.unwrap();
-    let last = source.info().await.unwrap().state.last_sequence;
-    let consumer = source
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+    use walguard::event::envelope::HEADER_SIGNATURE;
     let mut forged_once = false;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.unwrap();
-        let seq = msg.info().unwrap().stream_sequence;
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(h) = &msg.headers {
-            if let (Some(key), Some(sig)) = (h.get(HEADER_KEY_ID), h.get(HEADER_SIGNATURE)) {
-                headers.insert(HEADER_KEY_ID, key.as_str());
-                if forged_once {
-                    headers.insert(HEADER_SIGNATURE, sig.as_str());
-                } else {
-                    headers.insert(HEADER_SIGNATURE, forged);
-                    forged_once = true;
-                }
-            }
+    crate::harness::copy_stream(js, from, to, |_, headers, _| {
+        if !forged_once && headers.get(HEADER_SIGNATURE).is_some() {
+            headers.insert(HEADER_SIGNATURE, forged);
+            forged_once = true;
         }
-        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, msg.payload.clone())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        if seq >= last {
-            break;
-        }
-    }
+    })
+    .await;
     assert!(forged_once, "the stream has a signed message");
 }
 

@@ -382,6 +382,36 @@ impl Env {
     }
 }
 
+/// Copies stream `from` into a new stream `to` (subject `{to}.copy`, lowercased), message
+/// for message with every header, each passed through `alter(sequence, headers, payload)`
+/// first: the tamper tests' altered or forged copy of a real stream.
+pub async fn copy_stream(
+    js: &jetstream::Context,
+    from: &str,
+    to: &str,
+    mut alter: impl FnMut(u64, &mut async_nats::HeaderMap, &mut Vec<u8>),
+) {
+    js.create_stream(jetstream::stream::Config {
+        name: to.to_owned(),
+        subjects: vec![format!("{}.>", to.to_lowercase())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let source = js.get_stream(from).await.unwrap();
+    let last = source.cached_info().state.last_sequence;
+    for seq in 1..=last {
+        let m = source.get_raw_message(seq).await.unwrap();
+        let (mut headers, mut payload) = (m.headers, m.payload.to_vec());
+        alter(seq, &mut headers, &mut payload);
+        js.publish_with_headers(format!("{}.copy", to.to_lowercase()), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 /// A walguard process; killed with SIGKILL on drop.
 /// Polls `check` every 100 ms until it yields `Some`, for at most `within`; `None` then, so
 /// the caller fails with what it was waiting for (`what`, also printed to stderr).
@@ -598,6 +628,58 @@ pub fn make_certs(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathB
         cert.to_str().unwrap(),
     ]);
     (ca, cert, key)
+}
+
+/// A client certificate for `cn` signed by the CA `make_certs(dir, ca_name, ..)` made, with
+/// the openssl command: `(cert.pem, key.pem)` in `dir`, prefixed `{ca_name}-{cn}`.
+pub fn make_client_cert(dir: &Path, ca_name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(format!("{ca_name}-{cn}-{f}"));
+    let ca = |f: &str| dir.join(format!("{ca_name}-{f}"));
+    let (key, csr, cert, ext) = (p("key.pem"), p("csr.pem"), p("cert.pem"), p("ext.cnf"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let subject = format!("/CN={cn}");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &subject,
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca("ca.pem").to_str().unwrap(),
+        "-CAkey",
+        ca("ca.key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
 }
 
 /// A TCP proxy on loopback that tests can cut (close every connection) or stall (stop
