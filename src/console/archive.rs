@@ -51,7 +51,8 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
     let mut altered = None;
     loop {
         match reader.next_message() {
-            Ok(Some(m)) => {
+            Ok(Some(verified)) => {
+                let m = verified.stored;
                 if let Some((segment, offset)) = reader.position() {
                     if lines.segments.last().map(|s| s.first) != Some(segment.first) {
                         lines.segments.push(Located {
