@@ -135,94 +135,157 @@ impl TableSchema {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// The columns whose values are labels of an enum this schema lists: of the enum itself,
-    /// of a domain over it, or arrays of either. (A composite's enum attributes are not
-    /// looked into.) Worked out once per schema, so rows of a table without such columns
-    /// are never looked at.
+    /// The columns whose values hold labels of an enum this schema lists: of the enum itself,
+    /// of a domain over it, arrays of either, and composites with such attributes (at any
+    /// depth). Worked out once per schema, so rows of a table without such columns are never
+    /// looked at. (A range over an enum is not looked into.)
     pub fn enum_columns(&self) -> Vec<EnumColumn> {
         self.columns
             .iter()
             .enumerate()
             .filter_map(|(index, c)| {
-                let (labels, array) = self.enum_of(&c.type_name, 0)?;
                 Some(EnumColumn {
                     index,
-                    array,
-                    labels: labels.iter().cloned().collect(),
+                    labels: self.labels_in(&c.type_name, 0)?,
                 })
             })
             .collect()
     }
 
-    /// The labels of the enum `type_name` is, is a domain over, or is an array of (and
-    /// whether its values are arrays).
-    fn enum_of(&self, type_name: &str, depth: usize) -> Option<(&[String], bool)> {
-        let (base, array) = match type_name.strip_suffix("[]") {
-            Some(element) => (element, true),
-            None => (type_name, false),
-        };
-        // Domains over domains are allowed, cycles are not; the bound is for a log that lies.
+    /// Where values of `type_name` hold enum labels, and the labels known for each enum;
+    /// `None` when they hold none.
+    fn labels_in(&self, type_name: &str, depth: usize) -> Option<Labels> {
+        // Domains over domains and composites in composites are allowed, cycles are not; the
+        // bound is for a log that lies.
         if depth > 8 {
             return None;
         }
-        match &self.types.iter().find(|t| t.name == base)?.def {
-            TypeDef::Enum { labels } => Some((labels, array)),
-            TypeDef::Domain { base, .. } => {
-                let (labels, inner) = self.enum_of(base, depth + 1)?;
-                Some((labels, array || inner))
+        if let Some(element) = type_name.strip_suffix("[]") {
+            return Some(Labels::Array(Box::new(self.labels_in(element, depth + 1)?)));
+        }
+        match &self.types.iter().find(|t| t.name == type_name)?.def {
+            TypeDef::Enum { labels } => Some(Labels::Enum(labels.iter().cloned().collect())),
+            TypeDef::Domain { base, .. } => self.labels_in(base, depth + 1),
+            TypeDef::Composite { attributes } => {
+                let inner: Vec<(usize, Labels)> = attributes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| Some((i, self.labels_in(&a.type_name, depth + 1)?)))
+                    .collect();
+                (!inner.is_empty()).then_some(Labels::Composite(inner))
             }
             _ => None,
         }
     }
 }
 
-/// A column whose values are enum labels, and the labels known for it. pgoutput sends no
+/// A column whose values hold enum labels, and the labels known for it. pgoutput sends no
 /// Relation message when `ALTER TYPE ... ADD VALUE` gives an enum a label, so a row holding a
 /// label not known here is how a schema event that lacks it is found out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnumColumn {
     /// The column's position in the row, as in the schema's `columns`.
     pub index: usize,
-    /// Values are arrays (of the enum or of a domain over it).
-    pub array: bool,
-    labels: HashSet<String>,
+    labels: Labels,
+}
+
+/// Where a value holds enum labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Labels {
+    /// The value is a label of an enum with these labels known.
+    Enum(HashSet<String>),
+    /// The value is an array (of any dimension) whose elements hold labels so.
+    Array(Box<Labels>),
+    /// The value is a composite whose attributes at these positions hold labels so.
+    Composite(Vec<(usize, Labels)>),
 }
 
 impl EnumColumn {
     /// Whether `text` (the column's value as PostgreSQL prints it) holds a label not known so
-    /// far; such labels are known from now on. A value that does not read as the array it
-    /// should be is left to the value mapping to refuse.
+    /// far; such labels are known from now on. A value that does not read as the array or
+    /// composite it should be is left to the value mapping to refuse.
     pub fn learn(&mut self, text: &[u8]) -> bool {
-        if !self.array {
-            return match std::str::from_utf8(text) {
-                Ok(label) if !self.labels.contains(label) => self.labels.insert(label.to_owned()),
+        self.labels.learn(text)
+    }
+}
+
+impl Labels {
+    fn learn(&mut self, text: &[u8]) -> bool {
+        match self {
+            Labels::Enum(known) => match std::str::from_utf8(text) {
+                Ok(label) if !known.contains(label) => known.insert(label.to_owned()),
                 _ => false,
-            };
-        }
-        let kind = super::value::ValueKind::Array {
-            element: Box::new(super::value::ValueKind::Text),
-            delimiter: b',',
-        };
-        let mut json = Vec::with_capacity(text.len() + 8);
-        if kind.write_json(text, &mut json).is_err() {
-            return false;
-        }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
-            return false;
-        };
-        let mut new = false;
-        let mut pending = vec![&value];
-        while let Some(v) = pending.pop() {
-            match v {
-                serde_json::Value::Array(items) => pending.extend(items),
-                serde_json::Value::String(label) if !self.labels.contains(label.as_str()) => {
-                    new |= self.labels.insert(label.clone());
+            },
+            Labels::Array(element) => {
+                let kind = super::value::ValueKind::Array {
+                    element: Box::new(super::value::ValueKind::Text),
+                    delimiter: b',',
+                };
+                let mut json = Vec::with_capacity(text.len() + 8);
+                if kind.write_json(text, &mut json).is_err() {
+                    return false;
                 }
-                _ => {}
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+                    return false;
+                };
+                let mut new = false;
+                let mut pending = vec![&value];
+                while let Some(v) = pending.pop() {
+                    match v {
+                        serde_json::Value::Array(items) => pending.extend(items),
+                        serde_json::Value::String(item) => new |= element.learn(item.as_bytes()),
+                        _ => {}
+                    }
+                }
+                new
+            }
+            Labels::Composite(attributes) => {
+                let Some(fields) = record_fields(text) else {
+                    return false;
+                };
+                let mut new = false;
+                for (i, labels) in attributes {
+                    if let Some(Some(field)) = fields.get(*i) {
+                        new |= labels.learn(field);
+                    }
+                }
+                new
             }
         }
-        new
     }
+}
+
+/// The fields of a composite value as `record_out` prints it, `(a,"b c",,"")`: `None` for a
+/// NULL (nothing between the commas), quotes and backslashes undone as `record_in` reads
+/// them. `None` when `text` is not such a value.
+fn record_fields(text: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
+    let inner = text.strip_prefix(b"(")?.strip_suffix(b")")?;
+    let (mut fields, mut field) = (Vec::new(), Vec::new());
+    let (mut quoted, mut in_quotes) = (false, false);
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'"' if in_quotes && bytes.as_slice().first() == Some(&b'"') => {
+                bytes.next();
+                field.push(b'"');
+            }
+            b'"' => {
+                in_quotes = !in_quotes;
+                quoted = true;
+            }
+            b'\\' => field.push(*bytes.next()?),
+            b',' if !in_quotes => {
+                fields.push((quoted || !field.is_empty()).then(|| std::mem::take(&mut field)));
+                quoted = false;
+            }
+            _ => field.push(b),
+        }
+    }
+    if in_quotes {
+        return None;
+    }
+    fields.push((quoted || !field.is_empty()).then_some(field));
+    Some(fields)
 }
 
 #[cfg(test)]
@@ -297,9 +360,11 @@ mod tests {
         )
         .unwrap();
         let mut cols = schema.enum_columns();
-        let found: Vec<(usize, bool)> = cols.iter().map(|c| (c.index, c.array)).collect();
-        assert_eq!(found, [(1, false), (2, true), (3, false), (4, true)]);
-        let [m, ms, d, ds] = &mut cols[..] else { unreachable!() };
+        let found: Vec<usize> = cols.iter().map(|c| c.index).collect();
+        assert_eq!(found, [1, 2, 3, 4, 5]);
+        let [m, ms, d, ds, a] = &mut cols[..] else {
+            unreachable!()
+        };
         assert!(!m.learn(b"ok"));
         assert!(m.learn(b"happy"));
         // Known from now on.
@@ -313,7 +378,71 @@ mod tests {
         assert!(ds.learn(b"{{ok,sad},{sad,meh}}"));
         // Not an array: left to the value mapping.
         assert!(!ds.learn(b"{unclosed"));
+        // A composite's enum attribute, quoted as record_out quotes it, and NULL.
+        assert!(!a.learn(b"(ok)"));
+        assert!(!a.learn(b"()"));
+        assert!(!a.learn(br#"("a b")"#));
+        assert!(a.learn(br#"("x ""y"" \\ z")"#));
+        assert!(!a.learn(br#"("x ""y"" \\ z")"#));
+        // Not a composite: left to the value mapping.
+        assert!(!a.learn(b"(\"unclosed)"));
+        assert!(!a.learn(b"glad"));
         assert!(schema_without_enums().enum_columns().is_empty());
+    }
+
+    /// Composites holding an enum directly, in an inner composite and in an array attribute,
+    /// in an array of them; the values as PostgreSQL 15 printed them.
+    #[test]
+    fn enum_labels_are_found_in_composites_as_record_out_prints_them() {
+        const ARRAY: &[u8] = br#"{"(\"hi, there\",ok,\"(\"\"a b\"\")\",\"{sad,\"\"a b\"\"}\")","(,,\"(\"\"x \"\"\"\"y\"\"\"\" \\\\\\\\ z\"\")\",)"}"#;
+        let columns = |labels: &[&str]| {
+            let labels = serde_json::to_string(labels).unwrap();
+            let schema = TableSchema::parse(
+                format!(
+                    r#"{{"op":"schema","schema":"public","table":"t","columns":[
+                    {{"name":"id","type":"integer","not_null":true}},
+                    {{"name":"v","type":"public.wv","not_null":false}},
+                    {{"name":"vs","type":"public.wv[]","not_null":false}}],
+                 "key":["id"],"primary_key":["id"],"replica_identity":"default",
+                 "types":[{{"name":"public.wm","kind":"enum","labels":{labels}}},
+                          {{"name":"public.wa","kind":"composite","attributes":[{{"name":"m","type":"public.wm"}}]}},
+                          {{"name":"public.wv","kind":"composite","attributes":[
+                            {{"name":"note","type":"text"}},{{"name":"m","type":"public.wm"}},
+                            {{"name":"inner_","type":"public.wa"}},{{"name":"ms","type":"public.wm[]"}}]}}]}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let mut cols = schema.enum_columns();
+            assert_eq!(cols.iter().map(|c| c.index).collect::<Vec<_>>(), [1, 2]);
+            let vs = cols.pop().unwrap();
+            (cols.pop().unwrap(), vs)
+        };
+        let all = ["sad", "ok", "a b", r#"x "y" \ z"#];
+        let (mut v, mut vs) = columns(&all);
+        assert!(!vs.learn(ARRAY));
+        assert!(!v.learn(br#"("",sad,,{})"#));
+        assert!(!v.learn(b"(,,,)"));
+        // Each label missing in turn is found where it sits: in the inner composite, in the
+        // array attribute, directly.
+        for missing in all.iter().skip(1) {
+            let known: Vec<&str> = all.iter().copied().filter(|l| l != missing).collect();
+            let (_, mut vs) = columns(&known);
+            assert!(vs.learn(ARRAY), "{missing}");
+            assert!(!vs.learn(ARRAY), "{missing} is known from now on");
+        }
+        let (mut v, _) = columns(&["ok"]);
+        assert!(v.learn(br#"("",sad,,{})"#));
+        assert_eq!(
+            record_fields(br#"("",sad,,{})"#),
+            Some(vec![Some(vec![]), Some(b"sad".to_vec()), None, Some(b"{}".to_vec())])
+        );
+        assert_eq!(
+            record_fields(br#"("a""b\\c,")"#),
+            Some(vec![Some(br#"a"b\c,"#.to_vec())])
+        );
+        assert_eq!(record_fields(b"(\"open)"), None);
+        assert_eq!(record_fields(b"no parens"), None);
     }
 
     fn schema_without_enums() -> TableSchema {

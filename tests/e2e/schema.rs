@@ -239,7 +239,8 @@ fn labels_before_rows(stream: &[crate::harness::Stored], table: &str) -> Vec<(i6
 }
 
 /// SPEC section 7: `ALTER TYPE ... ADD VALUE` while streaming sends no Relation message, yet
-/// the first row holding the new label (directly, in an array, through a domain) is preceded
+/// the first row holding the new label (directly, in an array, through a domain, in a
+/// composite and in an array of composites) is preceded
 /// by a schema event listing it; the stream verifies; a restart adds no duplicate; a restore
 /// into a new schema creates the enum with the label and holds the rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,24 +251,35 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
         "CREATE TYPE public.mood AS ENUM ('sad', 'ok');
          CREATE DOMAIN public.dmood AS public.mood;
          CREATE TABLE public.moods (id int PRIMARY KEY, m public.mood, ms public.mood[], d public.dmood);
-         CREATE TABLE public.others (id int PRIMARY KEY, m public.mood);",
-        "[[tables]]\nname = \"public.moods\"\n\n[[tables]]\nname = \"public.others\"\n",
+         CREATE TABLE public.others (id int PRIMARY KEY, m public.mood);
+         CREATE TYPE public.visit AS (n int, m public.mood);
+         CREATE TABLE public.visits (id int PRIMARY KEY, v public.visit, vs public.visit[]);",
+        "[[tables]]\nname = \"public.moods\"\n\n[[tables]]\nname = \"public.others\"\n\n\
+         [[tables]]\nname = \"public.visits\"\n",
         "",
     )
     .await;
     let mut wg = env.spawn_ready().await;
     let db = &env.db;
-    db.batch_execute("INSERT INTO moods VALUES (1, 'ok', '{sad}', 'sad'); INSERT INTO others VALUES (1, 'ok')")
-        .await
-        .unwrap();
+    db.batch_execute(
+        "INSERT INTO moods VALUES (1, 'ok', '{sad}', 'sad'); INSERT INTO others VALUES (1, 'ok');
+         INSERT INTO visits VALUES (0, ROW(0, 'ok'), NULL)",
+    )
+    .await
+    .unwrap();
     // The schema is read from the catalog as it is when walguard decodes, so each row is in
     // the stream before the next label is added (else an earlier schema event would already
     // list it). Each label is committed before a row uses it, as PostgreSQL requires.
-    env.wait_events(2, Duration::from_secs(60)).await;
-    for (n, (label, row)) in [
-        ("glad", "(2, 'glad', NULL, NULL)"),
-        ("meh", "(3, 'ok', '{ok,meh}', NULL)"),
-        ("zen", "(4, NULL, NULL, 'zen')"),
+    env.wait_events(3, Duration::from_secs(60)).await;
+    for (n, (label, insert)) in [
+        ("glad", "moods VALUES (2, 'glad', NULL, NULL)"),
+        ("meh", "moods VALUES (3, 'ok', '{ok,meh}', NULL)"),
+        ("zen", "moods VALUES (4, NULL, NULL, 'zen')"),
+        ("calm", "visits VALUES (1, ROW(1, 'calm'), NULL)"),
+        (
+            "warm",
+            "visits VALUES (2, NULL, ARRAY[ROW(2, 'ok'), ROW(3, 'warm')]::visit[])",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -275,16 +287,14 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
         db.batch_execute(&format!("ALTER TYPE mood ADD VALUE '{label}'"))
             .await
             .unwrap();
-        db.batch_execute(&format!("INSERT INTO moods VALUES {row}"))
-            .await
-            .unwrap();
-        env.wait_events(3 + n, Duration::from_secs(60)).await;
+        db.batch_execute(&format!("INSERT INTO {insert}")).await.unwrap();
+        env.wait_events(4 + n, Duration::from_secs(60)).await;
     }
     // A row with a label its schema already lists needs no new schema event.
     db.batch_execute("INSERT INTO moods VALUES (5, 'glad', '{meh}', 'zen')")
         .await
         .unwrap();
-    env.wait_events(6, Duration::from_secs(60)).await;
+    env.wait_events(9, Duration::from_secs(60)).await;
     let stream = env.read_stream().await;
     let labels = |l: &[&str]| Some(l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(
@@ -303,24 +313,39 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
             .filter(|m| m.json["type"] == "walguard.schema" && m.json["subject"] == table)
             .count()
     };
+    assert_eq!(
+        labels_before_rows(&stream, "public.visits"),
+        [
+            (0, labels(&["sad", "ok"])),
+            (1, labels(&["sad", "ok", "glad", "meh", "zen", "calm"])),
+            (2, labels(&["sad", "ok", "glad", "meh", "zen", "calm", "warm"])),
+        ],
+        "{stream:#?}"
+    );
     assert_eq!(schema_events(&stream, "public.moods"), 4, "{stream:#?}");
+    assert_eq!(schema_events(&stream, "public.visits"), 3, "{stream:#?}");
     // The other table never held a new label: its one schema event stands.
     assert_eq!(schema_events(&stream, "public.others"), 1, "{stream:#?}");
 
-    // A restart with the shape unchanged adds no schema event.
+    // A restart with the shape unchanged adds no schema event (visits); moods' newest lacks
+    // the labels its rows never held but the catalog now lists, so its next row has one.
     wg.stop_cleanly().await;
     let mut wg = env.spawn();
-    db.batch_execute("INSERT INTO moods VALUES (6, 'zen', '{glad}', 'meh'); INSERT INTO others VALUES (2, 'zen')")
-        .await
-        .unwrap();
-    let stream = env.wait_events(8, Duration::from_secs(60)).await;
+    db.batch_execute(
+        "INSERT INTO moods VALUES (6, 'zen', '{glad}', 'meh'); INSERT INTO others VALUES (2, 'zen');
+         INSERT INTO visits VALUES (3, ROW(4, 'warm'), NULL)",
+    )
+    .await
+    .unwrap();
+    let stream = env.wait_events(12, Duration::from_secs(60)).await;
     let stream_all = env.read_stream().await;
-    assert_eq!(schema_events(&stream_all, "public.moods"), 4, "{stream_all:#?}");
+    assert_eq!(schema_events(&stream_all, "public.visits"), 3, "{stream_all:#?}");
+    assert_eq!(schema_events(&stream_all, "public.moods"), 5, "{stream_all:#?}");
     // The other table's row uses a label its schema event lacks: a schema event for it.
     assert_eq!(schema_events(&stream_all, "public.others"), 2, "{stream_all:#?}");
     assert_eq!(
         labels_before_rows(&stream_all, "public.others").last(),
-        Some(&(2, labels(&["sad", "ok", "glad", "meh", "zen"])))
+        Some(&(2, labels(&["sad", "ok", "glad", "meh", "zen", "calm", "warm"])))
     );
     drop(stream);
     wg.stop_cleanly().await;
@@ -360,13 +385,13 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
         "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = 'public.mood'::regtype ORDER BY enumsortorder",
     )
     .await;
-    assert_eq!(enum_labels, ["sad", "ok", "glad", "meh", "zen"]);
+    assert_eq!(enum_labels, ["sad", "ok", "glad", "meh", "zen", "calm", "warm"]);
     let rows = |client: &'static str, schema: &'static str, table: &'static str, upto: i32| {
         let db = if client == "source" { db } else { &restored_db };
         let sql = format!("SELECT row_to_json(x)::text FROM {schema}.{table} x WHERE id <= {upto} ORDER BY 1");
         async move { texts(db, &sql).await }
     };
-    for table in ["moods", "others"] {
+    for table in ["moods", "others", "visits"] {
         let all = rows("source", "public", table, 100).await;
         assert!(!all.is_empty());
         assert_eq!(rows("target", "restored", table, 100).await, all, "{table}");
@@ -378,6 +403,10 @@ async fn a_new_enum_label_while_streaming_puts_a_schema_event_before_the_row_tha
     assert_eq!(
         rows("target", "asof5", "others", 100).await,
         rows("source", "public", "others", 1).await
+    );
+    assert_eq!(
+        rows("target", "asof5", "visits", 100).await,
+        rows("source", "public", "visits", 2).await
     );
 }
 
