@@ -8,11 +8,19 @@
 //! W3 runs a fixed-rate live load and reads back, for every event, the time the server stored
 //! it minus the commit time in the event: commit-to-PubAck latency.
 //!
-//! `bench/run` (or `cargo bench --bench pipeline -- [w1] [w2] [w3]`); method and figures in
-//! bench/README.md. Results: a table on stdout and JSON in bench/results/.
+//! Two more parts run only when named: `audit` (the transparency log's cost: checkpoints,
+//! a witness, the tree, `prove`; bench/audit.rs) and `recovery` (archive, restore and the
+//! console over a 1,000,000-event stream; bench/recovery.rs).
+//!
+//! `bench/run` (or `cargo bench --bench pipeline -- [w1] [w2] [w3] [audit] [recovery]`);
+//! method and figures in bench/README.md. Results: a table on stdout and JSON in
+//! bench/results/.
 
+mod audit;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
+mod measure;
+mod recovery;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,7 +56,7 @@ const SUBJECTS: &str = "wg.public.orders.>";
 /// The bare publisher's acks in flight (the best of 256..8192 here; walguard uses 1024).
 const CEILING_WINDOW: usize = 4096;
 
-#[derive(Default, serde::Serialize)]
+#[derive(Default, Clone, serde::Serialize)]
 struct Row {
     workload: String,
     changes: u64,
@@ -82,33 +90,54 @@ struct Row {
     nats_cpu_s_walguard: Option<f64>,
     nats_cpu_s_jetstream: Option<f64>,
     nats_cpu_s_jetstream_spec_headers: Option<f64>,
+    /// The stream's last sequence before walguard drained the workload (W1, W2).
+    #[serde(skip)]
+    drained_after_seq: u64,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let wanted = |w: &str| args.is_empty() || args.iter().any(|a| a.eq_ignore_ascii_case(w));
+    // Without arguments, the three workloads; `audit` and `recovery` only when named.
+    let named = |w: &str| args.iter().any(|a| a.eq_ignore_ascii_case(w));
+    let wanted = |w: &str| named(w) || (args.is_empty() && w.starts_with('w'));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let rows = runtime.block_on(async {
+    let (rows, parts) = runtime.block_on(async {
         let mut rows = Vec::new();
+        let mut parts = serde_json::Map::new();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        parts.insert("load_average_start".into(), json!(load.trim()));
         if wanted("w1") {
-            rows.push(catch_up("W1", Workload::OneBigTransaction).await);
+            rows.push(catch_up(&env().await, "W1", Workload::OneBigTransaction).await);
         }
         if wanted("w2") {
-            rows.push(catch_up("W2", Workload::SmallTransactions).await);
+            rows.push(catch_up(&env().await, "W2", Workload::SmallTransactions).await);
         }
         if wanted("w3") {
             rows.push(live("W3").await);
         }
-        rows
+        if named("audit") {
+            let report = audit::run().await;
+            audit::print(&report);
+            parts.insert("audit".into(), json!(report));
+        }
+        if named("recovery") {
+            let report = recovery::run().await;
+            recovery::print(&report);
+            parts.insert("recovery".into(), json!(report));
+        }
+        (rows, parts)
     });
-    print_table(&rows);
-    save(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    save(&rows, parts);
 }
 
+#[derive(Clone, Copy)]
 enum Workload {
     /// 1,000,000 rows inserted by one transaction.
     OneBigTransaction,
@@ -185,41 +214,34 @@ async fn prepare(env: &Bench, prefill: i64) {
 }
 
 /// W1/W2: the workload commits while walguard is down, then each reader drains its WAL.
-async fn catch_up(name: &str, workload: Workload) -> Row {
-    let env = env().await;
+async fn catch_up(env: &Bench, name: &str, workload: Workload) -> Row {
     let prefill = match workload {
         Workload::OneBigTransaction => 0,
         Workload::SmallTransactions => PREFILL,
     };
-    prepare(&env, prefill).await;
-    let base = table_events(&env).await;
+    prepare(env, prefill).await;
+    let base = table_events(env).await;
+    let drained_after_seq = env.stream_messages().await;
     let started = Instant::now();
     let changes = match workload {
         Workload::OneBigTransaction => {
-            env.db
-                .batch_execute(
-                    "INSERT INTO orders SELECT g, 'customer ' || g, g % 100000 / 100.0, g % 2 = 0, \
-                     jsonb_build_object('sku', 'SKU-' || g % 5000, 'qty', g % 7, 'channel', 'web'), now() \
-                     FROM generate_series(1000001, 2000000) g",
-                )
-                .await
-                .unwrap();
+            insert_orders(env, 1_000_000).await;
             1_000_000
         }
         Workload::SmallTransactions => {
-            pgbench(&env, &["-c", "8", "-j", "2", "-t", "12500"]);
+            pgbench(env, &["-c", "8", "-j", "2", "-t", "12500"]);
             200_000
         }
     };
     eprintln!("{name}: {changes} changes committed in {:.1?}", started.elapsed());
-    let end = current_lsn(&env).await;
+    let end = current_lsn(env).await;
 
     // BENCH_QUICK=1: walguard alone, no ceilings (for comparing walguard builds quickly).
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let recv_rate = if quick {
         None
     } else {
-        let recv = drain_recvlogical(&env, &end);
+        let recv = drain_recvlogical(env, &end);
         let rate = changes as f64 / recv.as_secs_f64();
         eprintln!("{name}: pg_recvlogical drained them in {recv:.2?}: {rate:.0}/s");
         Some(rate)
@@ -227,7 +249,7 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
 
     let nats_cpu = || process_cpu_seconds(env.nats.pid().expect("nats-server runs"));
     let before = nats_cpu();
-    let run = run_walguard(&env, base, changes).await;
+    let run = run_walguard(env, base, changes).await;
     let nats_cpu_walguard = nats_cpu() - before;
     let wg_rate = changes as f64 / run.elapsed.as_secs_f64();
     eprintln!(
@@ -236,7 +258,7 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
     );
 
     eprintln!("{name}: nats-server used {nats_cpu_walguard:.1} CPU seconds meanwhile");
-    let (payload_bytes, header_bytes) = average_event_bytes(&env, changes).await;
+    let (payload_bytes, header_bytes) = average_event_bytes(env, changes).await;
     let event_bytes = payload_bytes + header_bytes;
     let mut row = Row {
         workload: name.into(),
@@ -248,18 +270,19 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
         peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
         cpu_s: run.cpu_s,
         nats_cpu_s_walguard: Some(nats_cpu_walguard),
+        drained_after_seq,
         ..Row::default()
     };
     let Some(recv_rate) = recv_rate else {
         return row;
     };
     let before = nats_cpu();
-    let ceiling = jetstream_ceiling(&env, changes, event_bytes, false).await;
+    let ceiling = jetstream_ceiling(env, changes, event_bytes, false).await;
     let nats_cpu_jetstream = nats_cpu() - before;
     let js_rate = changes as f64 / ceiling.as_secs_f64();
     eprintln!("{name}: bare JetStream publisher, {event_bytes}-byte messages: {js_rate:.0}/s");
     let before = nats_cpu();
-    let with_headers = jetstream_ceiling(&env, changes, payload_bytes, true).await;
+    let with_headers = jetstream_ceiling(env, changes, payload_bytes, true).await;
     let nats_cpu_headers = nats_cpu() - before;
     let js_headers_rate = changes as f64 / with_headers.as_secs_f64();
     eprintln!("{name}: the same with SPEC's headers (Nats-Msg-Id, Nats-Expected-Last-Sequence, Content-Type): {js_headers_rate:.0}/s");
@@ -267,13 +290,26 @@ async fn catch_up(name: &str, workload: Workload) -> Row {
         "{name}: nats-server used {nats_cpu_jetstream:.1} CPU seconds for the bare publisher, {nats_cpu_headers:.1} with SPEC's headers"
     );
 
-    verify(&env);
+    verify(env);
     row.jetstream_per_s = Some(js_rate);
     row.jetstream_spec_headers_per_s = Some(js_headers_rate);
     row.ratio = Some(wg_rate / recv_rate.min(js_rate));
     row.nats_cpu_s_jetstream = Some(nats_cpu_jetstream);
     row.nats_cpu_s_jetstream_spec_headers = Some(nats_cpu_headers);
     row
+}
+
+/// W1's one transaction: `n` new rows of `orders` (ids from 1,000,001).
+async fn insert_orders(env: &Bench, n: u64) {
+    env.db
+        .batch_execute(&format!(
+            "INSERT INTO orders SELECT g, 'customer ' || g, g % 100000 / 100.0, g % 2 = 0, \
+             jsonb_build_object('sku', 'SKU-' || g % 5000, 'qty', g % 7, 'channel', 'web'), now() \
+             FROM generate_series(1000001, {}) g",
+            1_000_000 + n
+        ))
+        .await
+        .unwrap();
 }
 
 /// W3: pgbench at a fixed rate while walguard streams; latency from the stored messages.
@@ -311,7 +347,8 @@ async fn live(name: &str) -> Row {
     stop_profile(profiler);
     // BENCH_SHOW_METRICS=1: walguard's own view (walguard_publish_ack_seconds and the rest).
     if std::env::var("BENCH_SHOW_METRICS").is_ok() {
-        eprintln!("{}", scrape_metrics(env.listen_port));
+        let metrics = measure::http_get(env.listen_port, "/metrics", &[]).await;
+        eprintln!("{}", metrics.map(|(_, body)| body).unwrap_or_default());
     }
     assert_eq!(
         wg.stop(Duration::from_secs(30)).await,
@@ -398,38 +435,21 @@ async fn run_walguard(env: &Bench, base: u64, changes: u64) -> Run {
     run
 }
 
-/// With `BENCH_PERF=FILE`: `perf record` of the walguard process into FILE (call graphs,
-/// software clock, so it works where hardware counters are not exposed) while it drains the
-/// backlog.
+/// With `BENCH_PERF=FILE`: `perf record` of the walguard process into FILE (call graphs)
+/// while it drains the backlog.
 fn profile(pid: u32) -> Option<std::process::Child> {
     let out = std::env::var("BENCH_PERF").ok()?;
     // BENCH_PERF_SYSTEM=1: every process on the machine, without call graphs (who uses the
     // CPUs while walguard runs: walsender, nats-server, walguard).
     let target = match std::env::var("BENCH_PERF_SYSTEM") {
         Ok(_) => vec!["-a".to_owned()],
-        Err(_) => ["--call-graph", "dwarf,16384", "-p", &pid.to_string()]
-            .map(str::to_owned)
-            .to_vec(),
+        Err(_) => measure::call_graph_of(pid),
     };
-    let child = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "1999", "-o", &out])
-        .args(&target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run perf (BENCH_PERF is set)");
-    std::thread::sleep(Duration::from_millis(200));
-    Some(child)
+    Some(measure::perf_record(&out, &target))
 }
 
 fn stop_profile(profiler: Option<std::process::Child>) {
-    if let Some(mut perf) = profiler {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(perf.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = perf.wait();
-    }
+    measure::stop_perf(profiler);
 }
 
 async fn wait_streaming(env: &Bench, wg: &mut Walguard, base_seq: u64) {
@@ -521,18 +541,6 @@ fn pgbench(env: &Bench, args: &[&str]) {
     {
         eprintln!("  pgbench: {line}");
     }
-}
-
-/// walguard's /metrics text.
-fn scrape_metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    text
 }
 
 /// p50, p99 and max of `values` (NaN when empty).
@@ -796,6 +804,20 @@ async fn latencies_ms(env: &Bench, from_seq: u64) -> Vec<f64> {
     out
 }
 
+/// Appends `text` to walguard's config.
+fn append_config(env: &Bench, text: &str) {
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, config + text).unwrap();
+}
+
+/// walguard's public key (SPKI PEM) beside its private key, for `--public-key`.
+fn public_key(env: &Bench) -> PathBuf {
+    let path = env.dir.path().join("walguard.pub");
+    let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
+    std::fs::write(&path, signer.public_key_pem()).unwrap();
+    path
+}
+
 fn verify(env: &Bench) {
     let (code, stdout, stderr) = env.command(&["verify", "-c", env.config.to_str().unwrap()]);
     assert_eq!(code, 0, "walguard verify:\n{stdout}{stderr}");
@@ -877,7 +899,8 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn save(rows: &[Row]) {
+/// The whole run: W1-W3 as `workloads`, and each other part under its name.
+fn save(rows: &[Row], parts: serde_json::Map<String, serde_json::Value>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&dir).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
@@ -888,7 +911,9 @@ fn save(rows: &[Row]) {
         "commit": Command::new("git").args(["rev-parse", "--short", "HEAD"]).output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
     });
-    let doc = json!({ "time": stamp, "machine": machine, "workloads": rows });
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut doc = json!({ "time": stamp, "machine": machine, "load_average_end": load.trim(), "workloads": rows });
+    doc.as_object_mut().unwrap().extend(parts);
     let text = serde_json::to_string_pretty(&doc).unwrap();
     let path = dir.join(format!("{now}.json"));
     std::fs::write(&path, &text).unwrap();

@@ -6,58 +6,16 @@
 //! turns the overview red with its sequence. Plain HTTP over loopback (hyper's client).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use crate::harness::{eventually, Env, BIN};
+use crate::harness::{eventually, Env};
 
-pub(crate) const TOKEN: &str = "console-test-token-0123456789abcdef";
+pub(crate) use crate::harness::console::{write_token, ConsoleProcess, TOKEN};
 /// A row value that must stay text and stay out of URLs and logs.
 pub(crate) const EVIL: &str = "<script>alert('walguard')</script>";
-
-pub(crate) struct ConsoleProcess {
-    child: Child,
-    pub(crate) port: u16,
-    log: PathBuf,
-}
-
-impl ConsoleProcess {
-    pub(crate) fn start(config: &Path, dir: &Path) -> ConsoleProcess {
-        ConsoleProcess::start_with(&["-c", config.to_str().unwrap()], dir)
-    }
-
-    /// `walguard console ARGS --listen 127.0.0.1:PORT` on a free port.
-    pub(crate) fn start_with(args: &[&str], dir: &Path) -> ConsoleProcess {
-        let port = walguard::testkit::free_port();
-        let log = dir.join(format!("console-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .arg("console")
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("WALGUARD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn walguard console");
-        ConsoleProcess { child, port, log }
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ConsoleProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 pub(crate) struct Reply {
     pub(crate) status: u16,
@@ -121,14 +79,6 @@ fn urls(page: &str) -> Vec<String> {
                 .map(|s| s.split('"').next().unwrap_or("").to_owned())
         })
         .collect()
-}
-
-pub(crate) fn write_token(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("console.token");
-    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 pub(crate) fn with_console(env: &Env, stream: &str, token: Option<&Path>, name: &str) -> PathBuf {

@@ -12,6 +12,7 @@ use async_nats::jetstream;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+pub(crate) use crate::harness::witness::{log_vkey, witness_section};
 use crate::harness::{eventually, Env, Stored};
 use crate::witness::{witness_key, WitnessProcess};
 
@@ -202,28 +203,6 @@ async fn the_newest_events_removed_pass_the_chain_check_but_not_a_kept_checkpoin
         )),
         "{stdout}{stderr}"
     );
-}
-
-/// The log's key as a C2SP vkey for this environment's origin (what `walguard witness --log`
-/// takes), and the origin.
-pub(crate) async fn log_vkey(env: &Env) -> (walguard::tlog::Vkey, String) {
-    let row = env
-        .db
-        .query_one("select system_identifier::text from pg_control_system()", &[])
-        .await
-        .unwrap();
-    let sysid: String = row.get(0);
-    let origin = format!("walguard/{sysid}/postgres/{}", env.slot);
-    let signer = walguard::event::Signer::load(&env.dir.path().join("walguard.key")).unwrap();
-    let vkey = walguard::tlog::Vkey::new(&origin, walguard::tlog::KeyKind::Ed25519, signer.verifying_key()).unwrap();
-    (vkey, origin)
-}
-
-pub(crate) fn witness_section(witness: &WitnessProcess) -> String {
-    format!(
-        "[[audit.witnesses]]\nurl = \"http://127.0.0.1:{}\"\nkey = \"{}\"",
-        witness.port, witness.vkey
-    )
 }
 
 /// The stream rewritten with the signing key: one value changed in message `at`, every

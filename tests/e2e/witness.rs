@@ -4,17 +4,16 @@
 //! rollback are refused; and killed with SIGKILL around its answers and restarted, it never
 //! cosigns two roots for one size.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use walguard::event::Signer;
 use walguard::tlog::proof::prove_consistency;
-use walguard::tlog::{leaf_hash, AddCheckpoint, Checkpoint, CheckpointSigner, Frontier, Hash, SignedCheckpoint, Vkey};
+use walguard::tlog::{leaf_hash, AddCheckpoint, Checkpoint, CheckpointSigner, Frontier, Hash, SignedCheckpoint};
 use walguard::witness::{Answer, ClientError, WitnessClient};
 
+pub(crate) use crate::harness::witness::{witness_key, WitnessProcess};
 use crate::harness::{eventually, BIN};
 
 const ORIGIN: &str = "walguard/7301234567890123456/app/walguard";
@@ -59,79 +58,6 @@ impl Log {
             checkpoint: self.checkpoint(new).to_bytes(),
         }
     }
-}
-
-/// A `walguard witness` process; SIGKILLed on drop.
-pub(crate) struct WitnessProcess {
-    child: Option<Child>,
-    pub(crate) port: u16,
-    pub(crate) vkey: Vkey,
-}
-
-impl WitnessProcess {
-    pub(crate) fn start(dir: &Path, key: &Path, log: &Vkey) -> WitnessProcess {
-        WitnessProcess::start_with(&dir.join("state"), key, log, &[])
-    }
-
-    fn start_with(state: &Path, key: &Path, log: &Vkey, extra: &[&str]) -> WitnessProcess {
-        WitnessProcess::start_on(walguard::testkit::free_port(), state, key, log, extra)
-    }
-
-    /// On `port` (a restart where its clients know it).
-    pub(crate) fn start_on(port: u16, state: &Path, key: &Path, log: &Vkey, extra: &[&str]) -> WitnessProcess {
-        let mut child = Command::new(BIN)
-            .args(["witness", "--listen", &format!("127.0.0.1:{port}"), "--key"])
-            .arg(key)
-            .arg("--state")
-            .arg(state)
-            .args(extra)
-            .args(["--name", "witness.test/w1", "--log", &log.to_string()])
-            .env("WALGUARD_LOG", "info,walguard=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn walguard witness");
-        // The first line on stdout is the witness's verifier key, printed once it listens.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let vkey = Vkey::parse(line.trim_end()).unwrap_or_else(|e| panic!("witness printed {line:?}: {e}"));
-        WitnessProcess {
-            child: Some(child),
-            port,
-            vkey,
-        }
-    }
-
-    fn client(&self) -> WitnessClient {
-        WitnessClient::new(
-            &format!("http://127.0.0.1:{}", self.port),
-            self.vkey.clone(),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-    }
-
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for WitnessProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub(crate) fn witness_key(dir: &Path) -> PathBuf {
-    let path = dir.join("witness.key");
-    Signer::generate(&path).unwrap();
-    path
 }
 
 async fn add(client: &WitnessClient, req: &AddCheckpoint) -> Result<Answer, ClientError> {

@@ -15,6 +15,9 @@ use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 use walguard::testkit::{Nats, Postgres};
 
+pub mod console;
+pub mod witness;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_walguard");
 
 pub struct Env {
@@ -529,13 +532,7 @@ impl Walguard {
 
     /// The process's peak resident set so far (VmHWM), in KiB; 0 once it has exited.
     pub fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        process_peak_rss_kib(self.pid())
     }
 
     /// CPU seconds (user + system, all threads) the process has used so far.
@@ -775,4 +772,15 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// A process's peak resident set so far (VmHWM), in KiB (0 once it is gone).
+pub fn process_peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
