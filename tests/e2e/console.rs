@@ -47,6 +47,10 @@ impl ConsoleProcess {
         ConsoleProcess { child, port, log }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
