@@ -52,7 +52,7 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
     loop {
         match reader.next_message() {
             Ok(Some(verified)) => {
-                let m = verified.stored;
+                let crate::verify::Verified { stored: m, event } = verified;
                 if let Some((segment, offset)) = reader.position() {
                     if lines.segments.last().map(|s| s.first) != Some(segment.first) {
                         lines.segments.push(Located {
@@ -67,7 +67,7 @@ pub fn load(dir: &Path, stream: &str, keyring: &Keyring, index: &mut Index) -> L
                         located.offsets.push(offset);
                     }
                 }
-                index.add(&m);
+                index.add(&m, Some(&event));
                 index.verified_to = m.sequence;
             }
             Ok(None) => break,

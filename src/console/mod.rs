@@ -157,13 +157,13 @@ impl Console {
         let mut next = 1;
         loop {
             let read = crate::audit::read_stream(js, stream, next, None, |m| {
-                verifier.message(
+                let event = verifier.message(
                     m.sequence,
                     m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str())),
                     &m.payload,
                 );
                 let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-                index.add(&m);
+                index.add(&m, event.as_ref());
                 index.verified_to = m.sequence;
                 if index.problems.len() != verifier.problems.len() {
                     index.problems = verifier.problems.clone();

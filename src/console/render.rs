@@ -286,15 +286,24 @@ pub fn table(id: usize, t: &TableIndex, page: usize, search_missed: bool) -> Str
         "<h2>Entities ({})</h2><table class=\"list\" id=\"entities\"><tr><th>Key</th><th>Events</th></tr>",
         t.entities.len()
     );
-    for (n, e) in t.entities.iter().enumerate().skip(page * PAGE).take(PAGE) {
+    for n in (page * PAGE..t.entities.len()).take(PAGE) {
         let _ = write!(
             b,
             "<tr><td><a href=\"/tables/{id}/entities/{n}\">{}</a></td><td>{}</td></tr>",
-            esc(&e.key),
-            e.sequences.len()
+            esc(t.entities.key(n).unwrap_or_default()),
+            t.entities.count(n).unwrap_or_default()
         );
     }
-    b.push_str("</table><p class=\"pages\">");
+    b.push_str("</table>");
+    if t.unindexed > 0 {
+        let _ = write!(
+            b,
+            "<p class=\"bad\" id=\"unindexed\">{} more row events are counted but listed under no entity: \
+             the index is full (it holds 4 GiB of a table's keys and 4,294,967,294 of its row events).</p>",
+            t.unindexed
+        );
+    }
+    b.push_str("<p class=\"pages\">");
     if page > 0 {
         let _ = write!(b, "<a href=\"/tables/{id}?page={}\">previous</a> ", page - 1);
     }
@@ -431,7 +440,7 @@ fn strip(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::console::index::tests::{message, row};
+    use crate::console::index::tests::{add, message, row};
     use serde_json::{json, Value};
 
     const EVIL: &str = "<script>alert(1)</script>";
@@ -439,7 +448,7 @@ mod tests {
     fn index_with_evil_key() -> Index {
         let mut index = Index::new("WG<b>");
         let r = row("insert", 1, Value::Null, json!({"id": 1, "name": EVIL}));
-        index.add(&message(2, &format!("public.customers/{EVIL}"), r));
+        add(&mut index, &message(2, &format!("public.customers/{EVIL}"), r));
         index
     }
 
@@ -546,7 +555,7 @@ mod tests {
         let mut index = Index::new("WG");
         for n in 0..(PAGE as i64 + 3) {
             let r = row("insert", n, Value::Null, json!({"id": n}));
-            index.add(&message(n as u64 + 1, &format!("public.customers/{n}"), r));
+            add(&mut index, &message(n as u64 + 1, &format!("public.customers/{n}"), r));
         }
         let first = table(0, &index.tables[0], 0, false);
         assert!(first.contains("page 1 of 2") && first.contains("href=\"/tables/0?page=1\">next"));

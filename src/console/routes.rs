@@ -190,7 +190,7 @@ async fn entity(console: &Console, t: &str, e: &str, format: Format) -> Answer {
         let (tid, eid): (Option<usize>, Option<usize>) = (t.parse().ok(), e.parse().ok());
         tid.zip(eid).and_then(|(tid, eid)| {
             let table = index.table(tid)?;
-            let entity = table.entities.get(eid)?.clone();
+            let entity = table.entities.get(eid)?;
             Some((
                 tid,
                 eid,
@@ -235,8 +235,8 @@ async fn proof(console: &Console, t: &str, e: &str, seq: &str, proof: bool) -> A
         let (tid, eid, seq): (Option<usize>, Option<usize>, Option<u64>) =
             (t.parse().ok(), e.parse().ok(), seq.parse().ok());
         tid.zip(eid).zip(seq).and_then(|((tid, eid), seq)| {
-            let entity = index.table(tid)?.entities.get(eid)?;
-            entity.sequences.contains(&seq).then_some(seq)
+            let sequences = index.table(tid)?.entities.sequences(eid)?;
+            sequences.binary_search(&seq).is_ok().then_some(seq)
         })
     };
     let Some(seq) = found else {

@@ -7,6 +7,7 @@ mod archive;
 mod audit;
 mod console;
 mod console_browser;
+mod console_memory;
 mod demo;
 mod failover;
 mod faults;
