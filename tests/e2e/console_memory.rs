@@ -1,6 +1,6 @@
 //! The console's memory (issue: 251 MiB over a stream of 1,000,000 entities, the goal
 //! <= 128 MiB): the real `walguard console` over a stream of N events of N entities
-//! (`WALGUARD_CONSOLE_EVENTS`, default 200,000; published straight to JetStream, unsigned,
+//! (`WALGUARD_CONSOLE_EVENTS`, default 100,000; published straight to JetStream, unsigned,
 //! so the overview names problems, which does not matter here) must index them within
 //! 24 MiB + 64 bytes per entity of peak resident memory (VmHWM): 1,000,000 took 59.8 MiB
 //! where the index of a `String` and a `Vec` per entity took 257.1 MiB. Prints the times and
@@ -43,7 +43,7 @@ fn status(pid: u32, field: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_memory_over_a_big_stream() {
-    let n: u64 = std::env::var("WALGUARD_CONSOLE_EVENTS").map_or(200_000, |v| v.parse().unwrap());
+    let n: u64 = std::env::var("WALGUARD_CONSOLE_EVENTS").map_or(100_000, |v| v.parse().unwrap());
     let env = Env::start(
         "CREATE TABLE public.customers (id int PRIMARY KEY);",
         "[[tables]]\nname = \"public.customers\"\n",
