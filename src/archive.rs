@@ -9,6 +9,9 @@
 //! segment and resumes after the newest one; a `.partial` file (an interrupted write) is named
 //! and removed, never built on; a sealed segment that fails verification, a gap between two
 //! segments, or a file whose lines do not match its name stops the archive, naming it.
+//!
+//! Reading and verifying overlap: the runtime (one thread) takes the messages from NATS and
+//! hands them in bounded batches to a blocking thread that verifies and writes them.
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};

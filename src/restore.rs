@@ -10,7 +10,9 @@
 //! schema events and each table is filled with one `INSERT ... SELECT` that takes every key's
 //! newest event after the table's last truncate (an update that changed the key removes the row
 //! at its old key; a column PostgreSQL did not send, listed in `unchanged`, keeps the value the
-//! entity's previous event had). Values go from their JSON text to their column types through
+//! entity's previous event had). A table whose events since its last truncate are all inserts or snapshot
+//! rows with every column is loaded one row per event instead (no newest-per-key sort), under a
+//! savepoint: should that fail (a key twice), the general load runs. Values go from their JSON text to their column types through
 //! `json_populate_record`, so numbers keep every digit PostgreSQL printed and `json` keeps its
 //! bytes; `bytea` is decoded from base64. Then COMMIT: all tables or none.
 
