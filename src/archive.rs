@@ -9,6 +9,9 @@
 //! segment and resumes after the newest one; a `.partial` file (an interrupted write) is named
 //! and removed, never built on; a sealed segment that fails verification, a gap between two
 //! segments, or a file whose lines do not match its name stops the archive, naming it.
+//!
+//! Reading and verifying overlap: the runtime (one thread) takes the messages from NATS and
+//! hands them in bounded batches to a blocking thread that verifies and writes them.
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::audit::{dsse_line, parse_dsse_line, Stored};
@@ -442,36 +446,125 @@ pub async fn run(
     if !follow && (state.messages == 0 || start > state.last_sequence) {
         return Ok(copied);
     }
-    let mut writer = Writer::new(dir, stream, start);
+    let writer = Writer::new(dir, stream, start);
+    // Reading and verifying overlap: this task takes the messages from NATS (on the one
+    // runtime thread, with the client's I/O), a thread of its own verifies and writes them.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(QUEUE);
+    let verifier = verifier.into_owned();
+    let name = stream.to_owned();
+    let worker = tokio::task::spawn_blocking(move || verify_and_write(rx, verifier, writer, limits, &name));
     let mut tick = tokio::time::interval(Duration::from_millis(500).min(limits.segment_seconds));
-    loop {
+    let read: Result<(), ArchiveError> = loop {
         let msg = tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => break Ok(()),
             _ = tick.tick() => {
-                if writer.due(limits) {
-                    copied.sealed.extend(writer.seal()?);
+                if tx.send(Item::Tick).await.is_err() {
+                    break Ok(());
                 }
                 continue;
             }
-            m = reader.next() => m?,
+            m = reader.next() => m,
         };
-        let Some(stored) = msg else { break };
-        if let Err(problem) = verifier.check(&stored) {
-            // What was verified before it is kept: sealed, so the archive holds it.
-            copied.sealed.extend(writer.seal()?);
-            return Err(ArchiveError::Unverifiable {
-                stream: stream.to_owned(),
-                problem,
-            });
+        let first = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        // What else has arrived goes along in the same hand-off.
+        let mut batch = Vec::with_capacity(BATCH);
+        batch.push(first);
+        let mut ended = None;
+        while batch.len() < BATCH {
+            match reader.next().now_or_never() {
+                None => break,
+                Some(Ok(Some(m))) => batch.push(m),
+                Some(Ok(None)) => {
+                    ended = Some(Ok(()));
+                    break;
+                }
+                Some(Err(e)) => {
+                    ended = Some(Err(e.into()));
+                    break;
+                }
+            }
         }
-        copied.sealed.extend(writer.push(&stored, limits)?);
+        if tx.send(Item::Messages(batch)).await.is_err() {
+            // The worker stopped: its result says why.
+            break Ok(());
+        }
+        if let Some(end) = ended {
+            break end;
+        }
+    };
+    if read.is_err() {
+        // What was read is verified, but not sealed (as when reading fails between two
+        // messages): the next run copies it again.
+        let _ = tx.send(Item::Abort).await;
     }
-    copied.sealed.extend(writer.seal()?);
+    drop(tx);
+    let sealed = match worker.await {
+        Ok(result) => result?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    read?;
+    copied.sealed = sealed;
     if let Some(s) = copied.sealed.last() {
         copied.last = s.last;
     }
     Ok(copied)
+}
+
+/// What the reading side hands the verifying side.
+enum Item {
+    Messages(Vec<Stored>),
+    /// Half a second passed: a segment that is due is sealed.
+    Tick,
+    /// Reading failed: stop without sealing.
+    Abort,
+}
+
+/// At most this many messages per hand-off, and this many hand-offs queued: a few MiB in
+/// flight at most.
+const BATCH: usize = 256;
+const QUEUE: usize = 8;
+
+/// The verifying side: every message is verified before the writer takes it; the first that
+/// does not verify seals what came before it and stops the archive. When the reading side is
+/// done, what is written is sealed.
+fn verify_and_write(
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    mut verifier: Verifier<'static>,
+    mut writer: Writer,
+    limits: Limits,
+    stream: &str,
+) -> Result<Vec<Segment>, ArchiveError> {
+    let mut sealed = Vec::new();
+    while let Some(item) = rx.blocking_recv() {
+        match item {
+            Item::Tick => {
+                if writer.due(limits) {
+                    sealed.extend(writer.seal()?);
+                }
+            }
+            Item::Abort => return Ok(sealed),
+            Item::Messages(batch) => {
+                for stored in batch {
+                    if let Err(problem) = verifier.check(&stored) {
+                        // What was verified before it is kept: sealed, so the archive holds it.
+                        writer.seal()?;
+                        return Err(ArchiveError::Unverifiable {
+                            stream: stream.to_owned(),
+                            problem,
+                        });
+                    }
+                    sealed.extend(writer.push(&stored, limits)?);
+                }
+            }
+        }
+    }
+    sealed.extend(writer.seal()?);
+    Ok(sealed)
 }
 
 #[cfg(test)]

@@ -45,31 +45,45 @@ pub async fn read_stream(
     Ok(last)
 }
 
-/// A DSSE envelope (one line of `walguard export`).
+/// A DSSE envelope (one line of `walguard export`): `payload`, `payloadType`, `signatures`
+/// in that order (as `serde_json` orders an object's keys), written directly: the payload's
+/// base64 needs no escaping, so no JSON value is built for it.
 pub fn dsse_line(m: &Stored) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let signatures: Vec<Value> = m
-        .signature
-        .iter()
-        .map(|(kid, sig)| serde_json::json!({"keyid": kid, "sig": sig}))
-        .collect();
-    serde_json::json!({
-        "payloadType": PAYLOAD_TYPE,
-        "payload": b64.encode(&m.payload),
-        "signatures": signatures,
-    })
-    .to_string()
+    let mut line = String::with_capacity(m.payload.len() * 4 / 3 + 160);
+    line.push_str("{\"payload\":\"");
+    b64.encode_string(&m.payload, &mut line);
+    line.push_str("\",\"payloadType\":");
+    push_json_str(&mut line, PAYLOAD_TYPE);
+    line.push_str(",\"signatures\":[");
+    if let Some((kid, sig)) = &m.signature {
+        line.push_str("{\"keyid\":");
+        push_json_str(&mut line, kid);
+        line.push_str(",\"sig\":");
+        push_json_str(&mut line, sig);
+        line.push('}');
+    }
+    line.push_str("]}");
+    line
+}
+
+/// `text` as a JSON string.
+fn push_json_str(out: &mut String, text: &str) {
+    // Serializing a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(text).unwrap_or_default());
 }
 
 /// Parses one exported line back. The sequence is the one the payload claims, or 0 (where no
 /// message is stored) when it claims none: a damaged event still reaches `verify`, which
 /// places it after its predecessor and says what is wrong with it.
 pub fn parse_dsse_line(line: &str) -> Result<Stored, String> {
+    // Borrowed: the payload's base64 is decoded straight from the line.
     #[derive(serde::Deserialize)]
-    struct Envelope {
-        #[serde(rename = "payloadType")]
-        payload_type: String,
-        payload: String,
+    struct Envelope<'a> {
+        #[serde(rename = "payloadType", borrow)]
+        payload_type: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        payload: std::borrow::Cow<'a, str>,
         signatures: Vec<Signature>,
     }
     #[derive(serde::Deserialize)]
@@ -77,12 +91,12 @@ pub fn parse_dsse_line(line: &str) -> Result<Stored, String> {
         keyid: String,
         sig: String,
     }
-    let v: Envelope = serde_json::from_str(line).map_err(|e| format!("not a JSON DSSE envelope: {e}"))?;
+    let v: Envelope<'_> = serde_json::from_str(line).map_err(|e| format!("not a JSON DSSE envelope: {e}"))?;
     if v.payload_type != PAYLOAD_TYPE {
         return Err(format!("payloadType is {:?}, expected {PAYLOAD_TYPE}", v.payload_type));
     }
     let payload = base64::engine::general_purpose::STANDARD
-        .decode(&v.payload)
+        .decode(v.payload.as_bytes())
         .map_err(|e| format!("payload is not base64: {e}"))?;
     Ok(Stored {
         sequence: stored::claimed_sequence(&payload).unwrap_or(0),
@@ -803,5 +817,29 @@ mod tests {
         assert_eq!(back.payload, m.payload);
         assert_eq!(back.signature, m.signature);
         assert!(parse_dsse_line("{}").is_err());
+        // Byte for byte what a JSON value of the envelope renders, signed or not (archives
+        // written before keep their bytes).
+        let unsigned = Stored {
+            signature: None,
+            ..m.clone()
+        };
+        let odd = Stored {
+            signature: Some(("a\"b\\".into(), "c\u{1}".into())),
+            ..m.clone()
+        };
+        for m in [m, unsigned, odd] {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let signatures: Vec<Value> = m
+                .signature
+                .iter()
+                .map(|(kid, sig)| serde_json::json!({"keyid": kid, "sig": sig}))
+                .collect();
+            let value = serde_json::json!({
+                "payloadType": PAYLOAD_TYPE,
+                "payload": b64.encode(&m.payload),
+                "signatures": signatures,
+            });
+            assert_eq!(dsse_line(&m), value.to_string());
+        }
     }
 }

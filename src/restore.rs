@@ -10,7 +10,9 @@
 //! schema events and each table is filled with one `INSERT ... SELECT` that takes every key's
 //! newest event after the table's last truncate (an update that changed the key removes the row
 //! at its old key; a column PostgreSQL did not send, listed in `unchanged`, keeps the value the
-//! entity's previous event had). Values go from their JSON text to their column types through
+//! entity's previous event had). A table whose events since its last truncate are all inserts or snapshot
+//! rows with every column is loaded one row per event instead (no newest-per-key sort), under a
+//! savepoint: should that fail (a key twice), the general load runs. Values go from their JSON text to their column types through
 //! `json_populate_record`, so numbers keep every digit PostgreSQL printed and `json` keeps its
 //! bytes; `bytea` is decoded from base64. Then COMMIT: all tables or none.
 
@@ -81,10 +83,26 @@ struct ExactRow<'a> {
 /// A table's newest schema event and its sequence.
 type SchemaAt = (u64, TableSchema);
 
+/// What a table's staged events allow at the end: since its last truncate, only inserts
+/// and snapshot rows with every column sent, all under one key, can be loaded as they are
+/// (one row per event, no newest-per-key); any update, delete or unchanged column needs the
+/// general load.
+#[derive(Debug, Default)]
+struct Shape {
+    /// An update, a delete or an unchanged column since the last truncate.
+    changed: bool,
+    /// The key columns the events since the last truncate name; `None` for none yet.
+    key: Option<Vec<String>>,
+    /// Some event lists an unchanged column (anywhere in the log): the general load looks
+    /// the entity's earlier events up, by an index on the staged events.
+    unchanged: bool,
+}
+
 /// The log, read and staged: the newest schema event per table and how many row events went
 /// to the staging table.
 pub struct Staged {
     schemas: BTreeMap<String, SchemaAt>,
+    shapes: BTreeMap<String, Shape>,
     staged: u64,
     /// The newest sequence read.
     pub last: u64,
@@ -95,6 +113,7 @@ impl Staged {
     fn new() -> Staged {
         Staged {
             schemas: BTreeMap::new(),
+            shapes: BTreeMap::new(),
             staged: 0,
             last: 0,
             buf: BytesMut::with_capacity(1 << 20),
@@ -107,13 +126,13 @@ impl Staged {
     fn take(&mut self, v: Verified, wanted: &Wanted) -> Result<(), String> {
         let Verified { stored: m, event } = v;
         self.last = m.sequence;
-        let (op, table) = match event.data {
+        let (op, table, row) = match event.data {
             Data::Schema(schema) => {
                 self.schemas.insert(schema.qualified(), (m.sequence, schema));
                 return Ok(());
             }
-            Data::Row(op, row) => (op, row.qualified()),
-            Data::Truncate(t) => (Op::Truncate, t.qualified()),
+            Data::Row(op, row) => (op, row.qualified(), Some(row)),
+            Data::Truncate(t) => (Op::Truncate, t.qualified(), None),
             Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Checkpoint(_) => return Ok(()),
         };
         if !wanted.table(&table) {
@@ -123,6 +142,26 @@ impl Staged {
         if let (Some(want), Some(have)) = (&wanted.key, subject_key) {
             if op != Op::Truncate && want != have {
                 return Ok(());
+            }
+        }
+        let shape = match self.shapes.get_mut(&table) {
+            Some(shape) => shape,
+            None => self.shapes.entry(table.clone()).or_default(),
+        };
+        match &row {
+            None => {
+                // Nothing before a truncate is loaded.
+                shape.changed = false;
+                shape.key = None;
+            }
+            Some(row) => {
+                shape.changed |= !matches!(op, Op::Insert | Op::Snapshot) || !row.unchanged.is_empty();
+                shape.unchanged |= !row.unchanged.is_empty();
+                match &shape.key {
+                    Some(key) if row.key.names().eq(key.iter().map(String::as_str)) => {}
+                    Some(_) => shape.changed = true,
+                    None => shape.key = Some(row.key.names().map(str::to_owned).collect()),
+                }
             }
         }
         let values = if op == Op::Truncate {
@@ -319,6 +358,28 @@ pub fn load_sql(table: &str, target: &str, t: &TableSchema) -> String {
     )
 }
 
+/// The `INSERT ... SELECT` that fills `target` when every staged event of `table` after its
+/// last truncate is an insert or snapshot row with every column, under the target's key: each
+/// is a row of its own (a key twice fails the primary key, and the general load decides). The
+/// values are what [`load_sql`] takes from the same events.
+pub fn load_inserts_sql(table: &str, target: &str, t: &TableSchema) -> String {
+    let tbl = quote_literal(table);
+    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| column_value(target, c, "f.after", Some("r")))
+        .collect();
+    format!(
+        "INSERT INTO {target} ({})
+         SELECT {} FROM {STAGE} f, LATERAL json_populate_record(NULL::{target}, f.after) r
+         WHERE f.tbl = {tbl} AND f.op IN ('insert', 'snapshot')
+           AND f.seq > coalesce((SELECT max(seq) FROM {STAGE} WHERE tbl = {tbl} AND op = 'truncate'), 0)",
+        cols.join(", "),
+        values.join(",\n  ")
+    )
+}
+
 /// Why a restore refused or failed; nothing is written in any case.
 fn refused(message: String) -> crate::Error {
     crate::Error::Refused(crate::error::Refusal::Audit, message)
@@ -402,8 +463,18 @@ impl Loader {
         let sql_failed =
             |what: String| move |e: tokio_postgres::Error| refused(format!("restore: {what}: {}", error_chain(&e)));
         let tables = self.tables()?;
+        // The index serves the look-up of an unchanged column's earlier value only.
+        let shapes = &self.staged.shapes;
+        let index = if tables
+            .iter()
+            .any(|(name, _)| shapes.get(*name).is_some_and(|s| s.unchanged))
+        {
+            format!("CREATE INDEX ON {STAGE} (tbl, key, seq); ")
+        } else {
+            String::new()
+        };
         client
-            .batch_execute(&format!("CREATE INDEX ON {STAGE} (tbl, key, seq); ANALYZE {STAGE}"))
+            .batch_execute(&format!("{index}ANALYZE {STAGE}"))
             .await
             .map_err(sql_failed("indexing the staged events".into()))?;
         client
@@ -444,10 +515,13 @@ impl Loader {
                 .map_err(sql_failed(format!(
                     "creating {target} from the schema event at sequence {seq}"
                 )))?;
-            let rows = client
-                .execute(&load_sql(name, &target, schema), &[])
-                .await
-                .map_err(sql_failed(format!("loading {target}")))?;
+            let rows = match self.load_inserts(name, &target, schema).await? {
+                Some(rows) => rows,
+                None => client
+                    .execute(&load_sql(name, &target, schema), &[])
+                    .await
+                    .map_err(sql_failed(format!("loading {target}")))?,
+            };
             out.push(Restored {
                 table: name.clone(),
                 target,
@@ -455,6 +529,43 @@ impl Loader {
             });
         }
         Ok(out)
+    }
+
+    /// Loads `target` one row per event when the staged events allow it (see [`Shape`]);
+    /// `None` when they do not, or when that load failed (a key twice): then nothing of it
+    /// stays, and the general load runs (and names any error).
+    async fn load_inserts(&self, name: &str, target: &str, schema: &TableSchema) -> Result<Option<u64>, crate::Error> {
+        let simple = self
+            .staged
+            .shapes
+            .get(name)
+            .is_some_and(|s| !s.changed && s.key.as_ref().is_none_or(|k| *k == schema.key));
+        if !simple {
+            return Ok(None);
+        }
+        let client = self.catalog.client();
+        let failed = |e: tokio_postgres::Error| refused(format!("restore: loading {target}: {}", error_chain(&e)));
+        client
+            .batch_execute("SAVEPOINT walguard_inserts")
+            .await
+            .map_err(failed)?;
+        match client.execute(&load_inserts_sql(name, target, schema), &[]).await {
+            Ok(rows) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT walguard_inserts")
+                    .await
+                    .map_err(failed)?;
+                Ok(Some(rows))
+            }
+            Err(e) => {
+                tracing::debug!(table = name, error = %error_chain(&e), "loading the inserts as they are failed; loading newest per key");
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT walguard_inserts")
+                    .await
+                    .map_err(failed)?;
+                Ok(None)
+            }
+        }
     }
 
     /// The tables to restore with the schema event each is created from.

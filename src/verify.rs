@@ -62,7 +62,9 @@ struct OpenGroup {
 }
 
 pub struct Verifier<'k> {
-    keyring: &'k Keyring,
+    /// Borrowed where the verifier stays on the caller's thread; owned (`into_owned`) where it
+    /// moves to a thread of its own (`archive`, `restore`: verifying beside the async I/O).
+    keyring: std::borrow::Cow<'k, Keyring>,
     /// Checking a range that does not start at sequence 1 (an export of part of the
     /// stream): the first message's predecessor is unknown.
     partial: bool,
@@ -88,7 +90,7 @@ const MAX_PROBLEMS: usize = 100;
 impl<'k> Verifier<'k> {
     pub fn new(keyring: &'k Keyring) -> Self {
         Verifier {
-            keyring,
+            keyring: std::borrow::Cow::Borrowed(keyring),
             partial: false,
             prev: None,
             position: None,
@@ -110,6 +112,26 @@ impl<'k> Verifier<'k> {
             partial: true,
             tree: None,
             ..Verifier::new(keyring)
+        }
+    }
+
+    /// The same verifier, state and all, holding its own copy of the keys, so that it can
+    /// move to another thread.
+    pub fn into_owned(self) -> Verifier<'static> {
+        Verifier {
+            keyring: std::borrow::Cow::Owned(self.keyring.into_owned()),
+            partial: self.partial,
+            prev: self.prev,
+            position: self.position,
+            group: self.group,
+            unsigned_since: self.unsigned_since,
+            unsigned_run: self.unsigned_run,
+            schemas: self.schemas,
+            tree: self.tree,
+            witnesses: self.witnesses,
+            expected: self.expected,
+            summary: self.summary,
+            problems: self.problems,
         }
     }
 
@@ -246,7 +268,7 @@ impl<'k> Verifier<'k> {
             Ok(s) => s,
             Err(e) => return self.problem(sequence, format!("the checkpoint's note does not parse: {e}")),
         };
-        let logs = log_vkeys(self.keyring, signed.checkpoint().origin());
+        let logs = log_vkeys(&self.keyring, signed.checkpoint().origin());
         if let Err(e) = signed.verify_log(&logs) {
             return self.problem(sequence, format!("the checkpoint's signature: {e}"));
         }
