@@ -21,7 +21,7 @@ use async_nats::jetstream::consumer;
 use futures::StreamExt;
 
 use crate::harness::console::{write_token, ConsoleProcess, TOKEN};
-use crate::harness::BIN;
+use crate::harness::{process_cpu_seconds, process_stat_fields, BIN};
 use crate::measure::{self, Measured};
 use crate::Bench;
 
@@ -37,11 +37,18 @@ pub struct Report {
     stream_messages: u64,
     consumer_s: [f64; 2],
     consumer_per_s: f64,
+    /// nats-server's CPU seconds during the first bare consumer and during the archive.
+    nats_cpu_s_consumer: f64,
+    nats_cpu_s_archive: f64,
     archive: Measured,
     archive_per_s: f64,
     archive_ratio: f64,
     copy_s: f64,
     copy_rows_per_s: f64,
+    /// PostgreSQL's CPU seconds (the postmaster and the backends it reaped) during `\copy` and
+    /// during the restore.
+    pg_cpu_s_copy: f64,
+    pg_cpu_s_restore: f64,
     restore: Measured,
     restore_rows_per_s: f64,
     restore_ratio: f64,
@@ -77,7 +84,11 @@ pub async fn run() -> Report {
     let stream_messages = env.stream_messages().await;
 
     // Archive, between two bare consumers.
+    let nats_cpu = || process_cpu_seconds(env.nats.pid().expect("nats-server runs"));
+    let cpu = nats_cpu();
     let before = bare_consumer(&env).await;
+    let nats_cpu_s_consumer = nats_cpu() - cpu;
+    let cpu = nats_cpu();
     let dir = env.dir.path();
     let archive_dir = dir.join("archive");
     let mut cmd = Command::new(BIN);
@@ -86,6 +97,7 @@ pub async fn run() -> Report {
         .arg("--dir")
         .arg(&archive_dir);
     let archive = measure::run_ok(cmd, &dir.join("archive.log"), Some("archive"));
+    let nats_cpu_s_archive = nats_cpu() - cpu;
     let after = bare_consumer(&env).await;
     let consumer_s = [before.as_secs_f64(), after.as_secs_f64()];
     let consumer_per_s = stream_messages as f64 / before.min(after).as_secs_f64();
@@ -99,12 +111,16 @@ pub async fn run() -> Report {
     let csv = dir.join("orders.csv");
     psql(&env, &format!("\\copy orders TO '{}' WITH (FORMAT csv)", csv.display()));
     psql(&env, "CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)");
+    let postmaster = postmaster_pid(&env).await;
+    let cpu = server_cpu_seconds(postmaster);
     let started = Instant::now();
     psql(
         &env,
         &format!("\\copy orders_copy FROM '{}' WITH (FORMAT csv)", csv.display()),
     );
     let copy_s = started.elapsed().as_secs_f64();
+    let pg_cpu_s_copy = server_cpu_seconds(postmaster) - cpu;
+    let cpu = server_cpu_seconds(postmaster);
     let mut cmd = Command::new(BIN);
     cmd.args(["restore", "--archive"])
         .arg(&archive_dir)
@@ -112,6 +128,7 @@ pub async fn run() -> Report {
         .arg(crate::public_key(&env))
         .args(["--into", "restored", "--target", &env.pg.url("postgres")]);
     let restore = measure::run_ok(cmd, &dir.join("restore.log"), Some("restore"));
+    let pg_cpu_s_restore = server_cpu_seconds(postmaster) - cpu;
     eprintln!("recovery: restore: {}", restore.output.trim());
     for table in ["orders", "orders_copy", "restored.orders"] {
         let n: i64 = env
@@ -135,11 +152,15 @@ pub async fn run() -> Report {
         stream_messages,
         consumer_s,
         consumer_per_s,
+        nats_cpu_s_consumer,
+        nats_cpu_s_archive,
         archive_per_s,
         archive_ratio: archive_per_s / consumer_per_s,
         archive,
         copy_s,
         copy_rows_per_s,
+        pg_cpu_s_copy,
+        pg_cpu_s_restore,
         restore_rows_per_s,
         restore_ratio: restore_rows_per_s / copy_rows_per_s,
         restore,
@@ -167,6 +188,30 @@ async fn bare_consumer(env: &Bench) -> Duration {
         }
     }
     started.elapsed()
+}
+
+/// The postmaster: the parent of the checkpointer.
+async fn postmaster_pid(env: &Bench) -> u32 {
+    let checkpointer: i32 = env
+        .db
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    process_stat_fields(checkpointer as u32)[1]
+        .parse()
+        .expect("the checkpointer's parent")
+}
+
+/// A process's CPU seconds and those of the children it reaped (for the postmaster: every
+/// backend that has exited).
+fn server_cpu_seconds(pid: u32) -> f64 {
+    let fields = process_stat_fields(pid);
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) as f64 / 100.0
 }
 
 fn psql(env: &Bench, command: &str) {
@@ -215,7 +260,7 @@ async fn console(env: &Bench, stream_messages: u64, rows: u64) -> Console {
     })
     .await;
     let peak_rss_mib = crate::harness::process_peak_rss_kib(pid) as f64 / 1024.0;
-    let cpu_s = crate::harness::process_cpu_seconds(pid);
+    let cpu_s = process_cpu_seconds(pid);
     measure::stop_perf(profiler);
     drop(process);
     eprintln!(
@@ -261,6 +306,10 @@ pub fn print(r: &Report) {
         goal(r.archive_ratio >= ARCHIVE_GOAL)
     );
     println!(
+        "            nats-server CPU s: {:.1} for the archive, {:.1} for the bare consumer",
+        r.nats_cpu_s_archive, r.nats_cpu_s_consumer
+    );
+    println!(
         "  restore   {:>9.0} rows/s ({})  \\copy {:.0} rows/s ({:.1} s)  ratio {:.2}  goal >= {RESTORE_GOAL}: {}",
         r.restore_rows_per_s,
         mib(&r.restore),
@@ -268,6 +317,10 @@ pub fn print(r: &Report) {
         r.copy_s,
         r.restore_ratio,
         goal(r.restore_ratio >= RESTORE_GOAL)
+    );
+    println!(
+        "            PostgreSQL CPU s: {:.1} for the restore, {:.1} for \\copy",
+        r.pg_cpu_s_restore, r.pg_cpu_s_copy
     );
     println!(
         "  restore   peak RSS {:.1} MiB  goal <= {RESTORE_RSS_GOAL_MIB} MiB: {}",

@@ -765,13 +765,19 @@ impl Drop for Proxy {
 
 /// A process's user + system CPU time so far, in seconds (0 once it is gone).
 pub fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces):
-    // utime and stime are the 12th and 13th, in clock ticks of 1/100 s (USER_HZ).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 12th and 13th fields after the name, in clock ticks of 1/100 s
+    // (USER_HZ).
+    let fields = process_stat_fields(pid);
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold
+/// spaces): state, ppid, ...; empty once the process is gone.
+pub fn process_stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace().map(str::to_owned).collect()
 }
 
 /// A process's peak resident set so far (VmHWM), in KiB (0 once it is gone).
