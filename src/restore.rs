@@ -539,7 +539,10 @@ impl Loader {
             .staged
             .shapes
             .get(name)
-            .is_some_and(|s| !s.changed && s.key.as_ref().is_none_or(|k| *k == schema.key));
+            .is_some_and(|s| !s.changed && s.key.as_ref().is_none_or(|k| *k == schema.key))
+            // The target's primary key (the entity key, `create_table_sql`) is what turns a key
+            // twice into the failure that sends the table to the general load.
+            && !schema.key.is_empty();
         if !simple {
             return Ok(None);
         }
