@@ -620,15 +620,7 @@ async fn console_shows_checkpoints_and_proofs_and_reads_an_archive() {
         archive.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let from_archive = ConsoleProcess::start_with(
-        &[
-            "--archive",
-            archive.to_str().unwrap(),
-            "--public-key",
-            public.to_str().unwrap(),
-        ],
-        env.dir.path(),
-    );
+    let from_archive = archive_console(&archive, &public, env.dir.path());
     let page = wait_overview(
         from_archive.port,
         "",
@@ -678,15 +670,7 @@ async fn console_shows_checkpoints_and_proofs_and_reads_an_archive() {
         .collect();
     std::fs::write(&segment, lines.join("\n") + "\n").unwrap();
     let altered = altered.expect("the segment holds the row 'three'");
-    let tampered = ConsoleProcess::start_with(
-        &[
-            "--archive",
-            archive.to_str().unwrap(),
-            "--public-key",
-            public.to_str().unwrap(),
-        ],
-        env.dir.path(),
-    );
+    let tampered = archive_console(&archive, &public, env.dir.path());
     let page = wait_overview(
         tampered.port,
         "",
@@ -703,4 +687,17 @@ async fn console_shows_checkpoints_and_proofs_and_reads_an_archive() {
         "{page}"
     );
     assert_eq!(page.matches("<li class=\"problem\">").count(), 1, "{page}");
+}
+
+/// `walguard console --archive DIR --public-key PUB` on a free port.
+fn archive_console(archive: &Path, public: &Path, dir: &Path) -> ConsoleProcess {
+    ConsoleProcess::start_with(
+        &[
+            "--archive",
+            archive.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+        dir,
+    )
 }
