@@ -114,16 +114,7 @@ async fn console_shows_the_writes_behind_a_token_and_keeps_row_values_out_of_url
     // No checkpoint while the console looks (the page says none; the proofs are another test's).
     crate::transparency::audit_section(&env, "checkpoint_interval = \"1h\"");
     let mut wg = env.spawn_ready().await;
-    env.db
-        .batch_execute(&format!(
-            "INSERT INTO customers VALUES (1, 'Ada', 'gold'), (2, 'Grace', 'silver'), (3, '{}', NULL);
-             UPDATE customers SET name = 'Ada Lovelace', tier = 'platinum' WHERE id = 1;
-             DELETE FROM customers WHERE id = 2;",
-            EVIL.replace('\'', "''")
-        ))
-        .await
-        .unwrap();
-    env.wait_events(5, Duration::from_secs(30)).await;
+    crate::console::write_customers(&env).await;
     let token = write_token(env.dir.path());
     let config = with_console(&env, &env.stream, Some(&token), "console.toml");
     let console = ConsoleProcess::start(&config, env.dir.path());
@@ -700,4 +691,19 @@ fn archive_console(archive: &Path, public: &Path, dir: &Path) -> ConsoleProcess 
         ],
         dir,
     )
+}
+
+/// The console tests' writes through SQL: three inserts (one holding [`EVIL`]), an update, a
+/// delete; returns once their five events are in the stream.
+pub(crate) async fn write_customers(env: &Env) {
+    env.db
+        .batch_execute(&format!(
+            "INSERT INTO customers VALUES (1, 'Ada', 'gold'), (2, 'Grace', 'silver'), (3, '{}', NULL);
+             UPDATE customers SET name = 'Ada Lovelace', tier = 'platinum' WHERE id = 1;
+             DELETE FROM customers WHERE id = 2;",
+            EVIL.replace('\'', "''")
+        ))
+        .await
+        .unwrap();
+    env.wait_events(5, Duration::from_secs(30)).await;
 }

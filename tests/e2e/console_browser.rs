@@ -225,16 +225,7 @@ async fn console_in_a_real_browser() {
         ),
     );
     let mut wg = env.spawn_ready().await;
-    env.db
-        .batch_execute(&format!(
-            "INSERT INTO customers VALUES (1, 'Ada', 'gold'), (2, 'Grace', 'silver'), (3, '{}', NULL);
-             UPDATE customers SET name = 'Ada Lovelace', tier = 'platinum' WHERE id = 1;
-             DELETE FROM customers WHERE id = 2;",
-            EVIL.replace('\'', "''")
-        ))
-        .await
-        .unwrap();
-    env.wait_events(5, Duration::from_secs(30)).await;
+    crate::console::write_customers(&env).await;
     let token = write_token(env.dir.path());
     let config = with_console(&env, &env.stream, Some(&token), "console.toml");
     let console = ConsoleProcess::start(&config, env.dir.path());
