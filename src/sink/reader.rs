@@ -7,8 +7,9 @@
 //! An ordered consumer is ephemeral, unacknowledged and recreated by async-nats after a gap,
 //! so a reader needs nothing but read access (`deploy/nats/archive-reader.conf`). Creating it
 //! is tried again for a while: a cluster electing a leader times such requests out. A reader
-//! with an end gives up when the server sends nothing for 30 s, naming the stream; one that
-//! follows waits, since no new message is not a fault.
+//! with an end replaces a consumer the server leaves silent for 30 s (one whose server left a
+//! cluster can stay so), twice, reading on from the next sequence, and then gives up naming the
+//! stream; one that follows waits, since no new message is not a fault.
 
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 
 /// How long a reader with an end waits for the next message before it gives up.
 const SILENCE: Duration = Duration::from_secs(30);
+
+/// How many times a silent consumer is replaced before a reader with an end gives up.
+const RENEWALS: u32 = 2;
 
 /// One stored message as read back.
 #[derive(Debug, Clone)]
@@ -94,6 +98,12 @@ pub struct StreamReader {
     /// `None` when there was nothing to read.
     messages: Option<consumer::pull::Ordered>,
     done: bool,
+    /// The stream, to create the consumer again after a silence.
+    handle: jetstream::stream::Stream,
+    /// The sequence the next message read must be at least.
+    next: u64,
+    /// Consumers created again after a silence so far.
+    renewed: u32,
 }
 
 impl StreamReader {
@@ -123,14 +133,28 @@ impl StreamReader {
             end,
             messages: None,
             done: false,
+            handle: st,
+            next: start,
+            renewed: 0,
         };
         if end.is_some_and(|end| reader.state.messages == 0 || start > end) {
             reader.done = true;
             return Ok(reader);
         }
+        reader.messages = Some(StreamReader::consume(&reader.handle, stream, start).await?);
+        Ok(reader)
+    }
+
+    /// An ordered consumer on `handle` from `start` on, its creation tried again for a while (a
+    /// cluster electing a leader times such requests out).
+    async fn consume(
+        handle: &jetstream::stream::Stream,
+        stream: &str,
+        start: u64,
+    ) -> Result<consumer::pull::Ordered, ReadError> {
         let mut attempts = 0;
         let consumer = loop {
-            let created = st
+            let created = handle
                 .create_consumer(consumer::pull::OrderedConfig {
                     deliver_policy: if start <= 1 {
                         consumer::DeliverPolicy::All
@@ -155,12 +179,10 @@ impl StreamReader {
                 }
             }
         };
-        let messages = consumer.messages().await.map_err(|e| ReadError::Read {
+        consumer.messages().await.map_err(|e| ReadError::Read {
             stream: stream.to_owned(),
             reason: e.to_string(),
-        })?;
-        reader.messages = Some(messages);
-        Ok(reader)
+        })
     }
 
     /// The stream's state when the reader was opened (first and last sequence, count).
@@ -180,11 +202,28 @@ impl StreamReader {
             return Ok(None);
         };
         let next = match self.end {
-            Some(_) => tokio::time::timeout(SILENCE, messages.next())
-                .await
-                .map_err(|_| ReadError::Silent {
-                    stream: self.stream.clone(),
-                })?,
+            Some(_) => match tokio::time::timeout(SILENCE, messages.next()).await {
+                Ok(next) => next,
+                // A consumer whose server left the cluster can stay silent although messages
+                // remain: a new one from the next sequence, twice, before giving up.
+                Err(_) if self.renewed < RENEWALS => {
+                    self.renewed += 1;
+                    tracing::warn!(
+                        stream = self.stream,
+                        from = self.next,
+                        "no message within {} s; reading on with a new consumer",
+                        SILENCE.as_secs()
+                    );
+                    self.messages = None;
+                    self.messages = Some(StreamReader::consume(&self.handle, &self.stream, self.next).await?);
+                    return Box::pin(self.next()).await;
+                }
+                Err(_) => {
+                    return Err(ReadError::Silent {
+                        stream: self.stream.clone(),
+                    })
+                }
+            },
             None => messages.next().await,
         };
         let read = |e: &dyn std::fmt::Display| ReadError::Read {
@@ -197,6 +236,7 @@ impl StreamReader {
         };
         let msg = msg.map_err(|e| read(&e))?;
         let sequence = msg.info().map_err(|e| read(&e))?.stream_sequence;
+        self.next = sequence + 1;
         if self.end.is_some_and(|end| sequence >= end) {
             self.done = true;
         }
