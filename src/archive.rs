@@ -22,7 +22,7 @@ use async_nats::jetstream;
 use futures::FutureExt;
 use tokio::sync::watch;
 
-use crate::audit::{dsse_line, parse_dsse_line, Stored};
+use crate::audit::{parse_dsse_line, push_dsse_line, Stored};
 use crate::event::Keyring;
 use crate::sink::reader::{StreamReader, Until};
 use crate::verify::{Problem, Summary, Verified, Verifier};
@@ -328,7 +328,9 @@ struct Writer {
     first: u64,
     written: u64,
     file: Option<BufWriter<File>>,
-    held: Vec<(u64, String)>,
+    /// The held lines, each ending in a newline, and how many they are.
+    held: Vec<u8>,
+    held_lines: u64,
     opened: Instant,
 }
 
@@ -340,7 +342,8 @@ impl Writer {
             first,
             written: 0,
             file: None,
-            held: Vec::new(),
+            held: Vec::with_capacity(1 << 16),
+            held_lines: 0,
             opened: Instant::now(),
         }
     }
@@ -351,12 +354,14 @@ impl Writer {
 
     /// Adds a verified message; a signed one releases what was held into the file.
     fn push(&mut self, m: &Stored, limits: Limits) -> Result<Option<Segment>, ArchiveError> {
-        self.held.push((m.sequence, dsse_line(m)));
+        push_dsse_line(m, &mut self.held);
+        self.held.push(b'\n');
+        self.held_lines += 1;
         if m.signature.is_none() {
             return Ok(None);
         }
         let mut sealed = None;
-        if self.written > 0 && self.written + self.held.len() as u64 > limits.segment_events {
+        if self.written > 0 && self.written + self.held_lines > limits.segment_events {
             sealed = self.seal()?;
         }
         let path = self.partial_path();
@@ -366,10 +371,10 @@ impl Writer {
             self.opened = Instant::now();
         }
         let file = self.file.as_mut().expect("opened above");
-        for (_, line) in self.held.drain(..) {
-            writeln!(file, "{line}").map_err(io(&path))?;
-            self.written += 1;
-        }
+        file.write_all(&self.held).map_err(io(&path))?;
+        self.written += self.held_lines;
+        self.held.clear();
+        self.held_lines = 0;
         if self.written >= limits.segment_events {
             sealed = sealed.or(self.seal()?);
         }
@@ -550,7 +555,7 @@ fn verify_and_write(
             Item::Abort => return Ok(sealed),
             Item::Messages(batch) => {
                 for stored in batch {
-                    if let Err(problem) = verifier.check(&stored) {
+                    if let Err(problem) = verifier.check_ref(&stored) {
                         // What was verified before it is kept: sealed, so the archive holds it.
                         writer.seal()?;
                         return Err(ArchiveError::Unverifiable {

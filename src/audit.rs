@@ -49,28 +49,37 @@ pub async fn read_stream(
 /// in that order (as `serde_json` orders an object's keys), written directly: the payload's
 /// base64 needs no escaping, so no JSON value is built for it.
 pub fn dsse_line(m: &Stored) -> String {
+    let mut line = Vec::with_capacity(m.payload.len() * 4 / 3 + 160);
+    push_dsse_line(m, &mut line);
+    // Base64 and JSON strings of UTF-8 text: UTF-8.
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// `dsse_line(m)` appended to `out`, without its newline.
+pub fn push_dsse_line(m: &Stored, out: &mut Vec<u8>) {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut line = String::with_capacity(m.payload.len() * 4 / 3 + 160);
-    line.push_str("{\"payload\":\"");
-    b64.encode_string(&m.payload, &mut line);
-    line.push_str("\",\"payloadType\":");
-    push_json_str(&mut line, PAYLOAD_TYPE);
-    line.push_str(",\"signatures\":[");
+    out.extend_from_slice(b"{\"payload\":\"");
+    let at = out.len();
+    out.resize(at + m.payload.len().div_ceil(3) * 4, 0);
+    let n = b64.encode_slice(&m.payload, &mut out[at..]).unwrap_or(0);
+    out.truncate(at + n);
+    out.extend_from_slice(b"\",\"payloadType\":");
+    push_json_str(out, PAYLOAD_TYPE);
+    out.extend_from_slice(b",\"signatures\":[");
     if let Some((kid, sig)) = &m.signature {
-        line.push_str("{\"keyid\":");
-        push_json_str(&mut line, kid);
-        line.push_str(",\"sig\":");
-        push_json_str(&mut line, sig);
-        line.push('}');
+        out.extend_from_slice(b"{\"keyid\":");
+        push_json_str(out, kid);
+        out.extend_from_slice(b",\"sig\":");
+        push_json_str(out, sig);
+        out.push(b'}');
     }
-    line.push_str("]}");
-    line
+    out.extend_from_slice(b"]}");
 }
 
 /// `text` as a JSON string.
-fn push_json_str(out: &mut String, text: &str) {
-    // Serializing a &str into a String cannot fail.
-    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Parses one exported line back. The sequence is the one the payload claims, or 0 (where no
@@ -99,7 +108,7 @@ pub fn parse_dsse_line(line: &str) -> Result<Stored, String> {
         .decode(v.payload.as_bytes())
         .map_err(|e| format!("payload is not base64: {e}"))?;
     Ok(Stored {
-        sequence: stored::claimed_sequence(&payload).unwrap_or(0),
+        sequence: stored::claimed_sequence_fast(&payload).unwrap_or(0),
         signature: v.signatures.into_iter().next().map(|s| (s.keyid, s.sig)),
         payload: Bytes::from(payload),
     })

@@ -13,12 +13,13 @@
 
 use async_nats::jetstream;
 
+use crate::event::borrowed::{AttributesRef, DataRef, EventRef, RowRef};
 use crate::event::chain::MAX_UNSIGNED_RUN;
 use crate::event::draft::Op;
 use crate::event::envelope::{sha256, Hash};
 use crate::event::schema::TableSchema;
 use crate::event::signing::SignatureError;
-use crate::event::stored::{Attributes, Data, StoredEvent};
+use crate::event::stored::{Data, Row, StoredEvent};
 use crate::event::{Keyring, Position};
 use crate::lsn::Lsn;
 use crate::tlog::{log_vkeys, CheckpointData, Frontier, Vkey};
@@ -86,6 +87,44 @@ pub struct Verifier<'k> {
 }
 
 const MAX_PROBLEMS: usize = 100;
+
+/// What the schema check reads of a row, however it was read.
+trait RowNames {
+    fn qualified(&self) -> String;
+    fn key_names(&self) -> impl Iterator<Item = &str>;
+    /// The columns of `before` and `after`.
+    fn column_names(&self) -> impl Iterator<Item = &str>;
+}
+
+impl RowNames for Row {
+    fn qualified(&self) -> String {
+        Row::qualified(self)
+    }
+    fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.key.names()
+    }
+    fn column_names(&self) -> impl Iterator<Item = &str> {
+        [&self.before, &self.after]
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.keys().map(String::as_str))
+    }
+}
+
+impl RowNames for RowRef<'_> {
+    fn qualified(&self) -> String {
+        RowRef::qualified(self)
+    }
+    fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.key.names()
+    }
+    fn column_names(&self) -> impl Iterator<Item = &str> {
+        [&self.before, &self.after]
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.names())
+    }
+}
 
 impl<'k> Verifier<'k> {
     pub fn new(keyring: &'k Keyring) -> Self {
@@ -162,12 +201,25 @@ impl<'k> Verifier<'k> {
         let before = self.problems.len();
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
         let event = self.message(m.sequence, sig, &m.payload);
+        self.first_problem(before, m.sequence, event)
+    }
+
+    /// `check`, the event read borrowed from `m` (`event::borrowed`): for readers that keep
+    /// nothing of most events, or only their raw values.
+    pub fn check_ref<'p>(&mut self, m: &'p crate::audit::Stored) -> Result<EventRef<'p>, Problem> {
+        let before = self.problems.len();
+        let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        let event = self.message_ref(m.sequence, sig, &m.payload);
+        self.first_problem(before, m.sequence, event)
+    }
+
+    fn first_problem<E>(&self, before: usize, sequence: u64, event: Option<E>) -> Result<E, Problem> {
         match (self.problems.get(before), event) {
             (Some(problem), _) => Err(problem.clone()),
             (None, Some(event)) => Ok(event),
             // A payload that does not parse is always a problem; this is the same refusal.
             (None, None) => Err(Problem {
-                sequence: m.sequence,
+                sequence,
                 reason: "not a walguard event".into(),
             }),
         }
@@ -176,14 +228,7 @@ impl<'k> Verifier<'k> {
     /// Feeds the stored message at `sequence`, with its signature headers if any; the event
     /// it holds when it reads as one (parsed here once, for readers that go on with it).
     pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<StoredEvent> {
-        let s = &mut self.summary;
-        if s.messages == 0 {
-            s.first_sequence = sequence;
-        }
-        s.messages += 1;
-        s.last_sequence = sequence;
-        let expected_prev = self.check_link(sequence, sha256(payload));
-        self.check_signature(sequence, signature, payload);
+        let expected_prev = self.start(sequence, signature, payload);
         let parsed = StoredEvent::parse(payload);
         if let Ok(StoredEvent {
             data: Data::Checkpoint(c),
@@ -200,26 +245,93 @@ impl<'k> Verifier<'k> {
                 return None;
             }
         };
-        let attrs = &event.attributes;
+        let (row, other) = match &event.data {
+            Data::Row(_, row) => (Some(row), None),
+            data => (None, Some(data)),
+        };
+        self.follow(sequence, &event.attributes.borrowed(), expected_prev, row, other);
+        Some(event)
+    }
+
+    /// `message`, the event read borrowed from `payload`: the same checks.
+    pub fn message_ref<'p>(
+        &mut self,
+        sequence: u64,
+        signature: Option<(&str, &str)>,
+        payload: &'p [u8],
+    ) -> Option<EventRef<'p>> {
+        let expected_prev = self.start(sequence, signature, payload);
+        let parsed = EventRef::parse(payload);
+        if let Ok(EventRef {
+            data: DataRef::Other(Data::Checkpoint(c)),
+            ..
+        }) = &parsed
+        {
+            self.check_checkpoint(sequence, c);
+        }
+        self.grow_tree(payload);
+        let event = match parsed {
+            Ok(event) => event,
+            Err(e) => {
+                self.problem(sequence, format!("not a walguard event: {e}"));
+                return None;
+            }
+        };
+        let (row, other) = match &event.data {
+            DataRef::Row(_, row) => (Some(row), None),
+            DataRef::Other(data) => (None, Some(data)),
+        };
+        self.follow(sequence, &event.attributes, expected_prev, row, other);
+        Some(event)
+    }
+
+    /// What is checked before the payload is read: the counts, the link to the previous
+    /// message and the signature. Returns the `prevhash` the message must name.
+    fn start(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<Hash> {
+        let s = &mut self.summary;
+        if s.messages == 0 {
+            s.first_sequence = sequence;
+        }
+        s.messages += 1;
+        s.last_sequence = sequence;
+        let expected_prev = self.check_link(sequence, sha256(payload));
+        self.check_signature(sequence, signature, payload);
+        expected_prev
+    }
+
+    /// The checks of a read event: its attributes, its place in the order and in its
+    /// transaction, and a row's columns against its table's schema event.
+    fn follow<R: RowNames>(
+        &mut self,
+        sequence: u64,
+        attrs: &AttributesRef<'_>,
+        expected_prev: Option<Hash>,
+        row: Option<&R>,
+        other: Option<&Data>,
+    ) {
         self.check_attributes(sequence, attrs, expected_prev);
         self.check_order(sequence, attrs);
-        self.count(&event);
+        let table = match (row, other) {
+            (Some(row), _) => Some(row.qualified()),
+            (None, Some(data)) => data.table(),
+            (None, None) => None,
+        };
+        self.count(attrs, table.as_deref());
         if attrs.op == Op::Checkpoint {
             // A marker of its own after a group's end: not a transaction.
-            return Some(event);
+            return;
         }
         if attrs.op == Op::Schema {
             // A marker inside a transaction or group: not one of its events.
-            if let Data::Schema(schema) = &event.data {
+            if let Some(Data::Schema(schema)) = other {
                 self.schemas.insert(schema.qualified(), schema.clone());
             }
-            return Some(event);
+            return;
         }
         self.check_group(sequence, attrs);
-        if let Data::Row(_, row) = &event.data {
-            self.check_schema(sequence, row);
+        if let (Some(row), Some(table)) = (row, &table) {
+            self.check_schema(sequence, table, row);
         }
-        Some(event)
     }
 
     /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.
@@ -283,9 +395,8 @@ impl<'k> Verifier<'k> {
 
     /// A row event names only columns of its table's newest schema event, and its key is that
     /// schema's key (SPEC section 7): the log alone says what the row's columns are.
-    fn check_schema(&mut self, sequence: u64, row: &crate::event::stored::Row) {
-        let table = row.qualified();
-        let Some(schema) = self.schemas.get(&table) else {
+    fn check_schema<R: RowNames>(&mut self, sequence: u64, table: &str, row: &R) {
+        let Some(schema) = self.schemas.get(table) else {
             // A range that starts mid-stream may begin after the table's schema event.
             if !self.partial {
                 self.problem(
@@ -295,8 +406,8 @@ impl<'k> Verifier<'k> {
             }
             return;
         };
-        if !row.key.names().eq(schema.key.iter().map(String::as_str)) {
-            let key: Vec<&str> = row.key.names().collect();
+        if !row.key_names().eq(schema.key.iter().map(String::as_str)) {
+            let key: Vec<&str> = row.key_names().collect();
             let problem = format!(
                 "the key {key:?} is not the key {:?} of {table}'s schema event",
                 schema.key
@@ -304,12 +415,7 @@ impl<'k> Verifier<'k> {
             self.problem(sequence, problem);
             return;
         }
-        let unknown = [&row.before, &row.after]
-            .into_iter()
-            .flatten()
-            .flat_map(|m| m.keys())
-            .find(|c| schema.column(c).is_none());
-        if let Some(column) = unknown {
+        if let Some(column) = row.column_names().find(|c| schema.column(c).is_none()) {
             let problem = format!("column {column:?} is not in {table}'s schema event");
             self.problem(sequence, problem);
         }
@@ -378,7 +484,7 @@ impl<'k> Verifier<'k> {
     }
 
     /// The spec version, the sequence the event names and its `prevhash`.
-    fn check_attributes(&mut self, sequence: u64, attrs: &Attributes, expected_prev: Option<Hash>) {
+    fn check_attributes(&mut self, sequence: u64, attrs: &AttributesRef<'_>, expected_prev: Option<Hash>) {
         if attrs.specversion != "1.0" {
             self.problem(
                 sequence,
@@ -396,14 +502,18 @@ impl<'k> Verifier<'k> {
         }
         if let Some(expected) = expected_prev {
             use base64::Engine;
-            if base64::engine::general_purpose::STANDARD.encode(expected) != attrs.prevhash {
+            let mut text = [0u8; 44];
+            let named = base64::engine::general_purpose::STANDARD
+                .encode_slice(expected, &mut text)
+                .is_ok_and(|n| text[..n] == *attrs.prevhash.as_bytes());
+            if !named {
                 self.problem(sequence, "broken chain: prevhash does not match the previous message (a message was removed, inserted, reordered or altered)");
             }
         }
     }
 
     /// `(pglsn, pgtxidx)` only grows along the stream.
-    fn check_order(&mut self, sequence: u64, attrs: &Attributes) {
+    fn check_order(&mut self, sequence: u64, attrs: &AttributesRef<'_>) {
         let position = attrs.position();
         // A schema or checkpoint event takes the place of the event before it
         // (ARCHITECTURE.md).
@@ -422,8 +532,7 @@ impl<'k> Verifier<'k> {
         self.position = Some(self.position.map_or(position, |p| p.max(position)));
     }
 
-    fn count(&mut self, event: &StoredEvent) {
-        let attrs = &event.attributes;
+    fn count(&mut self, attrs: &AttributesRef<'_>, table: Option<&str>) {
         let s = &mut self.summary;
         s.last_lsn = s.last_lsn.max(attrs.pglsn);
         s.first_lsn.get_or_insert(attrs.pglsn);
@@ -433,16 +542,21 @@ impl<'k> Verifier<'k> {
             s.events += 1;
         }
         // walguard's own markers name no table.
-        let table = event.data.table().unwrap_or_else(|| "(walguard)".to_owned());
-        *s.tables
-            .entry(table)
-            .or_default()
-            .entry(attrs.op.as_str().to_owned())
-            .or_default() += 1;
+        let table = table.unwrap_or("(walguard)");
+        let ops = match s.tables.get_mut(table) {
+            Some(ops) => ops,
+            None => s.tables.entry(table.to_owned()).or_default(),
+        };
+        match ops.get_mut(attrs.op.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                ops.insert(attrs.op.as_str().to_owned(), 1);
+            }
+        }
     }
 
     /// Transaction completeness: `pgtxidx` 1..n, `pgtxcnt` = n with `pgendlsn` on the last.
-    fn check_group(&mut self, sequence: u64, attrs: &Attributes) {
+    fn check_group(&mut self, sequence: u64, attrs: &AttributesRef<'_>) {
         let continues = self
             .group
             .as_ref()
@@ -558,7 +672,7 @@ pub async fn verify_stream(
     let mut verifier = options.apply(Verifier::new(keyring));
     crate::audit::read_stream(js, stream, 1, None, |m| {
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        verifier.message(m.sequence, sig, &m.payload);
+        verifier.message_ref(m.sequence, sig, &m.payload);
         true
     })
     .await?;
@@ -594,7 +708,7 @@ pub fn verify_file(
             })
         });
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        v.message(m.sequence, sig, &m.payload);
+        v.message_ref(m.sequence, sig, &m.payload);
     }
     Ok(verifier.unwrap_or_else(|| Verifier::new(keyring)).finish())
 }
@@ -704,10 +818,18 @@ mod tests {
             let mut ring = Keyring::default();
             ring.add(self.signer.verifying_key());
             let mut v = options.apply(Verifier::new(&ring));
+            // Both ways of reading an event find the same problems.
+            let mut borrowed = options.apply(Verifier::new(&ring));
             for (seq, sig, payload) in msgs {
-                v.message(*seq, sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str())), payload);
+                let sig = sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+                v.message(*seq, sig, payload);
+                borrowed.message_ref(*seq, sig, payload);
             }
-            v.finish().1
+            let (summary, problems) = v.finish();
+            let (borrowed_summary, borrowed_problems) = borrowed.finish();
+            assert_eq!(problems, borrowed_problems);
+            assert_eq!(format!("{summary:?}"), format!("{borrowed_summary:?}"));
+            problems
         }
     }
 

@@ -11,6 +11,7 @@
 //! No I/O happens here except reading and writing key files in `signing` and reading the salt
 //! in `hashing`.
 
+pub mod borrowed;
 pub mod builder;
 pub mod chain;
 mod data;

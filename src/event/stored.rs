@@ -76,6 +76,23 @@ impl Attributes {
     pub fn sequence_number(&self) -> Option<u64> {
         sequence_number(&self.sequence)
     }
+
+    /// The attributes the checks read, borrowed (`event::borrowed`).
+    pub fn borrowed(&self) -> super::borrowed::AttributesRef<'_> {
+        use std::borrow::Cow::Borrowed;
+        super::borrowed::AttributesRef {
+            specversion: Borrowed(&self.specversion),
+            subject: Borrowed(&self.subject),
+            sequence: Borrowed(&self.sequence),
+            prevhash: Borrowed(&self.prevhash),
+            pglsn: self.pglsn,
+            pgxid: self.pgxid,
+            pgtxidx: self.pgtxidx,
+            pgtxcnt: self.pgtxcnt,
+            pgendlsn: self.pgendlsn,
+            op: self.op,
+        }
+    }
 }
 
 /// A stored event: its attributes and its typed data.
@@ -106,8 +123,24 @@ pub fn claimed_sequence(payload: &[u8]) -> Option<u64> {
     sequence_number(&claim.sequence)
 }
 
+/// `claimed_sequence`, read where walguard writes it: the first `"sequence":"` of a payload
+/// is its attribute (walguard writes the attributes before `data`, and those bytes cannot
+/// occur inside a JSON string). Where that does not give 20 digits, the payload is read.
+/// A payload whose first such member is not the attribute is not one walguard wrote, and its
+/// check says so: the verifier compares the attribute with the place it is stored at.
+pub fn claimed_sequence_fast(payload: &[u8]) -> Option<u64> {
+    const MEMBER: &[u8] = b"\"sequence\":\"";
+    let fast = payload
+        .windows(MEMBER.len())
+        .position(|w| w == MEMBER)
+        .and_then(|at| payload.get(at + MEMBER.len()..at + MEMBER.len() + 21))
+        .filter(|digits| digits[20] == b'"' && digits[..20].iter().all(u8::is_ascii_digit))
+        .and_then(|digits| std::str::from_utf8(&digits[..20]).ok()?.parse().ok());
+    fast.or_else(|| claimed_sequence(payload))
+}
+
 /// `sequence` is the stream sequence zero-padded to 20 digits (SPEC section 2).
-fn sequence_number(text: &str) -> Option<u64> {
+pub(crate) fn sequence_number(text: &str) -> Option<u64> {
     (text.len() == 20).then(|| text.parse().ok()).flatten()
 }
 
@@ -503,14 +536,14 @@ fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resu
     Option::<T>::deserialize(d)
 }
 
-fn de_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+pub(crate) fn de_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
     let s = <&str>::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
 }
 
 /// `pgxid` is a string of decimal digits (SPEC section 2); streams written before walguard
 /// followed that carry it as a JSON number, and their signed events stay readable.
-fn de_xid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn de_xid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Xid<'a> {
@@ -529,7 +562,7 @@ fn de_xid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn de_opt_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
+pub(crate) fn de_opt_lsn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lsn>, D::Error> {
     Option::<&str>::deserialize(d)?
         .map(|s| s.parse().map_err(serde::de::Error::custom))
         .transpose()
@@ -699,5 +732,14 @@ mod tests {
         );
         assert_eq!(claimed_sequence(br#"{"sequence":"7"}"#), None);
         assert_eq!(claimed_sequence(b"not json"), None);
+        for payload in [
+            &br#"{"sequence":"00000000000000000007","x":1}"#[..],
+            br#"{"sequence" : "00000000000000000007"}"#,
+            br#"{"a":{"sequence":"7"},"sequence":"00000000000000000007"}"#,
+            br#"{"sequence":"7"}"#,
+            b"not json",
+        ] {
+            assert_eq!(claimed_sequence_fast(payload), claimed_sequence(payload), "{payload:?}");
+        }
     }
 }
