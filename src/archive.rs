@@ -23,6 +23,7 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::audit::{parse_dsse_line, push_dsse_line, Stored};
+use crate::event::borrowed::EventRef;
 use crate::event::Keyring;
 use crate::sink::reader::{StreamReader, Until};
 use crate::verify::{Problem, Summary, Verified, Verifier};
@@ -178,6 +179,17 @@ impl<'k> ArchiveReader<'k> {
 
     /// The next verified message and its event, `None` at the end of the newest segment.
     pub fn next_message(&mut self) -> Result<Option<Verified>, ArchiveError> {
+        let Some(m) = self.next_placed()? else {
+            return Ok(None);
+        };
+        let event = self.verifier.check(&m).map_err(|problem| self.altered(problem))?;
+        Ok(Some(Verified { stored: m, event }))
+    }
+
+    /// The next message, in its place in its segment (its sequence the next one, within the
+    /// segment's name) but not yet verified: `verify_ref` does that. `None` at the end of the
+    /// newest segment.
+    pub fn next_placed(&mut self) -> Result<Option<Stored>, ArchiveError> {
         loop {
             if self.open.is_none() {
                 let Some(segment) = self.segments.next() else {
@@ -193,11 +205,36 @@ impl<'k> ArchiveReader<'k> {
                 open.offset += read as u64;
                 let line = line.strip_suffix('\n').unwrap_or(&line);
                 let line = line.strip_suffix('\r').unwrap_or(line);
-                return self.message(line).map(Some);
+                return self.place(line).map(Some);
             }
             let open = self.open.take().expect("open");
             finish_segment(&open)?;
             self.next = open.segment.last + 1;
+        }
+    }
+
+    /// Verifies `m`, the message `next_placed` gave, its event read borrowed.
+    pub fn verify_ref<'p>(&mut self, m: &'p Stored) -> Result<EventRef<'p>, ArchiveError> {
+        match self.verifier.check_ref(m) {
+            Ok(event) => Ok(event),
+            Err(problem) => Err(self.altered(problem)),
+        }
+    }
+
+    fn altered(&self, problem: Problem) -> ArchiveError {
+        let path = self.open.as_ref().map(|o| o.segment.path.clone()).unwrap_or_default();
+        ArchiveError::Altered { path, problem }
+    }
+
+    /// The same reader, holding its own copy of the keys (to move to another thread).
+    pub fn into_owned(self) -> ArchiveReader<'static> {
+        ArchiveReader {
+            dir: self.dir,
+            segments: self.segments,
+            open: self.open,
+            next: self.next,
+            verifier: self.verifier.into_owned(),
+            listed: self.listed,
         }
     }
 
@@ -237,7 +274,7 @@ impl<'k> ArchiveReader<'k> {
         })
     }
 
-    fn message(&mut self, line: &str) -> Result<Verified, ArchiveError> {
+    fn place(&mut self, line: &str) -> Result<Stored, ArchiveError> {
         let open = self.open.as_mut().expect("a segment is open");
         open.line += 1;
         let (n, expected, path) = (open.line, open.expected, &open.segment.path);
@@ -262,13 +299,9 @@ impl<'k> ArchiveReader<'k> {
                 m.sequence, open.segment.last
             )));
         }
-        let event = self.verifier.check(&m).map_err(|problem| ArchiveError::Altered {
-            path: path.clone(),
-            problem,
-        })?;
         open.last_signed = m.signature.is_some();
         open.expected += 1;
-        Ok(Verified { stored: m, event })
+        Ok(m)
     }
 }
 

@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::SinkExt;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
+mod direct;
+
+use crate::event::borrowed::{DataRef, EventRef, RawColumns, RowRef};
 use crate::event::draft::Op;
 use crate::event::schema::{TableSchema, TypeDef, UserType};
-use crate::event::stored::Data;
+use crate::event::stored::{subject_key, Data};
 use crate::source::catalog::{error_chain, Catalog};
 use crate::source::conn::{quote_ident, quote_literal};
 use crate::verify::Verified;
@@ -58,28 +59,6 @@ pub struct Restored {
     pub rows: u64,
 }
 
-/// A row event's values as the payload holds them, byte for byte. The verifier's typed event
-/// has everything else (the table, the op, the subject, schema events), but its row values
-/// are `serde_json::Value`s, which keep neither a `json` value's bytes and key order nor every
-/// digit of a float; so the values alone are read from the payload, borrowed, once.
-#[derive(Deserialize)]
-struct Exact<'a> {
-    #[serde(borrow)]
-    data: ExactRow<'a>,
-}
-
-#[derive(Deserialize, Default)]
-struct ExactRow<'a> {
-    #[serde(borrow, default)]
-    key: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    before: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    after: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    unchanged: Option<&'a RawValue>,
-}
-
 /// A table's newest schema event and its sequence.
 type SchemaAt = (u64, TableSchema);
 
@@ -98,119 +77,361 @@ struct Shape {
     unchanged: bool,
 }
 
-/// The log, read and staged: the newest schema event per table and how many row events went
-/// to the staging table.
-pub struct Staged {
-    schemas: BTreeMap<String, SchemaAt>,
-    shapes: BTreeMap<String, Shape>,
-    staged: u64,
-    /// The newest sequence read.
-    pub last: u64,
+/// A table whose rows go straight into it (`direct`).
+struct Loaded {
+    target: String,
+    /// The schema event it was created from.
+    schema: TableSchema,
+    plan: direct::Plan,
     buf: BytesMut,
+    /// Its rows since its last truncate, sent and buffered.
+    rows: u64,
 }
 
-impl Staged {
-    fn new() -> Staged {
-        Staged {
-            schemas: BTreeMap::new(),
-            shapes: BTreeMap::new(),
-            staged: 0,
-            last: 0,
-            buf: BytesMut::with_capacity(1 << 20),
-        }
+/// What the target is asked to do, in the log's order.
+enum Command {
+    /// Create a table loaded directly, refused if it exists.
+    Create {
+        target: String,
+        sql: String,
+        at: u64,
+    },
+    /// One `COPY ... FROM STDIN` of these lines.
+    Copy {
+        sql: String,
+        data: Bytes,
+    },
+    Sql(String),
+}
+
+/// At most this many bytes of COPY lines go in one statement, and this many statements wait.
+const CHUNK: usize = 1 << 20;
+const QUEUE: usize = 4;
+/// Past this many bytes buffered for direct tables together, all are sent.
+const BUFFERED: usize = 8 << 20;
+
+/// The reading side of a restore, on a thread of its own: it verifies the log, keeps the
+/// newest schema event per table, writes row events as COPY lines (straight into a table's
+/// target where `direct` allows it, otherwise into the staging table) and sends them to the
+/// target in order.
+struct Reading {
+    wanted: Wanted,
+    into: String,
+    /// Whether tables may be loaded directly.
+    direct: bool,
+    schemas: BTreeMap<String, SchemaAt>,
+    shapes: BTreeMap<String, Shape>,
+    loaded: BTreeMap<String, Loaded>,
+    buffered: usize,
+    stage: BytesMut,
+    /// The newest sequence taken.
+    last: u64,
+    tx: tokio::sync::mpsc::Sender<Command>,
+    scratch: String,
+}
+
+/// What reading the log left for the end: the schema events, what the staged tables allow,
+/// and the directly loaded tables with their rows.
+struct Read {
+    schemas: BTreeMap<String, SchemaAt>,
+    shapes: BTreeMap<String, Shape>,
+    loaded: BTreeMap<String, (String, u64)>,
+    last: u64,
+}
+
+impl Reading {
+    fn send(&self, command: Command) -> Result<(), crate::Error> {
+        // A closed channel: the target side stopped, and its error says why.
+        self.tx
+            .blocking_send(command)
+            .map_err(|_| refused("restore: the target connection stopped".into()))
     }
 
-    /// Takes one verified message: a schema event is kept, a row event of a wanted table is
-    /// staged as one COPY line, markers are skipped. A row whose values cannot be read is an
-    /// error naming its sequence: skipping it would rebuild tables without its row.
-    fn take(&mut self, v: Verified, wanted: &Wanted) -> Result<(), String> {
-        let Verified { stored: m, event } = v;
-        self.last = m.sequence;
-        let (op, table, row) = match event.data {
-            Data::Schema(schema) => {
-                self.schemas.insert(schema.qualified(), (m.sequence, schema));
-                return Ok(());
+    /// Reads the log to `at` (and on to the signature that covers it). At the end of the
+    /// log, what only the end can show (an unsigned tail, an incomplete transaction) refuses.
+    fn run(mut self, mut feed: Feed, at: Option<u64>) -> Result<Read, crate::Error> {
+        loop {
+            let Some(m) = feed.next().map_err(refused)? else {
+                feed.finish().map_err(refused)?;
+                break;
+            };
+            let event = feed.verify(&m).map_err(refused)?;
+            let (sequence, covered) = (m.sequence, m.signature.is_some());
+            if at.is_some_and(|a| sequence > a) {
+                if covered {
+                    break;
+                }
+                continue;
             }
-            Data::Row(op, row) => (op, row.qualified(), Some(row)),
-            Data::Truncate(t) => (Op::Truncate, t.qualified(), None),
-            Data::Watermark | Data::Resync(_) | Data::SnapshotProgress(_) | Data::Checkpoint(_) => return Ok(()),
+            self.take(sequence, event)?;
+            if at == Some(sequence) && covered {
+                break;
+            }
+        }
+        let tables: Vec<String> = self.loaded.keys().cloned().collect();
+        for table in tables {
+            self.flush_direct(&table)?;
+        }
+        self.flush_stage()?;
+        Ok(Read {
+            loaded: std::mem::take(&mut self.loaded)
+                .into_iter()
+                .map(|(name, l)| (name, (l.target, l.rows)))
+                .collect(),
+            schemas: std::mem::take(&mut self.schemas),
+            shapes: std::mem::take(&mut self.shapes),
+            last: self.last,
+        })
+    }
+
+    /// Takes one verified message: a schema event is kept, a row event or truncate of a
+    /// wanted table is loaded or staged, markers are skipped.
+    fn take(&mut self, sequence: u64, event: EventRef<'_>) -> Result<(), crate::Error> {
+        self.last = sequence;
+        let EventRef { attributes, data } = event;
+        let (op, table, row) = match data {
+            DataRef::Other(Data::Schema(schema)) => return self.schema(sequence, schema),
+            DataRef::Other(Data::Truncate(t)) => (Op::Truncate, t.qualified(), None),
+            DataRef::Other(_) => return Ok(()),
+            DataRef::Row(op, row) => (op, row.qualified(), Some(row)),
         };
-        if !wanted.table(&table) {
+        if !self.wanted.table(&table) {
             return Ok(());
         }
-        let subject_key = event.attributes.subject.split_once('/').map(|(_, k)| k);
-        if let (Some(want), Some(have)) = (&wanted.key, subject_key) {
+        if let (Some(want), Some(have)) = (&self.wanted.key, subject_key(&attributes.subject)) {
             if op != Op::Truncate && want != have {
                 return Ok(());
             }
         }
-        let shape = match self.shapes.get_mut(&table) {
-            Some(shape) => shape,
-            None => self.shapes.entry(table.clone()).or_default(),
+        let Some(row) = row else {
+            return self.truncate(sequence, table);
         };
-        match &row {
-            None => {
-                // Nothing before a truncate is loaded.
-                shape.changed = false;
-                shape.key = None;
-            }
-            Some(row) => {
-                shape.changed |= !matches!(op, Op::Insert | Op::Snapshot) || !row.unchanged.is_empty();
-                shape.unchanged |= !row.unchanged.is_empty();
-                match &shape.key {
-                    Some(key) if row.key.names().eq(key.iter().map(String::as_str)) => {}
-                    Some(_) => shape.changed = true,
-                    None => shape.key = Some(row.key.names().map(str::to_owned).collect()),
+        if let Some(loaded) = self.loaded.get_mut(&table) {
+            if matches!(op, Op::Insert | Op::Snapshot) {
+                let before = loaded.buf.len();
+                match loaded.plan.push(&row, &mut loaded.buf) {
+                    Ok(()) => {
+                        loaded.rows += 1;
+                        self.buffered += loaded.buf.len() - before;
+                        if loaded.buf.len() >= CHUNK {
+                            self.flush_direct(&table)?;
+                        } else if self.buffered >= BUFFERED {
+                            let tables: Vec<String> = self.loaded.keys().cloned().collect();
+                            for t in tables {
+                                self.flush_direct(&t)?;
+                            }
+                        }
+                        return Ok(());
+                    }
+                    Err(direct::Refused::NotDirect) => {}
+                    Err(direct::Refused::Bad(why)) => {
+                        // The staging load decides, and names what it cannot take.
+                        tracing::debug!(table, sequence, why, "not loaded directly");
+                    }
                 }
             }
+            self.demote(&table, sequence)?;
         }
-        let values = if op == Op::Truncate {
-            ExactRow::default()
-        } else {
-            let exact: Exact<'_> = serde_json::from_slice(&m.payload)
-                .map_err(|e| format!("stream sequence {} is not a readable walguard event ({e})", m.sequence))?;
-            exact.data
+        self.stage_row(sequence, &table, op, &row)
+    }
+
+    /// A schema event: kept; a wanted table's first, where it qualifies, creates the table
+    /// to load directly; a later one of another shape sends a direct table to staging.
+    fn schema(&mut self, sequence: u64, schema: TableSchema) -> Result<(), crate::Error> {
+        let table = schema.qualified();
+        if self.wanted.table(&table) {
+            match self.loaded.get(&table) {
+                Some(l) if l.schema.columns == schema.columns && l.schema.key == schema.key => {}
+                Some(_) => self.demote(&table, sequence)?,
+                None if self.direct && !self.schemas.contains_key(&table) && !self.shapes.contains_key(&table) => {
+                    let target = target_name(&self.into, &schema);
+                    if let Some(plan) = direct::Plan::new(&schema, &target) {
+                        tracing::debug!(table, "loading rows straight into the table");
+                        self.send(Command::Create {
+                            target: target.clone(),
+                            sql: create_table_sql(&self.into, &schema),
+                            at: sequence,
+                        })?;
+                        let loaded = Loaded {
+                            target,
+                            schema: schema.clone(),
+                            plan,
+                            buf: BytesMut::new(),
+                            rows: 0,
+                        };
+                        self.loaded.insert(table.clone(), loaded);
+                    }
+                }
+                None => {}
+            }
+        }
+        self.schemas.insert(table, (sequence, schema));
+        Ok(())
+    }
+
+    fn truncate(&mut self, sequence: u64, table: String) -> Result<(), crate::Error> {
+        if self.loaded.contains_key(&table) {
+            self.flush_direct(&table)?;
+            let loaded = self.loaded.get_mut(&table).expect("loaded directly");
+            loaded.rows = 0;
+            loaded.plan.truncated();
+            let sql = format!("TRUNCATE {}", loaded.target);
+            return self.send(Command::Sql(sql));
+        }
+        // Nothing before a truncate is loaded.
+        let shape = self.shapes.entry(table.clone()).or_default();
+        shape.changed = false;
+        shape.key = None;
+        self.stage_line(sequence, &table, Op::Truncate, None)
+    }
+
+    /// A directly loaded table goes to the staging load: its rows so far are moved to the
+    /// staging table just before `sequence` (after every truncate of it, before every event
+    /// staged from now on), and the table is dropped, to be created at the end.
+    fn demote(&mut self, table: &str, sequence: u64) -> Result<(), crate::Error> {
+        self.flush_direct(table)?;
+        let Some(loaded) = self.loaded.remove(table) else {
+            return Ok(());
         };
-        let fields = [
-            Some(m.sequence.to_string()),
-            Some(table),
-            Some(op.as_str().to_owned()),
-            raw(values.key),
-            raw(values.before),
-            raw(values.after),
-            raw(values.unchanged),
-        ];
-        for (i, f) in fields.iter().enumerate() {
-            if i > 0 {
-                self.buf.put_u8(b'\t');
-            }
-            match f {
-                Some(text) => copy_text(text, &mut self.buf),
-                None => self.buf.put_slice(b"\\N"),
+        tracing::debug!(
+            table,
+            sequence,
+            rows = loaded.rows,
+            "loading through the staging table from here"
+        );
+        self.send(Command::Sql(direct::move_back_sql(
+            STAGE,
+            table,
+            sequence - 1,
+            &loaded.target,
+            &loaded.schema,
+        )))?;
+        let shape = self.shapes.entry(table.to_owned()).or_default();
+        shape.key = Some(loaded.schema.key.clone());
+        Ok(())
+    }
+
+    fn flush_direct(&mut self, table: &str) -> Result<(), crate::Error> {
+        let Some(loaded) = self.loaded.get_mut(table) else {
+            return Ok(());
+        };
+        if loaded.buf.is_empty() {
+            return Ok(());
+        }
+        self.buffered -= loaded.buf.len();
+        let command = Command::Copy {
+            sql: loaded.plan.copy_sql.clone(),
+            data: loaded.buf.split().freeze(),
+        };
+        self.send(command)
+    }
+
+    fn flush_stage(&mut self) -> Result<(), crate::Error> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let data = self.stage.split().freeze();
+        self.send(Command::Copy {
+            sql: format!("COPY {STAGE} FROM STDIN"),
+            data,
+        })
+    }
+
+    /// A row event to the staging table, with what it tells of its table's shape.
+    fn stage_row(&mut self, sequence: u64, table: &str, op: Op, row: &RowRef<'_>) -> Result<(), crate::Error> {
+        let shape = match self.shapes.get_mut(table) {
+            Some(shape) => shape,
+            None => self.shapes.entry(table.to_owned()).or_default(),
+        };
+        shape.changed |= !matches!(op, Op::Insert | Op::Snapshot) || !row.unchanged.is_empty();
+        shape.unchanged |= !row.unchanged.is_empty();
+        match &shape.key {
+            Some(key) if row.key.names().eq(key.iter().map(String::as_str)) => {}
+            Some(_) => shape.changed = true,
+            None => shape.key = Some(row.key.names().map(str::to_owned).collect()),
+        }
+        self.stage_line(sequence, table, op, Some(row))
+    }
+
+    /// One line of the staging table: the sequence, table and op, and the event's key,
+    /// before, after and unchanged as the JSON it holds (`before`/`after` NULL when null).
+    fn stage_line(&mut self, sequence: u64, table: &str, op: Op, row: Option<&RowRef<'_>>) -> Result<(), crate::Error> {
+        use std::fmt::Write;
+        let buf = &mut self.stage;
+        let _ = write!(self.scratch, "{sequence}");
+        buf.put_slice(self.scratch.as_bytes());
+        self.scratch.clear();
+        buf.put_u8(b'\t');
+        direct::copy_text(table, buf);
+        buf.put_u8(b'\t');
+        buf.put_slice(op.as_str().as_bytes());
+        match row {
+            None => buf.put_slice(b"\t\\N\t\\N\t\\N\t\\N"),
+            Some(row) => {
+                for columns in [Some(&row.key), row.before.as_ref(), row.after.as_ref()] {
+                    buf.put_u8(b'\t');
+                    match columns {
+                        None => buf.put_slice(b"\\N"),
+                        Some(columns) => {
+                            object_text(columns, &mut self.scratch);
+                            direct::copy_text(&self.scratch, buf);
+                            self.scratch.clear();
+                        }
+                    }
+                }
+                buf.put_u8(b'\t');
+                self.scratch.push('[');
+                for (i, name) in row.unchanged.iter().enumerate() {
+                    if i > 0 {
+                        self.scratch.push(',');
+                    }
+                    push_json_string(&mut self.scratch, name);
+                }
+                self.scratch.push(']');
+                direct::copy_text(&self.scratch, buf);
+                self.scratch.clear();
             }
         }
-        self.buf.put_u8(b'\n');
-        self.staged += 1;
+        buf.put_u8(b'\n');
+        if self.stage.len() >= CHUNK {
+            self.flush_stage()?;
+        }
         Ok(())
     }
 }
 
-/// A JSON value's text, `None` for JSON `null`.
-fn raw(v: Option<&RawValue>) -> Option<String> {
-    v.map(RawValue::get).filter(|t| *t != "null").map(str::to_owned)
-}
-
-/// `text` as a field of COPY's text format.
-fn copy_text(text: &str, out: &mut BytesMut) {
-    for b in text.bytes() {
-        match b {
-            b'\\' => out.put_slice(b"\\\\"),
-            b'\t' => out.put_slice(b"\\t"),
-            b'\n' => out.put_slice(b"\\n"),
-            b'\r' => out.put_slice(b"\\r"),
-            _ => out.put_u8(b),
+/// `text` as a JSON string.
+fn push_json_string(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
         }
     }
+    out.push('"');
+}
+
+/// A JSON object of `columns`, each value the bytes the event holds.
+fn object_text(columns: &RawColumns<'_>, out: &mut String) {
+    out.push('{');
+    for (i, (name, value)) in columns.0.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, name);
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
 }
 
 /// Splits a type name as schema events spell it (`public.plan`, `"Odd"."Mood"`) into its
@@ -385,13 +606,11 @@ fn refused(message: String) -> crate::Error {
     crate::Error::Refused(crate::error::Refusal::Audit, message)
 }
 
-/// A restore into `into` on `target`, fed the log one verified message at a time.
+/// A restore into `into` on `target`: the transaction and the staging table.
 pub struct Loader {
     catalog: Catalog,
     wanted: Wanted,
     into: String,
-    staged: Staged,
-    sink: Option<std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>>,
 }
 
 impl Loader {
@@ -411,46 +630,70 @@ impl Loader {
             ))
             .await
             .map_err(failed)?;
-        let sink = client
-            .copy_in(&format!("COPY {STAGE} FROM STDIN"))
-            .await
-            .map_err(failed)?;
         Ok(Loader {
             catalog,
             wanted,
             into: into.to_owned(),
-            staged: Staged::new(),
-            sink: Some(Box::pin(sink)),
         })
     }
 
-    /// Takes the next verified message.
-    pub async fn message(&mut self, m: Verified) -> Result<(), crate::Error> {
-        self.staged.take(m, &self.wanted).map_err(refused)?;
-        if self.staged.buf.len() >= 1 << 20 {
-            self.flush().await?;
+    /// Runs what the reading side sends, in order, until it is done.
+    async fn execute(&self, mut rx: tokio::sync::mpsc::Receiver<Command>) -> Result<(), crate::Error> {
+        let client = self.catalog.client();
+        let failed = |what: &str, e: tokio_postgres::Error| refused(format!("restore: {what}: {}", error_chain(&e)));
+        while let Some(command) = rx.recv().await {
+            match command {
+                Command::Create { target, sql, at } => {
+                    self.refuse_existing(&target).await?;
+                    client
+                        .batch_execute(&format!(
+                            "CREATE SCHEMA IF NOT EXISTS {}; {sql}",
+                            quote_ident(&self.into)
+                        ))
+                        .await
+                        .map_err(|e| failed(&format!("creating {target} from the schema event at sequence {at}"), e))?;
+                }
+                Command::Copy { sql, data } => {
+                    let copied = async {
+                        let sink = client.copy_in::<_, Bytes>(&sql).await?;
+                        let mut sink = std::pin::pin!(sink);
+                        sink.send(data).await?;
+                        sink.finish().await
+                    };
+                    copied.await.map_err(|e| failed("loading the events", e))?;
+                }
+                Command::Sql(sql) => client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| failed("loading the events", e))?,
+            }
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), crate::Error> {
-        let chunk = self.staged.buf.split().freeze();
-        let sink = self.sink.as_mut().expect("the COPY is open until finish");
-        sink.send(chunk)
+    async fn refuse_existing(&self, target: &str) -> Result<(), crate::Error> {
+        let exists = self
+            .catalog
+            .client()
+            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&target])
             .await
-            .map_err(|e| refused(format!("restore: staging the events: {}", error_chain(&e))))
+            .map_err(|e| refused(format!("restore: looking for {target}: {}", error_chain(&e))))?;
+        if exists.get::<_, bool>(0) {
+            return Err(refused(format!(
+                "restore: {target} already exists; restore never writes an existing table (choose another --into schema, or drop it)"
+            )));
+        }
+        Ok(())
     }
 
-    /// The log ended and every message verified: creates the types and tables and fills
-    /// them, then commits. On any error the transaction is rolled back: nothing is written.
-    pub async fn finish(mut self) -> Result<Vec<Restored>, crate::Error> {
-        self.flush().await?;
-        let mut sink = self.sink.take().expect("open");
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| refused(format!("restore: staging the events: {}", error_chain(&e))))?;
-        let result = self.create_and_fill().await;
+    /// The log ended and every message verified: creates the staged tables' types and
+    /// tables and fills them, then commits. On any error the transaction is rolled back:
+    /// nothing is written.
+    async fn finish(self, read: Result<Read, crate::Error>) -> Result<(Vec<Restored>, u64), crate::Error> {
+        let result = match read {
+            Ok(read) => self.create_and_fill(&read).await.map(|restored| (restored, read.last)),
+            Err(e) => Err(e),
+        };
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
         let ended = self.catalog.client().batch_execute(end).await;
         let restored = result?;
@@ -458,25 +701,30 @@ impl Loader {
         Ok(restored)
     }
 
-    async fn create_and_fill(&self) -> Result<Vec<Restored>, crate::Error> {
+    async fn create_and_fill(&self, read: &Read) -> Result<Vec<Restored>, crate::Error> {
         let client = self.catalog.client();
         let sql_failed =
             |what: String| move |e: tokio_postgres::Error| refused(format!("restore: {what}: {}", error_chain(&e)));
-        let tables = self.tables()?;
-        // The index serves the look-up of an unchanged column's earlier value only.
-        let shapes = &self.staged.shapes;
-        let index = if tables
-            .iter()
-            .any(|(name, _)| shapes.get(*name).is_some_and(|s| s.unchanged))
-        {
-            format!("CREATE INDEX ON {STAGE} (tbl, key, seq); ")
-        } else {
-            String::new()
-        };
-        client
-            .batch_execute(&format!("{index}ANALYZE {STAGE}"))
-            .await
-            .map_err(sql_failed("indexing the staged events".into()))?;
+        let tables = self.tables(&read.schemas)?;
+        let (loaded, tables): (Vec<_>, Vec<_>) = tables
+            .into_iter()
+            .partition(|(name, _)| read.loaded.contains_key(*name));
+        let shapes = &read.shapes;
+        if !tables.is_empty() {
+            // The index serves the look-up of an unchanged column's earlier value only.
+            let index = if tables
+                .iter()
+                .any(|(name, _)| shapes.get(*name).is_some_and(|s| s.unchanged))
+            {
+                format!("CREATE INDEX ON {STAGE} (tbl, key, seq); ")
+            } else {
+                String::new()
+            };
+            client
+                .batch_execute(&format!("{index}ANALYZE {STAGE}"))
+                .await
+                .map_err(sql_failed("indexing the staged events".into()))?;
+        }
         client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.into)))
             .await
@@ -493,18 +741,20 @@ impl Loader {
                 }
             }
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Restored> = loaded
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let (target, rows) = read.loaded.get(name)?;
+                Some(Restored {
+                    table: name.clone(),
+                    target: target.clone(),
+                    rows: *rows,
+                })
+            })
+            .collect();
         for (name, (seq, schema)) in tables {
             let target = target_name(&self.into, schema);
-            let exists = client
-                .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&target])
-                .await
-                .map_err(sql_failed(format!("looking for {target}")))?;
-            if exists.get::<_, bool>(0) {
-                return Err(refused(format!(
-                    "restore: {target} already exists; restore never writes an existing table (choose another --into schema, or drop it)"
-                )));
-            }
+            self.refuse_existing(&target).await?;
             for t in &schema.types {
                 self.ensure_type(types.get(t.name.as_str()).map_or(t, |(_, newest)| newest))
                     .await?;
@@ -515,7 +765,7 @@ impl Loader {
                 .map_err(sql_failed(format!(
                     "creating {target} from the schema event at sequence {seq}"
                 )))?;
-            let rows = match self.load_inserts(name, &target, schema).await? {
+            let rows = match self.load_inserts(shapes, name, &target, schema).await? {
                 Some(rows) => rows,
                 None => client
                     .execute(&load_sql(name, &target, schema), &[])
@@ -528,16 +778,21 @@ impl Loader {
                 rows,
             });
         }
+        out.sort_by(|a, b| a.table.cmp(&b.table));
         Ok(out)
     }
 
     /// Loads `target` one row per event when the staged events allow it (see [`Shape`]);
     /// `None` when they do not, or when that load failed (a key twice): then nothing of it
     /// stays, and the general load runs (and names any error).
-    async fn load_inserts(&self, name: &str, target: &str, schema: &TableSchema) -> Result<Option<u64>, crate::Error> {
-        let simple = self
-            .staged
-            .shapes
+    async fn load_inserts(
+        &self,
+        shapes: &BTreeMap<String, Shape>,
+        name: &str,
+        target: &str,
+        schema: &TableSchema,
+    ) -> Result<Option<u64>, crate::Error> {
+        let simple = shapes
             .get(name)
             .is_some_and(|s| !s.changed && s.key.as_ref().is_none_or(|k| *k == schema.key))
             // The target's primary key (the entity key, `create_table_sql`) is what turns a key
@@ -572,8 +827,10 @@ impl Loader {
     }
 
     /// The tables to restore with the schema event each is created from.
-    fn tables(&self) -> Result<Vec<(&String, &SchemaAt)>, crate::Error> {
-        let schemas = &self.staged.schemas;
+    fn tables<'s>(
+        &self,
+        schemas: &'s BTreeMap<String, SchemaAt>,
+    ) -> Result<Vec<(&'s String, &'s SchemaAt)>, crate::Error> {
         for t in &self.wanted.tables {
             if !schemas.contains_key(t) {
                 let at = self
@@ -757,13 +1014,52 @@ impl<'k> Log<'k> {
             Inner::Archive(reader) => Some(reader.verifier),
             Inner::File { verifier, .. } => verifier,
         };
-        let problems = verifier.map(|v| v.finish().1).unwrap_or_default();
-        match problems.first() {
-            None => Ok(()),
-            Some(p) => Err(format!(
-                "{p}; nothing restored (pass --at an earlier, signed sequence, or run `walguard verify`)"
-            )),
+        end_of_log(verifier)
+    }
+
+    /// The log as the reading thread of `into_schema` takes it, and for the live stream the
+    /// task that reads it.
+    fn into_feed(self) -> (Feed, Option<Pump>) {
+        match self.inner {
+            Inner::Archive(reader) => (Feed::Archive(reader.into_owned()), None),
+            Inner::File {
+                lines,
+                path,
+                line,
+                verifier,
+                keyring,
+            } => (
+                Feed::File {
+                    lines,
+                    path,
+                    line,
+                    verifier: verifier.map(crate::verify::Verifier::into_owned),
+                    keyring: keyring.clone(),
+                },
+                None,
+            ),
+            Inner::Stream { reader, verifier } => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                (
+                    Feed::Stream {
+                        rx,
+                        verifier: verifier.into_owned(),
+                    },
+                    Some(Pump { reader, tx }),
+                )
+            }
         }
+    }
+}
+
+/// What the verifier could only judge at the end of the log.
+fn end_of_log(verifier: Option<crate::verify::Verifier<'_>>) -> Result<(), String> {
+    let problems = verifier.map(|v| v.finish().1).unwrap_or_default();
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "{p}; nothing restored (pass --at an earlier, signed sequence, or run `walguard verify`)"
+        )),
     }
 }
 
@@ -805,6 +1101,10 @@ async fn read_log(
 
 /// Restores the wanted tables into schema `into` on `target`, all in one transaction; the
 /// tables restored and the newest sequence they reflect.
+///
+/// The log is read and verified on a thread of its own, which turns row events into COPY
+/// lines; this task sends them to the target as they come (and reads the live stream, when
+/// that is the log), so that verifying and the server's loading overlap.
 pub async fn into_schema(
     log: Log<'_>,
     wanted: Wanted,
@@ -812,9 +1112,131 @@ pub async fn into_schema(
     target: &crate::source::tls::PgConfig,
 ) -> Result<(Vec<Restored>, u64), crate::Error> {
     let at = wanted.at;
-    let mut loader = Loader::begin(target, into, wanted).await?;
-    let last = read_log(log, at, async |m| loader.message(m).await).await?;
-    Ok((loader.finish().await?, last))
+    let loader = Loader::begin(target, into, wanted.clone()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    let reading = Reading {
+        wanted,
+        into: into.to_owned(),
+        direct: std::env::var_os("WALGUARD_RESTORE_NO_DIRECT").is_none(),
+        schemas: BTreeMap::new(),
+        shapes: BTreeMap::new(),
+        loaded: BTreeMap::new(),
+        buffered: 0,
+        stage: BytesMut::with_capacity(CHUNK + (64 << 10)),
+        last: 0,
+        tx,
+        scratch: String::new(),
+    };
+    let (feed, pump) = log.into_feed();
+    let reader = tokio::task::spawn_blocking(move || reading.run(feed, at));
+    let executed = match pump {
+        Some(pump) => {
+            let (_, executed) = tokio::join!(pump.run(), loader.execute(rx));
+            executed
+        }
+        None => loader.execute(rx).await,
+    };
+    let read = match reader.await {
+        Ok(read) => read,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    // When the target failed, the reading side stopped for it: the target's error is the one.
+    let read = match executed {
+        Ok(()) => read,
+        Err(e) => Err(e),
+    };
+    loader.finish(read).await
+}
+
+/// The log as the reading thread takes it: one message at a time, placed, then verified.
+enum Feed {
+    Archive(crate::archive::ArchiveReader<'static>),
+    File {
+        lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+        path: std::path::PathBuf,
+        line: usize,
+        verifier: Option<crate::verify::Verifier<'static>>,
+        keyring: crate::event::Keyring,
+    },
+    /// The live stream, read by a `Pump` on the runtime.
+    Stream {
+        rx: tokio::sync::mpsc::Receiver<Result<crate::audit::Stored, String>>,
+        verifier: crate::verify::Verifier<'static>,
+    },
+}
+
+impl Feed {
+    fn next(&mut self) -> Result<Option<crate::audit::Stored>, String> {
+        match self {
+            Feed::Archive(reader) => reader.next_placed().map_err(|e| e.to_string()),
+            Feed::File {
+                lines,
+                path,
+                line,
+                verifier,
+                keyring,
+            } => loop {
+                let Some(text) = lines.next() else { return Ok(None) };
+                *line += 1;
+                let text = text.map_err(|e| format!("{}: {e}", path.display()))?;
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let m =
+                    crate::audit::parse_dsse_line(&text).map_err(|e| format!("{} line {line}: {e}", path.display()))?;
+                if verifier.is_none() {
+                    let keyring = keyring.clone();
+                    *verifier = Some(if m.sequence > 1 {
+                        crate::verify::Verifier::partial(&keyring).into_owned()
+                    } else {
+                        crate::verify::Verifier::new(&keyring).into_owned()
+                    });
+                }
+                return Ok(Some(m));
+            },
+            Feed::Stream { rx, .. } => rx.blocking_recv().transpose(),
+        }
+    }
+
+    /// Verifies `m`, the message `next` gave; the first problem refuses it.
+    fn verify<'p>(&mut self, m: &'p crate::audit::Stored) -> Result<EventRef<'p>, String> {
+        let verifier = match self {
+            Feed::Archive(reader) => return reader.verify_ref(m).map_err(|e| e.to_string()),
+            Feed::File { verifier, .. } => verifier.as_mut().expect("made with the first message"),
+            Feed::Stream { verifier, .. } => verifier,
+        };
+        verifier.check_ref(m).map_err(|p| format!("{p}; nothing restored"))
+    }
+
+    /// At the end of the log (see `Log::finish`).
+    fn finish(self) -> Result<(), String> {
+        let verifier = match self {
+            Feed::Archive(reader) => Some(reader.verifier),
+            Feed::File { verifier, .. } => verifier,
+            Feed::Stream { verifier, .. } => Some(verifier),
+        };
+        end_of_log(verifier)
+    }
+}
+
+/// Reads the live stream into a `Feed::Stream`, on the runtime.
+struct Pump {
+    reader: Box<crate::sink::reader::StreamReader>,
+    tx: tokio::sync::mpsc::Sender<Result<crate::audit::Stored, String>>,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        loop {
+            let next = self.reader.next().await.map_err(|e| e.to_string());
+            let end = !matches!(next, Ok(Some(_)));
+            let Some(item) = next.transpose() else { return };
+            // A closed channel: the reading side is done (at `--at`, or failed).
+            if self.tx.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    }
 }
 
 /// One table (or one entity of it) as JSON rows, rebuilt in memory (`restore --json`).
@@ -924,12 +1346,5 @@ mod tests {
             create_table_sql("restored", &table),
             "CREATE TABLE \"restored\".\"Orders\" (\"id\" bigint NOT NULL, \"total\" numeric(12,2), PRIMARY KEY (\"id\"))"
         );
-    }
-
-    #[test]
-    fn copy_fields_escape_what_copy_text_format_reads_specially() {
-        let mut out = BytesMut::new();
-        copy_text("a\\b\tc\nd\re", &mut out);
-        assert_eq!(&out[..], b"a\\\\b\\tc\\nd\\re");
     }
 }
