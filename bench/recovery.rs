@@ -13,6 +13,9 @@
 //!   RSS.
 //!
 //! `BENCH_PERF_DIR=DIR`: `perf record` of the archive, restore and console processes.
+//! `BENCH_COMPARE_BIN=PATH`: afterwards, archive and restore again on the same stream and
+//! servers with that walguard binary (an older build) and with this one, alternating, twice
+//! each: before and after under the same conditions.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +56,18 @@ pub struct Report {
     restore_rows_per_s: f64,
     restore_ratio: f64,
     console: Console,
+    /// `BENCH_COMPARE_BIN`'s runs, in the order run.
+    compared: Vec<Compared>,
+}
+
+#[derive(serde::Serialize)]
+struct Compared {
+    bin: String,
+    archive_s: f64,
+    archive_cpu_s: f64,
+    restore_s: f64,
+    restore_cpu_s: f64,
+    restore_rss_mib: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -146,8 +161,45 @@ pub async fn run() -> Report {
         restore.wall_s, restore.cpu_s, restore.peak_rss_mib
     );
 
+    let mut compared = Vec::new();
+    if let Some(old) = std::env::var_os("BENCH_COMPARE_BIN") {
+        let old = old.to_string_lossy().into_owned();
+        for round in 0..2 {
+            for bin in [old.as_str(), BIN] {
+                let n = compared.len();
+                let dir_n = dir.join(format!("archive-{n}"));
+                let mut cmd = Command::new(bin);
+                cmd.args(["archive", "-c"]).arg(&env.config).arg("--dir").arg(&dir_n);
+                let a = measure::run_ok(cmd, &dir.join(format!("archive-{n}.log")), None);
+                let mut cmd = Command::new(bin);
+                cmd.args(["restore", "--archive"])
+                    .arg(&dir_n)
+                    .arg("--public-key")
+                    .arg(crate::public_key(&env))
+                    .args(["--into", &format!("restored_{n}"), "--target", &env.pg.url("postgres")]);
+                let r = measure::run_ok(cmd, &dir.join(format!("restore-{n}.log")), None);
+                eprintln!(
+                    "recovery: compare round {round} {bin}: archive {:.2} s ({:.1} CPU s), restore {:.2} s ({:.1} CPU s, {:.1} MiB)",
+                    a.wall_s, a.cpu_s, r.wall_s, r.cpu_s, r.peak_rss_mib
+                );
+                compared.push(Compared {
+                    bin: bin.to_owned(),
+                    archive_s: a.wall_s,
+                    archive_cpu_s: a.cpu_s,
+                    restore_s: r.wall_s,
+                    restore_cpu_s: r.cpu_s,
+                    restore_rss_mib: r.peak_rss_mib,
+                });
+                env.db
+                    .batch_execute(&format!("DROP SCHEMA restored_{n} CASCADE"))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
     let console = console(&env, stream_messages, rows).await;
     Report {
+        compared,
         rows,
         stream_messages,
         consumer_s,
@@ -360,4 +412,10 @@ pub fn print(r: &Report) {
         c.peak_rss_mib,
         goal(c.peak_rss_mib <= CONSOLE_RSS_GOAL_MIB)
     );
+    for x in &r.compared {
+        println!(
+            "  compare   {}: archive {:.2} s ({:.1} CPU s), restore {:.2} s ({:.1} CPU s, peak RSS {:.1} MiB)",
+            x.bin, x.archive_s, x.archive_cpu_s, x.restore_s, x.restore_cpu_s, x.restore_rss_mib
+        );
+    }
 }

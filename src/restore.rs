@@ -611,6 +611,8 @@ pub struct Loader {
     catalog: Catalog,
     wanted: Wanted,
     into: String,
+    /// Schema `into` was made (`CREATE SCHEMA IF NOT EXISTS`, once: again, it notices).
+    schema_made: std::cell::Cell<bool>,
 }
 
 impl Loader {
@@ -634,6 +636,7 @@ impl Loader {
             catalog,
             wanted,
             into: into.to_owned(),
+            schema_made: std::cell::Cell::new(false),
         })
     }
 
@@ -645,11 +648,9 @@ impl Loader {
             match command {
                 Command::Create { target, sql, at } => {
                     self.refuse_existing(&target).await?;
+                    self.make_schema().await?;
                     client
-                        .batch_execute(&format!(
-                            "CREATE SCHEMA IF NOT EXISTS {}; {sql}",
-                            quote_ident(&self.into)
-                        ))
+                        .batch_execute(&sql)
                         .await
                         .map_err(|e| failed(&format!("creating {target} from the schema event at sequence {at}"), e))?;
                 }
@@ -667,6 +668,17 @@ impl Loader {
                     .await
                     .map_err(|e| failed("loading the events", e))?,
             }
+        }
+        Ok(())
+    }
+
+    async fn make_schema(&self) -> Result<(), crate::Error> {
+        if !self.schema_made.replace(true) {
+            self.catalog
+                .client()
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.into)))
+                .await
+                .map_err(|e| refused(format!("restore: creating schema {}: {}", self.into, error_chain(&e))))?;
         }
         Ok(())
     }
@@ -725,10 +737,7 @@ impl Loader {
                 .await
                 .map_err(sql_failed("indexing the staged events".into()))?;
         }
-        client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&self.into)))
-            .await
-            .map_err(sql_failed(format!("creating schema {}", self.into)))?;
+        self.make_schema().await?;
         // A type several tables use is created as the newest schema event of any of them
         // lists it: an enum gains labels while streaming (`ALTER TYPE ... ADD VALUE`), and a
         // table whose rows never held the new label still has a schema event without it.

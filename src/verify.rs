@@ -84,21 +84,26 @@ pub struct Verifier<'k> {
     expected: Option<(u64, crate::tlog::Hash)>,
     pub summary: Summary,
     pub problems: Vec<Problem>,
+    /// The current event's table name (a buffer, kept so that naming it allocates nothing).
+    table: String,
 }
 
 const MAX_PROBLEMS: usize = 100;
 
 /// What the schema check reads of a row, however it was read.
 trait RowNames {
-    fn qualified(&self) -> String;
+    /// `schema.table`, appended to `out`.
+    fn write_qualified(&self, out: &mut String);
     fn key_names(&self) -> impl Iterator<Item = &str>;
     /// The columns of `before` and `after`.
     fn column_names(&self) -> impl Iterator<Item = &str>;
 }
 
 impl RowNames for Row {
-    fn qualified(&self) -> String {
-        Row::qualified(self)
+    fn write_qualified(&self, out: &mut String) {
+        out.push_str(&self.schema);
+        out.push('.');
+        out.push_str(&self.table);
     }
     fn key_names(&self) -> impl Iterator<Item = &str> {
         self.key.names()
@@ -112,8 +117,10 @@ impl RowNames for Row {
 }
 
 impl RowNames for RowRef<'_> {
-    fn qualified(&self) -> String {
-        RowRef::qualified(self)
+    fn write_qualified(&self, out: &mut String) {
+        out.push_str(&self.schema);
+        out.push('.');
+        out.push_str(&self.table);
     }
     fn key_names(&self) -> impl Iterator<Item = &str> {
         self.key.names()
@@ -142,6 +149,7 @@ impl<'k> Verifier<'k> {
             expected: None,
             summary: Summary::default(),
             problems: Vec::new(),
+            table: String::new(),
         }
     }
 
@@ -171,6 +179,7 @@ impl<'k> Verifier<'k> {
             expected: self.expected,
             summary: self.summary,
             problems: self.problems,
+            table: self.table,
         }
     }
 
@@ -311,27 +320,32 @@ impl<'k> Verifier<'k> {
     ) {
         self.check_attributes(sequence, attrs, expected_prev);
         self.check_order(sequence, attrs);
-        let table = match (row, other) {
-            (Some(row), _) => Some(row.qualified()),
-            (None, Some(data)) => data.table(),
-            (None, None) => None,
+        // The table's name, written into a buffer kept for the next event.
+        let mut table = std::mem::take(&mut self.table);
+        table.clear();
+        let named = match (row, other) {
+            (Some(row), _) => {
+                row.write_qualified(&mut table);
+                true
+            }
+            (None, Some(data)) => data.table().map(|t| table.push_str(&t)).is_some(),
+            (None, None) => false,
         };
-        self.count(attrs, table.as_deref());
+        self.count(attrs, named.then_some(table.as_str()));
         if attrs.op == Op::Checkpoint {
             // A marker of its own after a group's end: not a transaction.
-            return;
-        }
-        if attrs.op == Op::Schema {
+        } else if attrs.op == Op::Schema {
             // A marker inside a transaction or group: not one of its events.
             if let Some(Data::Schema(schema)) = other {
                 self.schemas.insert(schema.qualified(), schema.clone());
             }
-            return;
+        } else {
+            self.check_group(sequence, attrs);
+            if let (Some(row), true) = (row, named) {
+                self.check_schema(sequence, &table, row);
+            }
         }
-        self.check_group(sequence, attrs);
-        if let (Some(row), Some(table)) = (row, &table) {
-            self.check_schema(sequence, table, row);
-        }
+        self.table = table;
     }
 
     /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.

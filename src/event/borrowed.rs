@@ -137,7 +137,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawColumns<'a> {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawColumns<'a>, A::Error> {
                 let mut columns = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     columns.push((name, value));
                 }
@@ -145,6 +145,29 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawColumns<'a> {
             }
         }
         d.deserialize_map(Columns(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string's text, borrowed from the payload when it holds no escapes (serde's own
+/// `Cow<str>` is always owned outside a derive's `#[serde(borrow)]`).
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -366,5 +389,9 @@ mod tests {
         assert_eq!(after.get("j", 0).unwrap().get(), r#"{"b":2.50,"a":1}"#);
         assert_eq!(after.get("s", 3).unwrap().get(), r#""a\"b""#);
         assert!(after.get("x", 0).is_none());
+        assert!(
+            after.0.iter().all(|(n, _)| matches!(n, Cow::Borrowed(_))),
+            "names are borrowed"
+        );
     }
 }

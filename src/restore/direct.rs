@@ -20,10 +20,9 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use bytes::{BufMut, BytesMut};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::borrowed::RowRef;
+use crate::event::borrowed::{RowRef, Text};
 use crate::event::schema::TableSchema;
 use crate::source::conn::{quote_ident, quote_literal};
 
@@ -189,28 +188,6 @@ fn encode_key(kind: KeyKind, json: &str, out: &mut Vec<u8>) -> bool {
             out.push(0);
             true
         }
-    }
-}
-
-/// A JSON string's text, borrowed when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::event::envelope::{HEADER_KEY_ID, HEADER_SIGNATURE};
 
@@ -201,8 +201,14 @@ impl StreamReader {
         let Some(messages) = self.messages.as_mut().filter(|_| !self.done) else {
             return Ok(None);
         };
-        let next = match self.end {
-            Some(_) => match tokio::time::timeout(SILENCE, messages.next()).await {
+        // A message already received needs no timer.
+        let ready = match self.end {
+            Some(_) => messages.next().now_or_never(),
+            None => None,
+        };
+        let next = match (ready, self.end) {
+            (Some(next), _) => next,
+            (None, Some(_)) => match tokio::time::timeout(SILENCE, messages.next()).await {
                 Ok(next) => next,
                 // A consumer whose server left the cluster can stay silent although messages
                 // remain: a new one from the next sequence, twice, before giving up.
@@ -224,7 +230,7 @@ impl StreamReader {
                     })
                 }
             },
-            None => messages.next().await,
+            (None, None) => messages.next().await,
         };
         let read = |e: &dyn std::fmt::Display| ReadError::Read {
             stream: self.stream.clone(),
