@@ -26,7 +26,7 @@ use crate::audit::{parse_dsse_line, push_dsse_line, Stored};
 use crate::event::borrowed::EventRef;
 use crate::event::Keyring;
 use crate::sink::reader::{StreamReader, Until};
-use crate::verify::{Problem, Summary, Verified, Verifier};
+use crate::verify::{Digests, Problem, Summary, Verified, Verifier};
 
 /// `archive.*` as the archiver uses it.
 #[derive(Debug, Clone, Copy)]
@@ -511,12 +511,12 @@ pub async fn run(
         };
         // What else has arrived goes along in the same hand-off.
         let mut batch = Vec::with_capacity(BATCH);
-        batch.push(first);
+        batch.push(digested(first));
         let mut ended = None;
         while batch.len() < BATCH {
             match reader.next().now_or_never() {
                 None => break,
-                Some(Ok(Some(m))) => batch.push(m),
+                Some(Ok(Some(m))) => batch.push(digested(m)),
                 Some(Ok(None)) => {
                     ended = Some(Ok(()));
                     break;
@@ -553,9 +553,17 @@ pub async fn run(
     Ok(copied)
 }
 
+/// A message and its digests: hashing here, beside the NATS client, leaves the verifying
+/// thread the checks that must go in order.
+fn digested(m: Stored) -> (Stored, Digests) {
+    let digests = Digests::of(&m.payload);
+    (m, digests)
+}
+
 /// What the reading side hands the verifying side.
 enum Item {
-    Messages(Vec<Stored>),
+    /// Messages with their digests, computed on the reading side (`Digests`).
+    Messages(Vec<(Stored, Digests)>),
     /// Half a second passed: a segment that is due is sealed.
     Tick,
     /// Reading failed: stop without sealing.
@@ -565,7 +573,7 @@ enum Item {
 /// At most this many messages per hand-off, and this many hand-offs queued: a few MiB in
 /// flight at most.
 const BATCH: usize = 256;
-const QUEUE: usize = 8;
+const QUEUE: usize = 16;
 
 /// The verifying side: every message is verified before the writer takes it; the first that
 /// does not verify seals what came before it and stops the archive. When the reading side is
@@ -587,8 +595,8 @@ fn verify_and_write(
             }
             Item::Abort => return Ok(sealed),
             Item::Messages(batch) => {
-                for stored in batch {
-                    if let Err(problem) = verifier.check_ref(&stored) {
+                for (stored, digests) in batch {
+                    if let Err(problem) = verifier.check_ref_digested(&stored, &digests) {
                         // What was verified before it is kept: sealed, so the archive holds it.
                         writer.seal()?;
                         return Err(ArchiveError::Unverifiable {

@@ -90,6 +90,24 @@ pub struct Verifier<'k> {
 
 const MAX_PROBLEMS: usize = 100;
 
+/// A message's two SHA-256 digests, which depend on its payload alone: the chain's (the
+/// next message's `prevhash`) and its leaf in the Merkle tree. A reader with a core to
+/// spare computes them beside the verifier, which checks them in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Digests {
+    chain: Hash,
+    leaf: crate::tlog::Hash,
+}
+
+impl Digests {
+    pub fn of(payload: &[u8]) -> Digests {
+        Digests {
+            chain: sha256(payload),
+            leaf: crate::tlog::tree::leaf_hash(payload),
+        }
+    }
+}
+
 /// What the schema check reads of a row, however it was read.
 trait RowNames {
     /// `schema.table`, appended to `out`.
@@ -222,6 +240,18 @@ impl<'k> Verifier<'k> {
         self.first_problem(before, m.sequence, event)
     }
 
+    /// `check_ref`, with `m`'s digests computed beforehand (`Digests::of`, on another thread).
+    pub fn check_ref_digested<'p>(
+        &mut self,
+        m: &'p crate::audit::Stored,
+        digests: &Digests,
+    ) -> Result<EventRef<'p>, Problem> {
+        let before = self.problems.len();
+        let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
+        let event = self.message_digested(m.sequence, sig, &m.payload, Some(digests));
+        self.first_problem(before, m.sequence, event)
+    }
+
     fn first_problem<E>(&self, before: usize, sequence: u64, event: Option<E>) -> Result<E, Problem> {
         match (self.problems.get(before), event) {
             (Some(problem), _) => Err(problem.clone()),
@@ -237,7 +267,7 @@ impl<'k> Verifier<'k> {
     /// Feeds the stored message at `sequence`, with its signature headers if any; the event
     /// it holds when it reads as one (parsed here once, for readers that go on with it).
     pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<StoredEvent> {
-        let expected_prev = self.start(sequence, signature, payload);
+        let expected_prev = self.start(sequence, signature, payload, None);
         let parsed = StoredEvent::parse(payload);
         if let Ok(StoredEvent {
             data: Data::Checkpoint(c),
@@ -246,7 +276,7 @@ impl<'k> Verifier<'k> {
         {
             self.check_checkpoint(sequence, c);
         }
-        self.grow_tree(payload);
+        self.grow_tree(payload, None);
         let event = match parsed {
             Ok(event) => event,
             Err(e) => {
@@ -269,7 +299,18 @@ impl<'k> Verifier<'k> {
         signature: Option<(&str, &str)>,
         payload: &'p [u8],
     ) -> Option<EventRef<'p>> {
-        let expected_prev = self.start(sequence, signature, payload);
+        self.message_digested(sequence, signature, payload, None)
+    }
+
+    /// `message_ref`, with the payload's digests already computed (`Digests::of`).
+    fn message_digested<'p>(
+        &mut self,
+        sequence: u64,
+        signature: Option<(&str, &str)>,
+        payload: &'p [u8],
+        digests: Option<&Digests>,
+    ) -> Option<EventRef<'p>> {
+        let expected_prev = self.start(sequence, signature, payload, digests.map(|d| d.chain));
         let parsed = EventRef::parse(payload);
         if let Ok(EventRef {
             data: DataRef::Other(Data::Checkpoint(c)),
@@ -278,7 +319,7 @@ impl<'k> Verifier<'k> {
         {
             self.check_checkpoint(sequence, c);
         }
-        self.grow_tree(payload);
+        self.grow_tree(payload, digests.map(|d| d.leaf));
         let event = match parsed {
             Ok(event) => event,
             Err(e) => {
@@ -296,14 +337,20 @@ impl<'k> Verifier<'k> {
 
     /// What is checked before the payload is read: the counts, the link to the previous
     /// message and the signature. Returns the `prevhash` the message must name.
-    fn start(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<Hash> {
+    fn start(
+        &mut self,
+        sequence: u64,
+        signature: Option<(&str, &str)>,
+        payload: &[u8],
+        chain: Option<Hash>,
+    ) -> Option<Hash> {
         let s = &mut self.summary;
         if s.messages == 0 {
             s.first_sequence = sequence;
         }
         s.messages += 1;
         s.last_sequence = sequence;
-        let expected_prev = self.check_link(sequence, sha256(payload));
+        let expected_prev = self.check_link(sequence, chain.unwrap_or_else(|| sha256(payload)));
         self.check_signature(sequence, signature, payload);
         expected_prev
     }
@@ -349,11 +396,11 @@ impl<'k> Verifier<'k> {
     }
 
     /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.
-    fn grow_tree(&mut self, payload: &[u8]) {
+    fn grow_tree(&mut self, payload: &[u8], leaf: Option<crate::tlog::Hash>) {
         let Some(tree) = self.tree.as_mut() else {
             return;
         };
-        tree.append_payload(payload);
+        tree.append(leaf.unwrap_or_else(|| crate::tlog::tree::leaf_hash(payload)));
         if let Some((size, root)) = self.expected {
             if tree.size() == size && tree.root() != root {
                 let found = tree.root();
@@ -837,7 +884,7 @@ mod tests {
             for (seq, sig, payload) in msgs {
                 let sig = sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
                 v.message(*seq, sig, payload);
-                borrowed.message_ref(*seq, sig, payload);
+                borrowed.message_digested(*seq, sig, payload, Some(&Digests::of(payload)));
             }
             let (summary, problems) = v.finish();
             let (borrowed_summary, borrowed_problems) = borrowed.finish();
