@@ -936,12 +936,53 @@ enum Inner<'k> {
     },
     Archive(crate::archive::ArchiveReader<'k>),
     File {
-        lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
-        path: std::path::PathBuf,
-        line: usize,
+        lines: ExportLines,
         verifier: Option<crate::verify::Verifier<'k>>,
         keyring: &'k crate::event::Keyring,
     },
+}
+
+/// A `walguard export` file's messages, one DSSE line each (blank lines skipped).
+struct ExportLines {
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    path: std::path::PathBuf,
+    line: usize,
+}
+
+impl ExportLines {
+    fn open(path: &std::path::Path) -> Result<ExportLines, String> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(ExportLines {
+            lines: std::io::BufReader::new(file).lines(),
+            path: path.to_owned(),
+            line: 0,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<crate::audit::Stored>, String> {
+        loop {
+            let Some(text) = self.lines.next() else { return Ok(None) };
+            self.line += 1;
+            let text = text.map_err(|e| format!("{}: {e}", self.path.display()))?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            return crate::audit::parse_dsse_line(&text)
+                .map(Some)
+                .map_err(|e| format!("{} line {}: {e}", self.path.display(), self.line));
+        }
+    }
+}
+
+/// The verifier for a log whose first message is `first`.
+fn verifier_from(first: &crate::audit::Stored, keyring: &crate::event::Keyring) -> crate::verify::Verifier<'static> {
+    let verifier = if first.sequence > 1 {
+        crate::verify::Verifier::partial(keyring)
+    } else {
+        crate::verify::Verifier::new(keyring)
+    };
+    verifier.into_owned()
 }
 
 impl<'k> Log<'k> {
@@ -965,17 +1006,11 @@ impl<'k> Log<'k> {
             Source::Archive { dir, stream } => {
                 Inner::Archive(crate::archive::ArchiveReader::open(dir, stream, keyring).map_err(|e| e.to_string())?)
             }
-            Source::File(path) => {
-                use std::io::BufRead;
-                let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Inner::File {
-                    lines: std::io::BufReader::new(file).lines(),
-                    path: path.clone(),
-                    line: 0,
-                    verifier: None,
-                    keyring,
-                }
-            }
+            Source::File(path) => Inner::File {
+                lines: ExportLines::open(path)?,
+                verifier: None,
+                keyring,
+            },
         };
         Ok(Log { inner })
     }
@@ -990,28 +1025,13 @@ impl<'k> Log<'k> {
             Inner::Archive(reader) => reader.next_message().map_err(|e| e.to_string()),
             Inner::File {
                 lines,
-                path,
-                line,
                 verifier,
                 keyring,
-            } => loop {
-                let Some(text) = lines.next() else { return Ok(None) };
-                *line += 1;
-                let text = text.map_err(|e| format!("{}: {e}", path.display()))?;
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let m =
-                    crate::audit::parse_dsse_line(&text).map_err(|e| format!("{} line {line}: {e}", path.display()))?;
-                let verifier = verifier.get_or_insert_with(|| {
-                    if m.sequence > 1 {
-                        crate::verify::Verifier::partial(keyring)
-                    } else {
-                        crate::verify::Verifier::new(keyring)
-                    }
-                });
-                return checked(verifier, m).map(Some);
-            },
+            } => {
+                let Some(m) = lines.next()? else { return Ok(None) };
+                let verifier = verifier.get_or_insert_with(|| verifier_from(&m, keyring));
+                checked(verifier, m).map(Some)
+            }
         }
     }
 
@@ -1033,15 +1053,11 @@ impl<'k> Log<'k> {
             Inner::Archive(reader) => (Feed::Archive(reader.into_owned()), None),
             Inner::File {
                 lines,
-                path,
-                line,
                 verifier,
                 keyring,
             } => (
                 Feed::File {
                     lines,
-                    path,
-                    line,
                     verifier: verifier.map(crate::verify::Verifier::into_owned),
                     keyring: keyring.clone(),
                 },
@@ -1161,9 +1177,7 @@ pub async fn into_schema(
 enum Feed {
     Archive(crate::archive::ArchiveReader<'static>),
     File {
-        lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
-        path: std::path::PathBuf,
-        line: usize,
+        lines: ExportLines,
         verifier: Option<crate::verify::Verifier<'static>>,
         keyring: crate::event::Keyring,
     },
@@ -1180,29 +1194,15 @@ impl Feed {
             Feed::Archive(reader) => reader.next_placed().map_err(|e| e.to_string()),
             Feed::File {
                 lines,
-                path,
-                line,
                 verifier,
                 keyring,
-            } => loop {
-                let Some(text) = lines.next() else { return Ok(None) };
-                *line += 1;
-                let text = text.map_err(|e| format!("{}: {e}", path.display()))?;
-                if text.trim().is_empty() {
-                    continue;
+            } => {
+                let m = lines.next()?;
+                if let (None, Some(m)) = (&verifier, &m) {
+                    *verifier = Some(verifier_from(m, keyring));
                 }
-                let m =
-                    crate::audit::parse_dsse_line(&text).map_err(|e| format!("{} line {line}: {e}", path.display()))?;
-                if verifier.is_none() {
-                    let keyring = keyring.clone();
-                    *verifier = Some(if m.sequence > 1 {
-                        crate::verify::Verifier::partial(&keyring).into_owned()
-                    } else {
-                        crate::verify::Verifier::new(&keyring).into_owned()
-                    });
-                }
-                return Ok(Some(m));
-            },
+                Ok(m)
+            }
             Feed::Stream { rx, .. } => rx.blocking_recv().transpose(),
         }
     }

@@ -117,11 +117,16 @@ trait RowNames {
     fn column_names(&self) -> impl Iterator<Item = &str>;
 }
 
+/// `schema.table`, appended to `out`.
+fn qualified_into(schema: &str, table: &str, out: &mut String) {
+    out.push_str(schema);
+    out.push('.');
+    out.push_str(table);
+}
+
 impl RowNames for Row {
     fn write_qualified(&self, out: &mut String) {
-        out.push_str(&self.schema);
-        out.push('.');
-        out.push_str(&self.table);
+        qualified_into(&self.schema, &self.table, out);
     }
     fn key_names(&self) -> impl Iterator<Item = &str> {
         self.key.names()
@@ -136,9 +141,7 @@ impl RowNames for Row {
 
 impl RowNames for RowRef<'_> {
     fn write_qualified(&self, out: &mut String) {
-        out.push_str(&self.schema);
-        out.push('.');
-        out.push_str(&self.table);
+        qualified_into(&self.schema, &self.table, out);
     }
     fn key_names(&self) -> impl Iterator<Item = &str> {
         self.key.names()

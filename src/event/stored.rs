@@ -61,16 +61,13 @@ impl Attributes {
     /// A watermark or a resync record: walguard's own markers, which cover a position
     /// rather than carry a row change.
     pub fn is_watermark(&self) -> bool {
-        matches!(self.op, Op::Watermark | Op::Resync)
+        self.borrowed().is_watermark()
     }
 
     /// Where this event stands in the total order `(pglsn, pgtxidx)`. A watermark at `W`
     /// covers what committed strictly before `W`, so it sorts before any event at `W`.
     pub fn position(&self) -> Position {
-        Position {
-            lsn: self.pglsn,
-            idx: if self.is_watermark() { 0 } else { self.pgtxidx },
-        }
+        self.borrowed().position()
     }
 
     pub fn sequence_number(&self) -> Option<u64> {

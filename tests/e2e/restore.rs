@@ -110,6 +110,30 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Waits for a watermark at or past the source's current WAL position: every write so far
+/// is in the stream.
+async fn watermark_past_the_last_write(env: &Env) {
+    let end: String = env
+        .db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let want = end.parse::<walguard::lsn::Lsn>().unwrap();
+    eventually(Duration::from_secs(60), "a watermark past the last write", || async {
+        env.read_stream()
+            .await
+            .iter()
+            .rev()
+            .find(|m| m.json["type"] == "walguard.watermark")
+            .and_then(|m| {
+                let at = m.json["pglsn"].as_str()?.parse::<walguard::lsn::Lsn>().ok()?;
+                (at >= want).then_some(())
+            })
+    })
+    .await;
+}
+
 /// Sealed segments' newest sequence.
 fn archived_to(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -179,27 +203,9 @@ async fn the_mass_failure_drill_rebuilds_every_table_on_a_new_server_from_the_ar
     db.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 2")
         .await
         .unwrap();
-    let end: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-
     // Everything is in the stream (a watermark beyond the last write), signed (clean stop),
     // and archived.
-    let want = end.parse::<walguard::lsn::Lsn>().unwrap();
-    eventually(Duration::from_secs(60), "a watermark past the last write", || async {
-        env.read_stream()
-            .await
-            .iter()
-            .rev()
-            .find(|m| m.json["type"] == "walguard.watermark")
-            .and_then(|m| {
-                let at = m.json["pglsn"].as_str()?.parse::<walguard::lsn::Lsn>().ok()?;
-                (at >= want).then_some(())
-            })
-    })
-    .await;
+    watermark_past_the_last_write(&env).await;
     wg.stop_cleanly().await;
     let last = env.stream_messages().await;
     eventually(Duration::from_secs(60), "the archive to hold the whole stream", || {
@@ -497,25 +503,7 @@ async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
         )
         .await
         .unwrap();
-    let end: String = env
-        .db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let want = end.parse::<walguard::lsn::Lsn>().unwrap();
-    eventually(Duration::from_secs(60), "a watermark past the last write", || async {
-        env.read_stream()
-            .await
-            .iter()
-            .rev()
-            .find(|m| m.json["type"] == "walguard.watermark")
-            .and_then(|m| {
-                let at = m.json["pglsn"].as_str()?.parse::<walguard::lsn::Lsn>().ok()?;
-                (at >= want).then_some(())
-            })
-    })
-    .await;
+    watermark_past_the_last_write(&env).await;
     wg.stop_cleanly().await;
     let expected = oracle(&env.db, &tables).await;
 
