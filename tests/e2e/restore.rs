@@ -456,8 +456,8 @@ async fn restore_refuses_an_unverifiable_log_naming_the_sequence_and_writes_noth
 
 /// Restore's direct load (rows COPYed straight into their table) gives the same tables as
 /// the staging load, value for value: every built-in kind of column, a truncate, and the
-/// tables that must leave the direct load part way (keys out of order, an update and a
-/// delete) and carry their rows over to the staging load.
+/// tables that must leave the direct load part way (keys out of order, then a truncate; an
+/// update and a delete; a column added) and carry their rows over to the staging load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
     const KINDS: &str = r#"
@@ -469,8 +469,15 @@ async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
     CREATE TABLE public.reset (id int PRIMARY KEY, v text);
     CREATE TABLE public.shuffled (k text PRIMARY KEY, v int);
     CREATE TABLE public.changed (a int, b text, v bytea, PRIMARY KEY (a, b));
+    CREATE TABLE public.altered (id int PRIMARY KEY, v text);
     "#;
-    let tables = ["public.kinds", "public.reset", "public.shuffled", "public.changed"];
+    let tables = [
+        "public.kinds",
+        "public.reset",
+        "public.shuffled",
+        "public.changed",
+        "public.altered",
+    ];
     let config: String = tables
         .iter()
         .map(|t| format!("[[tables]]\nname = \"{t}\"\n\n"))
@@ -495,12 +502,20 @@ async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
         INSERT INTO reset SELECT g, 'second ' || g FROM generate_series(20, 60) g;
         INSERT INTO shuffled SELECT 'k' || g, g FROM generate_series(1, 30) g;
         INSERT INTO shuffled VALUES ('a', -1), ('zz', -2);
+        TRUNCATE shuffled;
+        INSERT INTO shuffled VALUES ('m', 1), ('b', 2);
+        INSERT INTO altered SELECT g, 'before ' || g FROM generate_series(1, 20) g;
         INSERT INTO changed SELECT g, 'b' || g, decode(repeat('0f', g), 'hex') FROM generate_series(1, 40) g;
         UPDATE changed SET v = '\xdead' WHERE a % 3 = 0;
         DELETE FROM changed WHERE a % 5 = 0;
         INSERT INTO changed VALUES (5, 'b5', '\xbeef');
         "#,
         )
+        .await
+        .unwrap();
+    // A new shape while loading directly: the rows so far move to the staging load.
+    env.db
+        .batch_execute("ALTER TABLE altered ADD COLUMN extra int; INSERT INTO altered SELECT g, 'after', g FROM generate_series(21, 30) g")
         .await
         .unwrap();
     watermark_past_the_last_write(&env).await;
@@ -560,7 +575,10 @@ async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
     };
     assert!(tables.iter().all(|t| straight(t)), "{direct}");
     assert!(!moved("public.kinds") && !moved("public.reset"), "{direct}");
-    assert!(moved("public.shuffled") && moved("public.changed"), "{direct}");
+    assert!(
+        moved("public.shuffled") && moved("public.changed") && moved("public.altered"),
+        "{direct}"
+    );
     assert!(
         !staged.contains("loading through the staging table from here"),
         "{staged}"
