@@ -2,7 +2,9 @@
 //!
 //! A segment is `{stream}-{first:020}-{last:020}.jsonl`, the `export` lines (DSSE envelopes)
 //! of sequences `first..=last`, ending at a signed event, at most `archive.segment_events`
-//! long. Every message is verified (signature, chain, continuity with the previous segment)
+//! long. Every message is verified (signature, chain, continuity with the previous segment:
+//! `Verifier::check_chain`, what SPEC asks of the archive; the events' content is checked by
+//! `verify --archive`, by the re-verification of sealed segments on start and by `restore`)
 //! before the segment holding it is written; a segment is written to
 //! `{stream}-{first:020}.partial`, fsynced, renamed, and the folder fsynced, so a sealed name
 //! always holds a whole verified segment. On start the archive re-verifies every sealed
@@ -24,9 +26,10 @@ use tokio::sync::watch;
 
 use crate::audit::{parse_dsse_line, push_dsse_line, Stored};
 use crate::event::borrowed::EventRef;
+use crate::event::envelope::{sha256, Hash};
 use crate::event::Keyring;
 use crate::sink::reader::{StreamReader, Until};
-use crate::verify::{Digests, Problem, Summary, Verified, Verifier};
+use crate::verify::{Problem, Summary, Verified, Verifier};
 
 /// `archive.*` as the archiver uses it.
 #[derive(Debug, Clone, Copy)]
@@ -553,17 +556,17 @@ pub async fn run(
     Ok(copied)
 }
 
-/// A message and its digests: hashing here, beside the NATS client, leaves the verifying
-/// thread the checks that must go in order.
-fn digested(m: Stored) -> (Stored, Digests) {
-    let digests = Digests::of(&m.payload);
-    (m, digests)
+/// A message and its SHA-256 (the chain's digest): hashing here, beside the NATS client,
+/// leaves the verifying thread the checks that must go in order.
+fn digested(m: Stored) -> (Stored, Hash) {
+    let digest = sha256(&m.payload);
+    (m, digest)
 }
 
 /// What the reading side hands the verifying side.
 enum Item {
-    /// Messages with their digests, computed on the reading side (`Digests`).
-    Messages(Vec<(Stored, Digests)>),
+    /// Messages with their SHA-256, computed on the reading side.
+    Messages(Vec<(Stored, Hash)>),
     /// Half a second passed: a segment that is due is sealed.
     Tick,
     /// Reading failed: stop without sealing.
@@ -595,8 +598,8 @@ fn verify_and_write(
             }
             Item::Abort => return Ok(sealed),
             Item::Messages(batch) => {
-                for (stored, digests) in batch {
-                    if let Err(problem) = verifier.check_ref_digested(&stored, &digests) {
+                for (stored, digest) in batch {
+                    if let Err(problem) = verifier.check_chain(&stored, digest) {
                         // What was verified before it is kept: sealed, so the archive holds it.
                         writer.seal()?;
                         return Err(ArchiveError::Unverifiable {

@@ -90,24 +90,6 @@ pub struct Verifier<'k> {
 
 const MAX_PROBLEMS: usize = 100;
 
-/// A message's two SHA-256 digests, which depend on its payload alone: the chain's (the
-/// next message's `prevhash`) and its leaf in the Merkle tree. A reader with a core to
-/// spare computes them beside the verifier, which checks them in order.
-#[derive(Debug, Clone, Copy)]
-pub struct Digests {
-    chain: Hash,
-    leaf: crate::tlog::Hash,
-}
-
-impl Digests {
-    pub fn of(payload: &[u8]) -> Digests {
-        Digests {
-            chain: sha256(payload),
-            leaf: crate::tlog::tree::leaf_hash(payload),
-        }
-    }
-}
-
 /// What the schema check reads of a row, however it was read.
 trait RowNames {
     /// `schema.table`, appended to `out`.
@@ -243,16 +225,32 @@ impl<'k> Verifier<'k> {
         self.first_problem(before, m.sequence, event)
     }
 
-    /// `check_ref`, with `m`'s digests computed beforehand (`Digests::of`, on another thread).
-    pub fn check_ref_digested<'p>(
-        &mut self,
-        m: &'p crate::audit::Stored,
-        digests: &Digests,
-    ) -> Result<EventRef<'p>, Problem> {
+    /// What `archive` checks of a message as it copies it (SPEC section 7): its signature
+    /// and the unsigned run, the chain (`prevhash` is the previous message's digest) and
+    /// continuity (it is stored at the sequence it claims, after the previous one). Its
+    /// content is not read: `verify --archive` and `restore` check that. `digest` is
+    /// `sha256(m.payload)`, computed beforehand (on the archive's reading side).
+    pub fn check_chain(&mut self, m: &crate::audit::Stored, digest: Hash) -> Result<(), Problem> {
         let before = self.problems.len();
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        let event = self.message_digested(m.sequence, sig, &m.payload, Some(digests));
-        self.first_problem(before, m.sequence, event)
+        let expected_prev = self.start(m.sequence, sig, &m.payload, Some(digest));
+        match crate::event::stored::claimed_chain(&m.payload) {
+            Some((text, prevhash)) => {
+                let claimed = crate::event::stored::sequence_number(text);
+                self.check_place(m.sequence, claimed, text, prevhash, expected_prev);
+            }
+            None => match EventRef::parse(&m.payload) {
+                Ok(e) => {
+                    let a = &e.attributes;
+                    self.check_place(m.sequence, a.sequence_number(), &a.sequence, &a.prevhash, expected_prev);
+                }
+                Err(e) => self.problem(m.sequence, format!("not a walguard event: {e}")),
+            },
+        }
+        match self.problems.get(before) {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
     }
 
     fn first_problem<E>(&self, before: usize, sequence: u64, event: Option<E>) -> Result<E, Problem> {
@@ -305,15 +303,14 @@ impl<'k> Verifier<'k> {
         self.message_digested(sequence, signature, payload, None)
     }
 
-    /// `message_ref`, with the payload's digests already computed (`Digests::of`).
     fn message_digested<'p>(
         &mut self,
         sequence: u64,
         signature: Option<(&str, &str)>,
         payload: &'p [u8],
-        digests: Option<&Digests>,
+        digests: Option<(Hash, crate::tlog::Hash)>,
     ) -> Option<EventRef<'p>> {
-        let expected_prev = self.start(sequence, signature, payload, digests.map(|d| d.chain));
+        let expected_prev = self.start(sequence, signature, payload, digests.map(|d| d.0));
         let parsed = EventRef::parse(payload);
         if let Ok(EventRef {
             data: DataRef::Other(Data::Checkpoint(c)),
@@ -322,7 +319,7 @@ impl<'k> Verifier<'k> {
         {
             self.check_checkpoint(sequence, c);
         }
-        self.grow_tree(payload, digests.map(|d| d.leaf));
+        self.grow_tree(payload, digests.map(|d| d.1));
         let event = match parsed {
             Ok(event) => event,
             Err(e) => {
@@ -555,13 +552,29 @@ impl<'k> Verifier<'k> {
                 format!("specversion {:?}, expected \"1.0\"", attrs.specversion),
             );
         }
-        if attrs.sequence_number() != Some(sequence) {
+        self.check_place(
+            sequence,
+            attrs.sequence_number(),
+            &attrs.sequence,
+            &attrs.prevhash,
+            expected_prev,
+        );
+    }
+
+    /// The sequence an event claims (`claimed`, as written: `text`) is the one it is stored
+    /// at, and its `prevhash` is the previous message's digest.
+    fn check_place(
+        &mut self,
+        sequence: u64,
+        claimed: Option<u64>,
+        text: &str,
+        prevhash: &str,
+        expected_prev: Option<Hash>,
+    ) {
+        if claimed != Some(sequence) {
             self.problem(
                 sequence,
-                format!(
-                    "event says sequence {:?} but is stored at {sequence} (reordered or re-published)",
-                    attrs.sequence
-                ),
+                format!("event says sequence {text:?} but is stored at {sequence} (reordered or re-published)"),
             );
         }
         if let Some(expected) = expected_prev {
@@ -569,7 +582,7 @@ impl<'k> Verifier<'k> {
             let mut text = [0u8; 44];
             let named = base64::engine::general_purpose::STANDARD
                 .encode_slice(expected, &mut text)
-                .is_ok_and(|n| text[..n] == *attrs.prevhash.as_bytes());
+                .is_ok_and(|n| text[..n] == *prevhash.as_bytes());
             if !named {
                 self.problem(sequence, "broken chain: prevhash does not match the previous message (a message was removed, inserted, reordered or altered)");
             }
@@ -878,6 +891,28 @@ mod tests {
             self.check_with(msgs, &VerifyOptions::default())
         }
 
+        /// What the archive's check (`check_chain`) finds; every problem it names is one
+        /// the whole check names at the same sequence.
+        fn check_chain(&self, msgs: &[Stored]) -> Vec<Problem> {
+            let mut ring = Keyring::default();
+            ring.add(self.signer.verifying_key());
+            let mut v = Verifier::new(&ring);
+            for (seq, sig, payload) in msgs {
+                let m = crate::audit::Stored {
+                    sequence: *seq,
+                    signature: sig.clone(),
+                    payload: bytes::Bytes::from(payload.clone()),
+                };
+                let _ = v.check_chain(&m, sha256(payload));
+            }
+            let chain = v.finish().1;
+            let whole = self.check(msgs);
+            for p in &chain {
+                assert!(whole.iter().any(|w| w.sequence == p.sequence), "{p:?} not in {whole:?}");
+            }
+            chain
+        }
+
         fn check_with(&self, msgs: &[Stored], options: &VerifyOptions) -> Vec<Problem> {
             let mut ring = Keyring::default();
             ring.add(self.signer.verifying_key());
@@ -887,7 +922,8 @@ mod tests {
             for (seq, sig, payload) in msgs {
                 let sig = sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
                 v.message(*seq, sig, payload);
-                borrowed.message_digested(*seq, sig, payload, Some(&Digests::of(payload)));
+                let digests = (sha256(payload), crate::tlog::tree::leaf_hash(payload));
+                borrowed.message_digested(*seq, sig, payload, Some(digests));
             }
             let (summary, problems) = v.finish();
             let (borrowed_summary, borrowed_problems) = borrowed.finish();
@@ -1033,10 +1069,13 @@ mod tests {
         m.remove(3);
         let p = f.check(&m);
         assert_eq!(p[0].sequence, 5, "{p:?}");
+        // The archive's check (signatures, chain, continuity) names each of these too.
+        assert_eq!(f.check_chain(&m)[0].sequence, 5);
         // Swapped.
         let mut m = f.out.clone();
         m.swap(2, 3);
         assert!(!f.check(&m).is_empty());
+        assert!(!f.check_chain(&m).is_empty());
         // Altered: one byte of a signed payload.
         let mut m = f.out.clone();
         let pos = m[4].2.len() - 3;
@@ -1044,11 +1083,15 @@ mod tests {
         let p = f.check(&m);
         assert_eq!(p[0].sequence, 5, "{p:?}");
         assert!(p[0].reason.contains("signature"), "{p:?}");
+        assert!(f.check_chain(&m)[0].reason.contains("signature"));
         // Inserted: a foreign message after the head.
         let mut m = f.out.clone();
         m.push((7, None, b"{\"hello\":1}".to_vec()));
         let p = f.check(&m);
         assert_eq!(p[0].sequence, 7, "{p:?}");
+        assert_eq!(f.check_chain(&m)[0].sequence, 7);
+        // Intact: nothing.
+        assert!(f.check_chain(&f.out).is_empty());
     }
 
     #[test]

@@ -136,6 +136,21 @@ pub fn claimed_sequence_fast(payload: &[u8]) -> Option<u64> {
     fast.or_else(|| claimed_sequence(payload))
 }
 
+/// The `sequence` and `prevhash` a payload claims, as written, read where walguard writes
+/// them: the first `"sequence":"` and `"prevhash":"` members are the attributes (see
+/// `claimed_sequence_fast`). `None` when either is not there as walguard writes it.
+pub fn claimed_chain(payload: &[u8]) -> Option<(&str, &str)> {
+    fn member<'p>(payload: &'p [u8], name: &[u8]) -> Option<&'p str> {
+        let at = payload.windows(name.len()).position(|w| w == name)? + name.len();
+        let len = payload[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        (payload[at + len] == b'"').then(|| std::str::from_utf8(&payload[at..at + len]).ok())?
+    }
+    Some((
+        member(payload, b"\"sequence\":\"")?,
+        member(payload, b"\"prevhash\":\"")?,
+    ))
+}
+
 /// `sequence` is the stream sequence zero-padded to 20 digits (SPEC section 2).
 pub(crate) fn sequence_number(text: &str) -> Option<u64> {
     (text.len() == 20).then(|| text.parse().ok()).flatten()
@@ -738,5 +753,11 @@ mod tests {
         ] {
             assert_eq!(claimed_sequence_fast(payload), claimed_sequence(payload), "{payload:?}");
         }
+        assert_eq!(
+            claimed_chain(br#"{"sequence":"00000000000000000007","prevhash":"AA=="}"#),
+            Some(("00000000000000000007", "AA=="))
+        );
+        assert_eq!(claimed_chain(br#"{"sequence":"7","prevhash":"A\"A"}"#), None);
+        assert_eq!(claimed_chain(br#"{"sequence":"7"}"#), None);
     }
 }
