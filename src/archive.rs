@@ -26,7 +26,6 @@ use tokio::sync::watch;
 
 use crate::audit::{parse_dsse_line, push_dsse_line, Stored};
 use crate::event::borrowed::EventRef;
-use crate::event::envelope::{sha256, Hash};
 use crate::event::Keyring;
 use crate::sink::reader::{StreamReader, Until};
 use crate::verify::{Problem, Summary, Verified, Verifier};
@@ -514,12 +513,12 @@ pub async fn run(
         };
         // What else has arrived goes along in the same hand-off.
         let mut batch = Vec::with_capacity(BATCH);
-        batch.push(digested(first));
+        batch.push(first);
         let mut ended = None;
         while batch.len() < BATCH {
             match reader.next().now_or_never() {
                 None => break,
-                Some(Ok(Some(m))) => batch.push(digested(m)),
+                Some(Ok(Some(m))) => batch.push(m),
                 Some(Ok(None)) => {
                     ended = Some(Ok(()));
                     break;
@@ -556,17 +555,9 @@ pub async fn run(
     Ok(copied)
 }
 
-/// A message and its SHA-256 (the chain's digest): hashing here, beside the NATS client,
-/// leaves the verifying thread the checks that must go in order.
-fn digested(m: Stored) -> (Stored, Hash) {
-    let digest = sha256(&m.payload);
-    (m, digest)
-}
-
 /// What the reading side hands the verifying side.
 enum Item {
-    /// Messages with their SHA-256, computed on the reading side.
-    Messages(Vec<(Stored, Hash)>),
+    Messages(Vec<Stored>),
     /// Half a second passed: a segment that is due is sealed.
     Tick,
     /// Reading failed: stop without sealing.
@@ -598,8 +589,8 @@ fn verify_and_write(
             }
             Item::Abort => return Ok(sealed),
             Item::Messages(batch) => {
-                for (stored, digest) in batch {
-                    if let Err(problem) = verifier.check_chain(&stored, digest) {
+                for stored in batch {
+                    if let Err(problem) = verifier.check_chain(&stored) {
                         // What was verified before it is kept: sealed, so the archive holds it.
                         writer.seal()?;
                         return Err(ArchiveError::Unverifiable {
