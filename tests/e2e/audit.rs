@@ -705,3 +705,79 @@ async fn an_unreadable_message_before_the_verified_head_is_refused() {
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("sequence 1"), "{err}");
 }
+
+/// A known defect of the incremental snapshot, kept as a failing reproduction until it is
+/// fixed (stop 24's note; CI's PostgreSQL 15 pass failed
+/// `a_table_added_later_gets_its_baseline_while_writes_continue` the same way). PostgreSQL
+/// writes a commit record before the transaction becomes visible (after the WAL flush, and
+/// after a synchronous standby's answer). A DELETE decoded before a chunk's low mark but
+/// still invisible to the chunk's SELECT is not dropped from the chunk, so its row is
+/// published after the delete: the stream resurrects it. Here the DELETE waits for a
+/// synchronous standby that does not exist while the baseline reads its row. The fix: drop
+/// chunk rows touched by any decoded transaction the chunk SELECT's snapshot cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known defect: the incremental snapshot publishes a row deleted by a transaction decoded before the chunk but not yet visible to it"]
+async fn a_delete_not_yet_visible_to_a_snapshot_chunk_is_not_undone_by_it() {
+    let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
+    let env = Env::start(&schema, GUARD_ITEMS, "").await;
+    env.db
+        .batch_execute("INSERT INTO later SELECT g, g FROM generate_series(1, 60000) g")
+        .await
+        .unwrap();
+    // Only a session that asks waits for the (missing) synchronous standby.
+    env.db
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+        .await
+        .unwrap();
+    env.db
+        .batch_execute("ALTER SYSTEM SET synchronous_commit = 'local'")
+        .await
+        .unwrap();
+    env.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let mut wg = env.spawn_ready().await;
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
+    env.write_config(&format!("{GUARD_ITEMS}\n[[tables]]\nname = \"public.later\"\n"), "");
+    let _wg = env.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = env
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'later'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let db2 = crate::harness::connect_db(&env.pg.url("postgres")).await;
+    let pid: i32 = db2.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let del = tokio::spawn(async move {
+        let r = db2
+            .batch_execute("SET synchronous_commit = on; DELETE FROM later WHERE id = 55000")
+            .await;
+        (db2, r)
+    });
+    // The baseline reads row 55000 while its DELETE waits, committed but not visible.
+    let stream = wait_until(&env, Duration::from_secs(120), |s| table_completed(s, "public.later")).await;
+    assert!(table_completed(&stream, "public.later"));
+    env.db.query("SELECT pg_cancel_backend($1)", &[&pid]).await.unwrap();
+    let (_db2, r) = del.await.unwrap();
+    // Cancelling the wait leaves the DELETE committed (locally), and now visible.
+    r.unwrap();
+    let n: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM later WHERE id = 55000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let (code, out) = reconcile(&env, "public.later");
+    assert_eq!(code, 0, "{out}");
+}
