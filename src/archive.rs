@@ -217,10 +217,7 @@ impl<'k> ArchiveReader<'k> {
 
     /// Verifies `m`, the message `next_placed` gave, its event read borrowed.
     pub fn verify_ref<'p>(&mut self, m: &'p Stored) -> Result<EventRef<'p>, ArchiveError> {
-        match self.verifier.check_ref(m) {
-            Ok(event) => Ok(event),
-            Err(problem) => Err(self.altered(problem)),
-        }
+        self.verifier.check_ref(m).map_err(|problem| self.altered(problem))
     }
 
     fn altered(&self, problem: Problem) -> ArchiveError {

@@ -64,22 +64,16 @@ pub fn push_dsse_line(m: &Stored, out: &mut Vec<u8>) {
     let n = b64.encode_slice(&m.payload, &mut out[at..]).unwrap_or(0);
     out.truncate(at + n);
     out.extend_from_slice(b"\",\"payloadType\":");
-    push_json_str(out, PAYLOAD_TYPE);
+    crate::event::json::write_str(PAYLOAD_TYPE, out);
     out.extend_from_slice(b",\"signatures\":[");
     if let Some((kid, sig)) = &m.signature {
         out.extend_from_slice(b"{\"keyid\":");
-        push_json_str(out, kid);
+        crate::event::json::write_str(kid, out);
         out.extend_from_slice(b",\"sig\":");
-        push_json_str(out, sig);
+        crate::event::json::write_str(sig, out);
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
-}
-
-/// `text` as a JSON string.
-fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    // Serializing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Parses one exported line back. The sequence is the one the payload claims, or 0 (where no

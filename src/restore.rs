@@ -25,6 +25,7 @@ mod direct;
 
 use crate::event::borrowed::{DataRef, EventRef, RawColumns, RowRef};
 use crate::event::draft::Op;
+use crate::event::json;
 use crate::event::schema::{TableSchema, TypeDef, UserType};
 use crate::event::stored::{subject_key, Data};
 use crate::source::catalog::{error_chain, Catalog};
@@ -127,7 +128,8 @@ struct Reading {
     /// The newest sequence taken.
     last: u64,
     tx: tokio::sync::mpsc::Sender<Command>,
-    scratch: String,
+    /// A line's JSON fields are written here, then COPY-escaped into `stage`.
+    scratch: Vec<u8>,
 }
 
 /// What reading the log left for the end: the schema events, what the staged tables allow,
@@ -168,10 +170,7 @@ impl Reading {
                 break;
             }
         }
-        let tables: Vec<String> = self.loaded.keys().cloned().collect();
-        for table in tables {
-            self.flush_direct(&table)?;
-        }
+        self.flush_all_direct()?;
         self.flush_stage()?;
         Ok(Read {
             loaded: std::mem::take(&mut self.loaded)
@@ -216,10 +215,7 @@ impl Reading {
                         if loaded.buf.len() >= CHUNK {
                             self.flush_direct(&table)?;
                         } else if self.buffered >= BUFFERED {
-                            let tables: Vec<String> = self.loaded.keys().cloned().collect();
-                            for t in tables {
-                                self.flush_direct(&t)?;
-                            }
+                            self.flush_all_direct()?;
                         }
                         return Ok(());
                     }
@@ -299,12 +295,11 @@ impl Reading {
             rows = loaded.rows,
             "loading through the staging table from here"
         );
-        self.send(Command::Sql(direct::move_back_sql(
+        self.send(Command::Sql(loaded.plan.move_back_sql(
             STAGE,
             table,
             sequence - 1,
             &loaded.target,
-            &loaded.schema,
         )))?;
         let shape = self.shapes.entry(table.to_owned()).or_default();
         shape.key = Some(loaded.schema.key.clone());
@@ -324,6 +319,14 @@ impl Reading {
             data: loaded.buf.split().freeze(),
         };
         self.send(command)
+    }
+
+    fn flush_all_direct(&mut self) -> Result<(), crate::Error> {
+        let tables: Vec<String> = self.loaded.keys().cloned().collect();
+        for table in tables {
+            self.flush_direct(&table)?;
+        }
+        Ok(())
     }
 
     fn flush_stage(&mut self) -> Result<(), crate::Error> {
@@ -356,13 +359,12 @@ impl Reading {
     /// One line of the staging table: the sequence, table and op, and the event's key,
     /// before, after and unchanged as the JSON it holds (`before`/`after` NULL when null).
     fn stage_line(&mut self, sequence: u64, table: &str, op: Op, row: Option<&RowRef<'_>>) -> Result<(), crate::Error> {
-        use std::fmt::Write;
-        let buf = &mut self.stage;
-        let _ = write!(self.scratch, "{sequence}");
-        buf.put_slice(self.scratch.as_bytes());
-        self.scratch.clear();
+        let (buf, scratch) = (&mut self.stage, &mut self.scratch);
+        json::write_uint(sequence, scratch);
+        buf.put_slice(scratch);
+        scratch.clear();
         buf.put_u8(b'\t');
-        direct::copy_text(table, buf);
+        direct::copy_text(table.as_bytes(), buf);
         buf.put_u8(b'\t');
         buf.put_slice(op.as_str().as_bytes());
         match row {
@@ -373,23 +375,16 @@ impl Reading {
                     match columns {
                         None => buf.put_slice(b"\\N"),
                         Some(columns) => {
-                            object_text(columns, &mut self.scratch);
-                            direct::copy_text(&self.scratch, buf);
-                            self.scratch.clear();
+                            object_text(columns, scratch);
+                            direct::copy_text(scratch, buf);
+                            scratch.clear();
                         }
                     }
                 }
                 buf.put_u8(b'\t');
-                self.scratch.push('[');
-                for (i, name) in row.unchanged.iter().enumerate() {
-                    if i > 0 {
-                        self.scratch.push(',');
-                    }
-                    push_json_string(&mut self.scratch, name);
-                }
-                self.scratch.push(']');
-                direct::copy_text(&self.scratch, buf);
-                self.scratch.clear();
+                json::write_str_array(row.unchanged.iter().map(|c| &**c), scratch);
+                direct::copy_text(scratch, buf);
+                scratch.clear();
             }
         }
         buf.put_u8(b'\n');
@@ -400,38 +395,18 @@ impl Reading {
     }
 }
 
-/// `text` as a JSON string.
-fn push_json_string(out: &mut String, text: &str) {
-    use std::fmt::Write;
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// A JSON object of `columns`, each value the bytes the event holds.
-fn object_text(columns: &RawColumns<'_>, out: &mut String) {
-    out.push('{');
+fn object_text(columns: &RawColumns<'_>, out: &mut Vec<u8>) {
+    out.push(b'{');
     for (i, (name, value)) in columns.0.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        push_json_string(out, name);
-        out.push(':');
-        out.push_str(value.get());
+        json::write_str(name, out);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
     }
-    out.push('}');
+    out.push(b'}');
 }
 
 /// Splits a type name as schema events spell it (`public.plan`, `"Odd"."Mood"`) into its
@@ -1150,7 +1125,7 @@ pub async fn into_schema(
         stage: BytesMut::with_capacity(CHUNK + (64 << 10)),
         last: 0,
         tx,
-        scratch: String::new(),
+        scratch: Vec::new(),
     };
     let (feed, pump) = log.into_feed();
     let reader = tokio::task::spawn_blocking(move || reading.run(feed, at));

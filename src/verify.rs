@@ -232,7 +232,7 @@ impl<'k> Verifier<'k> {
     pub fn check_chain(&mut self, m: &crate::audit::Stored) -> Result<(), Problem> {
         let before = self.problems.len();
         let sig = m.signature.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
-        let expected_prev = self.start(m.sequence, sig, &m.payload, None);
+        let expected_prev = self.start(m.sequence, sig, &m.payload);
         match crate::event::stored::claimed_chain(&m.payload) {
             Some((text, prevhash)) => {
                 let claimed = crate::event::stored::sequence_number(text);
@@ -246,10 +246,7 @@ impl<'k> Verifier<'k> {
                 Err(e) => self.problem(m.sequence, format!("not a walguard event: {e}")),
             },
         }
-        match self.problems.get(before) {
-            Some(problem) => Err(problem.clone()),
-            None => Ok(()),
-        }
+        self.first_problem(before, m.sequence, Some(()))
     }
 
     fn first_problem<E>(&self, before: usize, sequence: u64, event: Option<E>) -> Result<E, Problem> {
@@ -267,7 +264,7 @@ impl<'k> Verifier<'k> {
     /// Feeds the stored message at `sequence`, with its signature headers if any; the event
     /// it holds when it reads as one (parsed here once, for readers that go on with it).
     pub fn message(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<StoredEvent> {
-        let expected_prev = self.start(sequence, signature, payload, None);
+        let expected_prev = self.start(sequence, signature, payload);
         let parsed = StoredEvent::parse(payload);
         if let Ok(StoredEvent {
             data: Data::Checkpoint(c),
@@ -276,7 +273,7 @@ impl<'k> Verifier<'k> {
         {
             self.check_checkpoint(sequence, c);
         }
-        self.grow_tree(payload, None);
+        self.grow_tree(payload);
         let event = match parsed {
             Ok(event) => event,
             Err(e) => {
@@ -299,17 +296,7 @@ impl<'k> Verifier<'k> {
         signature: Option<(&str, &str)>,
         payload: &'p [u8],
     ) -> Option<EventRef<'p>> {
-        self.message_digested(sequence, signature, payload, None)
-    }
-
-    fn message_digested<'p>(
-        &mut self,
-        sequence: u64,
-        signature: Option<(&str, &str)>,
-        payload: &'p [u8],
-        digests: Option<(Hash, crate::tlog::Hash)>,
-    ) -> Option<EventRef<'p>> {
-        let expected_prev = self.start(sequence, signature, payload, digests.map(|d| d.0));
+        let expected_prev = self.start(sequence, signature, payload);
         let parsed = EventRef::parse(payload);
         if let Ok(EventRef {
             data: DataRef::Other(Data::Checkpoint(c)),
@@ -318,7 +305,7 @@ impl<'k> Verifier<'k> {
         {
             self.check_checkpoint(sequence, c);
         }
-        self.grow_tree(payload, digests.map(|d| d.1));
+        self.grow_tree(payload);
         let event = match parsed {
             Ok(event) => event,
             Err(e) => {
@@ -336,20 +323,14 @@ impl<'k> Verifier<'k> {
 
     /// What is checked before the payload is read: the counts, the link to the previous
     /// message and the signature. Returns the `prevhash` the message must name.
-    fn start(
-        &mut self,
-        sequence: u64,
-        signature: Option<(&str, &str)>,
-        payload: &[u8],
-        chain: Option<Hash>,
-    ) -> Option<Hash> {
+    fn start(&mut self, sequence: u64, signature: Option<(&str, &str)>, payload: &[u8]) -> Option<Hash> {
         let s = &mut self.summary;
         if s.messages == 0 {
             s.first_sequence = sequence;
         }
         s.messages += 1;
         s.last_sequence = sequence;
-        let expected_prev = self.check_link(sequence, chain.unwrap_or_else(|| sha256(payload)));
+        let expected_prev = self.check_link(sequence, sha256(payload));
         self.check_signature(sequence, signature, payload);
         expected_prev
     }
@@ -395,11 +376,11 @@ impl<'k> Verifier<'k> {
     }
 
     /// One more leaf; at the size of a checkpoint kept elsewhere, its root is compared.
-    fn grow_tree(&mut self, payload: &[u8], leaf: Option<crate::tlog::Hash>) {
+    fn grow_tree(&mut self, payload: &[u8]) {
         let Some(tree) = self.tree.as_mut() else {
             return;
         };
-        tree.append(leaf.unwrap_or_else(|| crate::tlog::tree::leaf_hash(payload)));
+        tree.append_payload(payload);
         if let Some((size, root)) = self.expected {
             if tree.size() == size && tree.root() != root {
                 let found = tree.root();
@@ -893,8 +874,7 @@ mod tests {
         /// What the archive's check (`check_chain`) finds; every problem it names is one
         /// the whole check names at the same sequence.
         fn check_chain(&self, msgs: &[Stored]) -> Vec<Problem> {
-            let mut ring = Keyring::default();
-            ring.add(self.signer.verifying_key());
+            let ring = self.keyring();
             let mut v = Verifier::new(&ring);
             for (seq, sig, payload) in msgs {
                 let m = crate::audit::Stored {
@@ -912,17 +892,21 @@ mod tests {
             chain
         }
 
-        fn check_with(&self, msgs: &[Stored], options: &VerifyOptions) -> Vec<Problem> {
+        fn keyring(&self) -> Keyring {
             let mut ring = Keyring::default();
             ring.add(self.signer.verifying_key());
+            ring
+        }
+
+        fn check_with(&self, msgs: &[Stored], options: &VerifyOptions) -> Vec<Problem> {
+            let ring = self.keyring();
             let mut v = options.apply(Verifier::new(&ring));
             // Both ways of reading an event find the same problems.
             let mut borrowed = options.apply(Verifier::new(&ring));
             for (seq, sig, payload) in msgs {
                 let sig = sig.as_ref().map(|(k, s)| (k.as_str(), s.as_str()));
                 v.message(*seq, sig, payload);
-                let digests = (sha256(payload), crate::tlog::tree::leaf_hash(payload));
-                borrowed.message_digested(*seq, sig, payload, Some(digests));
+                borrowed.message_ref(*seq, sig, payload);
             }
             let (summary, problems) = v.finish();
             let (borrowed_summary, borrowed_problems) = borrowed.finish();

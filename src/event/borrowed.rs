@@ -1,6 +1,6 @@
 //! A stored event read without copying it: the attributes borrowed from the payload, and a
 //! row's columns as their raw JSON text. For the readers that go through every message of a
-//! stream and keep nothing of most of them (`archive`, `restore`): `stored::StoredEvent`
+//! stream and keep nothing of most of them (`verify`, `restore`): `stored::StoredEvent`
 //! builds a `serde_json::Value` per column, which is most of what reading costs, and which
 //! keeps neither a `json` value's bytes nor every digit of a float.
 //!
@@ -96,14 +96,6 @@ impl RowRef<'_> {
     /// `schema.table`.
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.table)
-    }
-
-    /// Whether this row is of `schema.table` (without building the name).
-    pub fn is_of(&self, qualified: &str) -> bool {
-        qualified.len() == self.schema.len() + 1 + self.table.len()
-            && qualified.starts_with(&*self.schema)
-            && qualified.as_bytes()[self.schema.len()] == b'.'
-            && qualified.ends_with(&*self.table)
     }
 }
 
@@ -211,18 +203,14 @@ struct RowWire<'a> {
     table: Cow<'a, str>,
     #[serde(borrow)]
     key: RawColumns<'a>,
-    #[serde(borrow, deserialize_with = "nullable")]
+    #[serde(borrow, deserialize_with = "super::stored::nullable")]
     before: Option<RawColumns<'a>>,
-    #[serde(borrow, deserialize_with = "nullable")]
+    #[serde(borrow, deserialize_with = "super::stored::nullable")]
     after: Option<RawColumns<'a>>,
     #[serde(borrow)]
     unchanged: Vec<Cow<'a, str>>,
     #[serde(rename = "actor")]
     _actor: IgnoredAny,
-}
-
-fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d)
 }
 
 /// `data.op`: read from the front where walguard writes it, otherwise from anywhere.
@@ -382,7 +370,7 @@ mod tests {
         let DataRef::Row(Op::Insert, row) = e.data else {
             panic!("a row")
         };
-        assert!(row.is_of("public.t") && !row.is_of("public.tt") && !row.is_of("publi.ct"));
+        assert_eq!(row.qualified(), "public.t");
         let after = row.after.unwrap();
         assert_eq!(after.names().collect::<Vec<_>>(), ["id", "f", "j", "s"]);
         assert_eq!(after.get("f", 1).unwrap().get(), "-1.5e-300");

@@ -126,29 +126,29 @@ pub fn claimed_sequence(payload: &[u8]) -> Option<u64> {
 /// A payload whose first such member is not the attribute is not one walguard wrote, and its
 /// check says so: the verifier compares the attribute with the place it is stored at.
 pub fn claimed_sequence_fast(payload: &[u8]) -> Option<u64> {
-    const MEMBER: &[u8] = b"\"sequence\":\"";
-    let fast = payload
-        .windows(MEMBER.len())
-        .position(|w| w == MEMBER)
-        .and_then(|at| payload.get(at + MEMBER.len()..at + MEMBER.len() + 21))
-        .filter(|digits| digits[20] == b'"' && digits[..20].iter().all(u8::is_ascii_digit))
-        .and_then(|digits| std::str::from_utf8(&digits[..20]).ok()?.parse().ok());
-    fast.or_else(|| claimed_sequence(payload))
+    first_member(payload, SEQUENCE_MEMBER)
+        .and_then(sequence_number)
+        .or_else(|| claimed_sequence(payload))
 }
 
 /// The `sequence` and `prevhash` a payload claims, as written, read where walguard writes
 /// them: the first `"sequence":"` and `"prevhash":"` members are the attributes (see
 /// `claimed_sequence_fast`). `None` when either is not there as walguard writes it.
 pub fn claimed_chain(payload: &[u8]) -> Option<(&str, &str)> {
-    fn member<'p>(payload: &'p [u8], name: &[u8]) -> Option<&'p str> {
-        let at = payload.windows(name.len()).position(|w| w == name)? + name.len();
-        let len = payload[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
-        (payload[at + len] == b'"').then(|| std::str::from_utf8(&payload[at..at + len]).ok())?
-    }
     Some((
-        member(payload, b"\"sequence\":\"")?,
-        member(payload, b"\"prevhash\":\"")?,
+        first_member(payload, SEQUENCE_MEMBER)?,
+        first_member(payload, b"\"prevhash\":\"")?,
     ))
+}
+
+const SEQUENCE_MEMBER: &[u8] = b"\"sequence\":\"";
+
+/// The text of the first string member written `"name":"` (`member` holds those bytes),
+/// when it holds no escape.
+fn first_member<'p>(payload: &'p [u8], member: &[u8]) -> Option<&'p str> {
+    let at = payload.windows(member.len()).position(|w| w == member)? + member.len();
+    let len = payload[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+    (payload[at + len] == b'"').then(|| std::str::from_utf8(&payload[at..at + len]).ok())?
 }
 
 /// `sequence` is the stream sequence zero-padded to 20 digits (SPEC section 2).
@@ -544,7 +544,7 @@ pub fn key_text(v: &Value) -> String {
 
 /// A field walguard always writes whose value may be null. Required: serde would read a
 /// missing `Option` as `None`.
-fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(crate) fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     Option::<T>::deserialize(d)
 }
 

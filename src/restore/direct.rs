@@ -205,7 +205,7 @@ fn push_value(conv: Conv, value: &RawValue, out: &mut BytesMut) -> Result<(), St
         return Ok(());
     }
     match conv {
-        Conv::Json => copy_text(json, out),
+        Conv::Json => copy_text(json.as_bytes(), out),
         Conv::Bytea => {
             let text = string_text(value)?;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -220,7 +220,7 @@ fn push_value(conv: Conv, value: &RawValue, out: &mut BytesMut) -> Result<(), St
             }
         }
         Conv::Scalar => match json.as_bytes()[0] {
-            b'"' => copy_text(&string_text(value)?, out),
+            b'"' => copy_text(string_text(value)?.as_bytes(), out),
             b'{' | b'[' => {
                 return Err(format!(
                     "a JSON {} where its type takes a scalar",
@@ -235,8 +235,7 @@ fn push_value(conv: Conv, value: &RawValue, out: &mut BytesMut) -> Result<(), St
 }
 
 /// `text` as a field of COPY's text format.
-pub fn copy_text(text: &str, out: &mut BytesMut) {
-    let bytes = text.as_bytes();
+pub fn copy_text(bytes: &[u8], out: &mut BytesMut) {
     let mut from = 0;
     for (i, b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {
@@ -253,38 +252,39 @@ pub fn copy_text(text: &str, out: &mut BytesMut) {
     out.put_slice(&bytes[from..]);
 }
 
-/// The statements that move a directly loaded table's rows to the staging table as
-/// snapshot rows at sequence `seq` (after every truncate of it, before every event staged
-/// after them) and drop it: each row's
-/// key and values in the JSON its events carried (integers and text as `to_jsonb` prints them,
-/// `bytea` as base64), which the staging load reads back to the same values.
-pub fn move_back_sql(stage: &str, table: &str, seq: u64, target: &str, t: &TableSchema) -> String {
-    let key: Vec<String> = t
-        .key
-        .iter()
-        .map(|k| format!("{}, to_jsonb(t.{})", quote_literal(k), quote_ident(k)))
-        .collect();
-    let values: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| {
-            let col = format!("t.{}", quote_ident(&c.name));
-            let value = if c.type_name == "bytea" {
-                format!("translate(encode({col}, 'base64'), E'\\n', '')")
-            } else {
-                col
-            };
-            format!("{value} AS {}", quote_ident(&c.name))
-        })
-        .collect();
-    format!(
-        "INSERT INTO {stage} (seq, tbl, op, key, before, after, unchanged) \
-         SELECT {seq}, {}, 'snapshot', jsonb_build_object({}), NULL, (SELECT row_to_json(r) FROM (SELECT {}) r), NULL \
-         FROM {target} t; DROP TABLE {target}",
-        quote_literal(table),
-        key.join(", "),
-        values.join(", ")
-    )
+impl Plan {
+    /// The statements that move a directly loaded table's rows to the staging table as
+    /// snapshot rows at sequence `seq` (after every truncate of it, before every event staged
+    /// after them) and drop it: each row's key and values in the JSON its events carried
+    /// (integers and text as `to_jsonb` prints them, `bytea` as base64), which the staging
+    /// load reads back to the same values.
+    pub fn move_back_sql(&self, stage: &str, table: &str, seq: u64, target: &str) -> String {
+        let key: Vec<String> = self
+            .key
+            .iter()
+            .map(|(k, _)| format!("{}, to_jsonb(t.{})", quote_literal(k), quote_ident(k)))
+            .collect();
+        let values: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, conv)| {
+                let col = format!("t.{}", quote_ident(name));
+                let value = match conv {
+                    Conv::Bytea => format!("translate(encode({col}, 'base64'), E'\\n', '')"),
+                    Conv::Scalar | Conv::Json => col,
+                };
+                format!("{value} AS {}", quote_ident(name))
+            })
+            .collect();
+        format!(
+            "INSERT INTO {stage} (seq, tbl, op, key, before, after, unchanged) \
+             SELECT {seq}, {}, 'snapshot', jsonb_build_object({}), NULL, (SELECT row_to_json(r) FROM (SELECT {}) r), NULL \
+             FROM {target} t; DROP TABLE {target}",
+            quote_literal(table),
+            key.join(", "),
+            values.join(", ")
+        )
+    }
 }
 
 #[cfg(test)]
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn copy_text_escapes_what_copy_reads_specially() {
         let mut out = BytesMut::new();
-        copy_text("a\\b\tc\nd\re", &mut out);
+        copy_text(b"a\\b\tc\nd\re", &mut out);
         assert_eq!(&out[..], b"a\\\\b\\tc\\nd\\re");
     }
 }

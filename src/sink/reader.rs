@@ -195,42 +195,43 @@ impl StreamReader {
         self.end
     }
 
+    /// No message within `SILENCE` on a reader with an end. A consumer whose server left the
+    /// cluster can stay silent although messages remain: a new one from the next sequence,
+    /// twice, before giving up.
+    async fn silent(&mut self) -> Result<Option<Stored>, ReadError> {
+        if self.renewed >= RENEWALS {
+            return Err(ReadError::Silent {
+                stream: self.stream.clone(),
+            });
+        }
+        self.renewed += 1;
+        tracing::warn!(
+            stream = self.stream,
+            from = self.next,
+            "no message within {} s; reading on with a new consumer",
+            SILENCE.as_secs()
+        );
+        self.messages = None;
+        self.messages = Some(StreamReader::consume(&self.handle, &self.stream, self.next).await?);
+        Box::pin(self.next()).await
+    }
+
     /// The next message, `None` after the end. Cancel-safe: a call dropped while it waits
     /// loses nothing (the archive waits on it alongside its timer and shutdown).
     pub async fn next(&mut self) -> Result<Option<Stored>, ReadError> {
         let Some(messages) = self.messages.as_mut().filter(|_| !self.done) else {
             return Ok(None);
         };
-        // A message already received needs no timer.
-        let ready = match self.end {
-            Some(_) => messages.next().now_or_never(),
-            None => None,
-        };
-        let next = match (ready, self.end) {
-            (Some(next), _) => next,
-            (None, Some(_)) => match tokio::time::timeout(SILENCE, messages.next()).await {
-                Ok(next) => next,
-                // A consumer whose server left the cluster can stay silent although messages
-                // remain: a new one from the next sequence, twice, before giving up.
-                Err(_) if self.renewed < RENEWALS => {
-                    self.renewed += 1;
-                    tracing::warn!(
-                        stream = self.stream,
-                        from = self.next,
-                        "no message within {} s; reading on with a new consumer",
-                        SILENCE.as_secs()
-                    );
-                    self.messages = None;
-                    self.messages = Some(StreamReader::consume(&self.handle, &self.stream, self.next).await?);
-                    return Box::pin(self.next()).await;
-                }
-                Err(_) => {
-                    return Err(ReadError::Silent {
-                        stream: self.stream.clone(),
-                    })
-                }
+        let next = match self.end {
+            None => messages.next().await,
+            // A message already received needs no timer.
+            Some(_) => match messages.next().now_or_never() {
+                Some(next) => next,
+                None => match tokio::time::timeout(SILENCE, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return self.silent().await,
+                },
             },
-            (None, None) => messages.next().await,
         };
         let read = |e: &dyn std::fmt::Display| ReadError::Read {
             stream: self.stream.clone(),

@@ -207,16 +207,7 @@ async fn a_snapshot_with_a_bytea_key_killed_midway_resumes_after_the_right_row()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_added_later_gets_its_baseline_while_writes_continue() {
-    let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
-    let env = Env::start(&schema, GUARD_ITEMS, "").await;
-    env.db
-        .batch_execute("INSERT INTO later SELECT g, g FROM generate_series(1, 20000) g")
-        .await
-        .unwrap();
-    let mut wg = env.spawn_ready().await;
-    wg.signal(nix::sys::signal::Signal::SIGTERM);
-    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
-    env.write_config(&format!("{GUARD_ITEMS}\n[[tables]]\nname = \"public.later\"\n"), "");
+    let env = later_table_to_add(20000).await;
     let db = crate::harness::connect_db(&env.pg.url("postgres")).await;
     let writer = tokio::spawn(async move {
         for i in 0..400 {
@@ -706,6 +697,24 @@ async fn an_unreadable_message_before_the_verified_head_is_refused() {
     assert!(err.to_string().contains("sequence 1"), "{err}");
 }
 
+/// A stream of `items` written by a walguard that has stopped, and `public.later`, with `rows`
+/// rows, now added to the configuration: the next walguard baselines it while it streams.
+async fn later_table_to_add(rows: u32) -> Env {
+    let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
+    let env = Env::start(&schema, GUARD_ITEMS, "").await;
+    env.db
+        .batch_execute(&format!(
+            "INSERT INTO later SELECT g, g FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    let mut wg = env.spawn_ready().await;
+    wg.signal(nix::sys::signal::Signal::SIGTERM);
+    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
+    env.write_config(&format!("{GUARD_ITEMS}\n[[tables]]\nname = \"public.later\"\n"), "");
+    env
+}
+
 /// A known defect of the incremental snapshot, kept as a failing reproduction until it is
 /// fixed (stop 24's note; CI's PostgreSQL 15 pass failed
 /// `a_table_added_later_gets_its_baseline_while_writes_continue` the same way). PostgreSQL
@@ -718,12 +727,7 @@ async fn an_unreadable_message_before_the_verified_head_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known defect: the incremental snapshot publishes a row deleted by a transaction decoded before the chunk but not yet visible to it"]
 async fn a_delete_not_yet_visible_to_a_snapshot_chunk_is_not_undone_by_it() {
-    let schema = format!("{ITEMS} CREATE TABLE public.later (id int PRIMARY KEY, v int NOT NULL);");
-    let env = Env::start(&schema, GUARD_ITEMS, "").await;
-    env.db
-        .batch_execute("INSERT INTO later SELECT g, g FROM generate_series(1, 60000) g")
-        .await
-        .unwrap();
+    let env = later_table_to_add(60000).await;
     // Only a session that asks waits for the (missing) synchronous standby.
     env.db
         .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
@@ -734,11 +738,9 @@ async fn a_delete_not_yet_visible_to_a_snapshot_chunk_is_not_undone_by_it() {
         .await
         .unwrap();
     env.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    let mut wg = env.spawn_ready().await;
-    wg.signal(nix::sys::signal::Signal::SIGTERM);
-    wg.expect_exit(0, Duration::from_secs(20), &[]).await;
-    env.write_config(&format!("{GUARD_ITEMS}\n[[tables]]\nname = \"public.later\"\n"), "");
     let _wg = env.spawn();
+    // Polled every 5 ms (not `eventually`'s 100): the DELETE must come before the baseline
+    // reaches its row.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n: i64 = env

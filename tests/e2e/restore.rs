@@ -97,9 +97,15 @@ fn public_key(dir: &Path) -> std::path::PathBuf {
 }
 
 fn run(args: &[&str]) -> (i32, String) {
+    run_with(args, &[])
+}
+
+/// `run` with these environment variables as well.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("WALGUARD_LOG", "info")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -523,29 +529,15 @@ async fn the_direct_load_and_the_staging_load_restore_the_same_values() {
     let expected = oracle(&env.db, &tables).await;
 
     let target = env.pg.url("postgres");
+    let config = env.config.to_str().unwrap();
     let restore = |into: &str, direct: bool| {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "restore",
-            "-c",
-            env.config.to_str().unwrap(),
-            "--into",
-            into,
-            "--target",
-            &target,
-        ])
-        .env("WALGUARD_LOG", "walguard=debug");
+        let mut vars = vec![("WALGUARD_LOG", "walguard=debug")];
         if !direct {
-            cmd.env("WALGUARD_RESTORE_NO_DIRECT", "1");
+            vars.push(("WALGUARD_RESTORE_NO_DIRECT", "1"));
         }
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(0), "{text}");
-        text
+        let (code, out) = run_with(&["restore", "-c", config, "--into", into, "--target", &target], &vars);
+        assert_eq!(code, 0, "{out}");
+        out
     };
     let direct = restore("direct", true);
     let staged = restore("staged", false);
